@@ -1,0 +1,195 @@
+"""Public verbs: compress, decompress, inspect. Validate arguments, then call the codec."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import numpy as np
+
+from . import _codec
+from .format import parse_frame, read_header
+from .format.header import as_frame_bytes
+from .format.ids import ErrorMode, Flags, SectionKind, Strategy
+
+__all__ = ["compress", "decompress", "inspect", "FrameInfo"]
+
+_STRATEGIES = {"fast": Strategy.FAST, "compact": Strategy.COMPACT, "auto": Strategy.AUTO}
+
+
+def _check_bound(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, found {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be finite and > 0, found {value!r}")
+    return value
+
+
+def _as_float_array(data) -> np.ndarray:
+    if not isinstance(data, np.ndarray):
+        if hasattr(data, "__cuda_array_interface__"):
+            raise TypeError("GPU arrays need the CUDA backend, which this build does not provide yet")
+        try:
+            data = np.asarray(data)
+        except Exception as exc:  # numpy's own message says what failed
+            raise TypeError(f"expected an array-like of floats, found {type(data).__name__}: {exc}") from None
+    if data.dtype not in (np.float32, np.float64):
+        raise TypeError(f"expected a float32 or float64 array, found dtype {data.dtype}")
+    # not ascontiguousarray: it turns 0-d arrays into 1-d ones
+    return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
+
+
+def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto") -> np.ndarray:
+    """Compress a float array with a hard per-element error bound.
+
+    Parameters
+    ----------
+    data : array_like of float32 or float64
+        Any shape (0-d, empty, N-d), C or F order, or a non-contiguous view. For 2-D and
+        higher, the last axis is a vector (an embedding row) and identical quantized rows
+        are stored once.
+    abs_error : float, optional
+        Every finite element decodes to within ``abs_error`` of the original.
+    rel_error : float, optional
+        The bound is ``rel_error * (max - min)`` over the finite values. Give exactly one
+        of ``abs_error`` and ``rel_error``.
+    strategy : {"auto", "fast", "compact"}
+        ``fast`` bit-packs the codes, ``compact`` entropy-codes them (rANS), ``auto`` picks
+        per stream by size (see :mod:`embzip.costmodel`).
+
+    Returns
+    -------
+    numpy.ndarray
+        The frame, a 1-D uint8 array. NaN (with payload) and +-Inf are stored bit-exact.
+
+    Examples
+    --------
+    >>> import numpy as np, embzip
+    >>> x = np.linspace(-1, 1, 10_000, dtype=np.float32)
+    >>> frame = embzip.compress(x, abs_error=1e-3)
+    >>> y = embzip.decompress(frame)
+    >>> bool(np.abs(y.astype(np.float64) - x).max() <= 1e-3), frame.nbytes < x.nbytes / 3
+    (True, True)
+    """
+    if (abs_error is None) == (rel_error is None):
+        raise ValueError(f"give exactly one of abs_error and rel_error, found abs_error={abs_error!r}, rel_error={rel_error!r}")
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}, found {strategy!r}")
+    values = _as_float_array(data)
+    constant = None
+    if abs_error is not None:
+        mode, given = ErrorMode.ABS, _check_bound("abs_error", abs_error)
+        bound = given
+    else:
+        mode, given = ErrorMode.REL, _check_bound("rel_error", rel_error)
+        span = _codec.quantize.finite_range(values)
+        bound = 0.0 if span is None else given * (span[1] - span[0])
+        if span is not None and span[0] == span[1]:
+            constant = span[0]
+        if not math.isfinite(bound):  # range overflows float64 (e.g. -max..max): still a bound
+            bound = float(np.finfo(np.float64).max)
+    return _codec.encode_array(values, mode, given, bound, _STRATEGIES[strategy], constant)
+
+
+def decompress(frame, *, out=None, verify: bool = True) -> np.ndarray:
+    """Decode a frame made by :func:`compress`.
+
+    Parameters
+    ----------
+    frame : bytes-like
+        bytes, bytearray, memoryview or a 1-D uint8 array holding exactly one frame.
+    out : numpy.ndarray, optional
+        A writable array of the frame's dtype and shape to decode into.
+    verify : bool
+        Check the payload CRC32C (the header's is always checked).
+
+    Returns
+    -------
+    numpy.ndarray
+        The decoded array, with the original dtype and shape (``out`` if given).
+
+    Raises
+    ------
+    embzip.EmbzipError
+        A subclass for any frame that is not valid: corrupt, truncated, or of a newer version.
+
+    Examples
+    --------
+    >>> import numpy as np, embzip
+    >>> frame = embzip.compress(np.ones((3, 4)), abs_error=0.1)
+    >>> embzip.decompress(frame).shape
+    (3, 4)
+    """
+    header, buf = parse_frame(frame, verify=verify)
+    dtype = header.dtype.numpy.newbyteorder("=")
+    if out is None:
+        return _codec.decode_into(header, buf, np.empty(header.shape, dtype=dtype))
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, found {type(out).__name__}")
+    if out.shape != header.shape or out.dtype != dtype:
+        raise ValueError(f"out must have shape {header.shape} and dtype {dtype}, found {out.shape} and {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writable, found a read-only array")
+    if out.flags.c_contiguous:
+        return _codec.decode_into(header, buf, out)
+    out[...] = _codec.decode_into(header, buf, np.empty(header.shape, dtype=dtype))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameInfo:
+    """What a frame's header says, read without decoding the payload."""
+
+    dtype: np.dtype
+    shape: tuple
+    error_mode: str  # "abs" or "rel"
+    error_value: float  # the bound as the caller gave it
+    abs_error: float  # the resolved absolute bound every finite element satisfies
+    strategy: str  # what the caller asked for
+    stages: tuple  # e.g. ("quantize", "dedup", "codes:rans", "row_index:bitpack", "outliers")
+    sections: dict  # section name -> bytes
+    raw_size: int
+    frame_size: int
+    unique_rows: int | None
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_size / self.frame_size if self.frame_size else float("inf")
+
+
+def inspect(frame) -> FrameInfo:
+    """Read a frame's header (validated, payload not decoded).
+
+    Examples
+    --------
+    >>> import numpy as np, embzip
+    >>> info = embzip.inspect(embzip.compress(np.zeros((8, 4), np.float32), rel_error=0.01))
+    >>> info.shape, info.dtype
+    ((8, 4), dtype('float32'))
+    """
+    header = read_header(as_frame_bytes(frame))
+    stages = []
+    if header.section(SectionKind.RAW) is not None:
+        stages.append("raw")
+    else:
+        stages.append("quantize")
+        if header.flags & Flags.DEDUP:
+            stages.append("dedup")
+        for sec in header.sections:
+            if sec.kind in (SectionKind.CODES, SectionKind.ROW_INDEX):
+                stages.append(f"{sec.kind.name.lower()}:{sec.encoding.name.lower()}")
+        if header.section(SectionKind.OUTLIER_POSITIONS) is not None:
+            stages.append("outliers")
+    codes = header.section(SectionKind.CODES)
+    unique = None
+    if header.flags & Flags.DEDUP and codes is not None:
+        unique = codes.count // header.shape[-1]
+    return FrameInfo(
+        dtype=header.dtype.numpy.newbyteorder("="), shape=header.shape,
+        error_mode=header.error_mode.name.lower(), error_value=header.error_value,
+        abs_error=header.abs_error, strategy=Strategy(header.strategy).name.lower() if header.strategy in
+        Strategy._value2member_map_ else str(header.strategy),
+        stages=tuple(stages), sections={s.kind.name.lower(): s.length for s in header.sections},
+        raw_size=header.raw_size, frame_size=header.frame_size, unique_rows=unique)

@@ -1,0 +1,34 @@
+"""The one place that builds numba jit decorators.
+
+Why one place: every kernel must be compiled with the same numerics. ``fastmath`` is never
+enabled (it would let LLVM reassociate or contract the quantizer's multiply and break the
+error bound), ``error_model="numpy"`` keeps division semantics IEEE, and on-disk caching is
+opt-in through ``EMBZIP_NUMBA_CACHE=1`` because concurrent cache writes from several MPI
+ranks are a known crash source (numba issues 4807, 10128).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+__all__ = ["kernel", "parallel_kernel", "prange"]
+
+_CACHE = os.environ.get("EMBZIP_NUMBA_CACHE", "0") == "1"
+
+prange = numba.prange
+
+
+def kernel(fn=None, **overrides):
+    """Serial ``@njit`` kernel with embzip's fixed numerics options."""
+    opts = dict(nogil=True, cache=_CACHE, fastmath=False, error_model="numpy", boundscheck=False)
+    opts.update(overrides)
+    if fn is None:
+        return lambda f: numba.njit(**opts)(f)
+    return numba.njit(**opts)(fn)
+
+
+def parallel_kernel(fn=None, **overrides):
+    """``@njit(parallel=True)`` kernel; use ``prange`` for the outer loop."""
+    return kernel(fn, parallel=True, **overrides)

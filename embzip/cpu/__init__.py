@@ -1,0 +1,1 @@
+"""numba CPU kernels. Kernels do no validation and no allocation: the stage wrappers do."""

@@ -1,0 +1,98 @@
+"""Vector deduplication: a global hash table over the quantized rows.
+
+Rows whose code vectors are identical decode to identical values, so each unique row is
+stored once and every row gets a reference: 0 means "a new unique row, the next one in
+order", ``k > 0`` means "the same as unique row ``k - 1``". Rows that contain an outlier are
+never matched (their verbatim values may differ) and always count as new.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import kernel, parallel_kernel, prange
+
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+
+@parallel_kernel
+def row_hashes(codes, outlier_mask, hashes, row_has_outlier):
+    """64-bit hash of each row of ``codes`` (rows x cols, uint32) and its outlier flag."""
+    rows, cols = codes.shape
+    for r in prange(rows):
+        h = np.uint64(cols)
+        flag = np.uint8(0)
+        for c in range(cols):
+            h = (h ^ np.uint64(codes[r, c])) * _MULTIPLIER
+            h ^= h >> np.uint64(29)
+            flag |= outlier_mask[r, c]
+        hashes[r] = h
+        row_has_outlier[r] = flag
+
+
+@kernel
+def assign_unique(codes, hashes, row_has_outlier, table, refs, unique_rows):
+    """Fill ``refs`` and ``unique_rows`` (source row of each unique row); return the count.
+
+    ``table`` is an int64 array of power-of-two size >= 2 * rows, filled with -1.
+    """
+    rows, cols = codes.shape
+    mask = np.uint64(table.size - 1)
+    unique = 0
+    for r in range(rows):
+        if row_has_outlier[r]:
+            refs[r] = 0
+            unique_rows[unique] = r
+            unique += 1
+            continue
+        slot = hashes[r] & mask
+        while True:
+            u = table[slot]
+            if u < 0:  # empty slot: a new unique row
+                table[slot] = unique
+                refs[r] = 0
+                unique_rows[unique] = r
+                unique += 1
+                break
+            other = unique_rows[u]
+            if hashes[other] == hashes[r]:
+                same = True
+                for c in range(cols):
+                    if codes[other, c] != codes[r, c]:
+                        same = False
+                        break
+                if same:
+                    refs[r] = np.uint32(u + 1)
+                    break
+            slot = (slot + np.uint64(1)) & mask
+    return unique
+
+
+@kernel
+def resolve_refs(refs, unique_count, row_ids):
+    """Turn references into unique-row ids; return -1 on success or the first bad row."""
+    next_new = 0
+    for r in range(refs.size):
+        ref = np.int64(refs[r])
+        if ref == 0:
+            if next_new >= unique_count:
+                return r
+            row_ids[r] = next_new
+            next_new += 1
+        else:
+            if ref > next_new:  # may only point back at a unique row already seen
+                return r
+            row_ids[r] = ref - 1
+    if next_new != unique_count:
+        return refs.size
+    return -1
+
+
+@parallel_kernel
+def expand_rows(unique_values, row_ids, out):
+    """``out[r] = unique_values[row_ids[r]]`` for 2-D arrays; ids were validated."""
+    rows, cols = out.shape
+    for r in prange(rows):
+        src = row_ids[r]
+        for c in range(cols):
+            out[r, c] = unique_values[src, c]

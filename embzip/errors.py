@@ -1,0 +1,46 @@
+"""The embzip error tree.
+
+Caller mistakes (bad arguments) raise the built-in ``ValueError`` / ``TypeError``.
+Problems with the data or the environment raise a subclass of :class:`EmbzipError`,
+so ``except embzip.EmbzipError`` catches every frame that cannot be decoded.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EmbzipError",
+    "FormatError",
+    "CorruptFrameError",
+    "TruncatedFrameError",
+    "UnsupportedVersionError",
+    "BackendUnavailableError",
+    "CommError",
+]
+
+
+class EmbzipError(Exception):
+    """Base class of every error embzip raises about data or environment."""
+
+
+class FormatError(EmbzipError):
+    """The bytes are not an embzip frame, or a field holds an impossible value."""
+
+
+class CorruptFrameError(FormatError):
+    """A checksum does not match, or a section's content contradicts the header."""
+
+
+class TruncatedFrameError(FormatError):
+    """The frame is shorter than its header says it is."""
+
+
+class UnsupportedVersionError(FormatError):
+    """The frame was written by a newer major version of the format."""
+
+
+class BackendUnavailableError(EmbzipError):
+    """A backend (CUDA, MPI) was asked for but cannot be used here."""
+
+
+class CommError(EmbzipError):
+    """A compressed collective failed; raised on every rank, never a deadlock."""

@@ -1,0 +1,252 @@
+"""Frame v1 header: packing, parsing and validation (normative spec: docs/format.md).
+
+Everything here is pure Python over ``struct``: the header is tiny, and being strict about
+every field before any kernel runs is what keeps hostile frames from reaching numba code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+
+import numpy as np
+
+from ..checksum import crc32c
+from ..errors import CorruptFrameError, FormatError, TruncatedFrameError, UnsupportedVersionError
+from .ids import MAGIC, MAJOR_VERSION, MINOR_VERSION, DTypeId, Encoder, ErrorMode, Flags, SectionKind
+
+# magic, major, minor, header_length, dtype, ndim, error_mode, strategy, flags, section_count,
+# reserved(u16), error_value, abs_error, step, payload_length, payload_crc
+_FIXED = struct.Struct("<4sBBHBBBBBBHdddQI")
+_SECTION = struct.Struct("<BB6xQQ")  # kind, encoding, count, length
+_CRC = struct.Struct("<I")
+FIXED_SIZE = _FIXED.size  # 52
+MAX_NDIM = 32
+MAX_SECTIONS = 8
+
+# Which encodings each section kind may use (RAW sections hold bytes, not code streams).
+_ALLOWED_ENCODING = {
+    SectionKind.RAW: {Encoder.RAW},
+    SectionKind.CODES: {Encoder.BITPACK, Encoder.RANS},
+    SectionKind.ROW_INDEX: {Encoder.BITPACK, Encoder.RANS},
+    SectionKind.OUTLIER_POSITIONS: {Encoder.RAW},
+    SectionKind.OUTLIER_VALUES: {Encoder.RAW},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One payload section: what it holds, how it is encoded, how many items, how many bytes."""
+
+    kind: SectionKind
+    encoding: Encoder
+    count: int
+    length: int
+    offset: int = 0  # absolute offset in the frame; filled by parse_frame
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameHeader:
+    """Decoded header fields (see docs/format.md for their meaning)."""
+
+    dtype: DTypeId
+    shape: tuple
+    error_mode: ErrorMode
+    strategy: int  # the StrategyId the caller asked for (informational)
+    flags: Flags
+    error_value: float
+    abs_error: float
+    step: float
+    sections: tuple
+    payload_length: int = 0
+    payload_crc: int = 0
+    header_length: int = 0
+
+    @property
+    def element_count(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def raw_size(self) -> int:
+        return self.element_count * self.dtype.numpy.itemsize
+
+    @property
+    def frame_size(self) -> int:
+        return self.header_length + self.payload_length
+
+    def section(self, kind: SectionKind):
+        for sec in self.sections:
+            if sec.kind == kind:
+                return sec
+        return None
+
+
+def header_length_for(ndim: int, section_count: int) -> int:
+    return FIXED_SIZE + 8 * ndim + _SECTION.size * section_count + _CRC.size
+
+
+def pack_frame(header: FrameHeader, payloads) -> np.ndarray:
+    """Build a frame: header (with both CRCs) followed by the section payloads, as uint8."""
+    sections = header.sections
+    if len(sections) != len(payloads):
+        raise AssertionError("one payload per section")
+    ndim = len(header.shape)
+    hlen = header_length_for(ndim, len(sections))
+    payload_length = sum(len(p) for p in payloads)
+    frame = np.empty(hlen + payload_length, dtype=np.uint8)
+    pos = hlen
+    payload_crc = 0
+    for payload in payloads:
+        view = np.frombuffer(memoryview(payload).cast("B"), dtype=np.uint8)
+        frame[pos:pos + view.size] = view
+        pos += view.size
+    payload_crc = crc32c(frame[hlen:])
+    fixed = _FIXED.pack(MAGIC, MAJOR_VERSION, MINOR_VERSION, hlen, int(header.dtype), ndim,
+                        int(header.error_mode), int(header.strategy), int(header.flags), len(sections),
+                        0, header.error_value, header.abs_error, header.step, payload_length, payload_crc)
+    parts = [fixed, struct.pack(f"<{ndim}Q", *header.shape)]
+    parts += [_SECTION.pack(int(s.kind), int(s.encoding), s.count, s.length) for s in sections]
+    head = b"".join(parts)
+    head += _CRC.pack(crc32c(head))
+    frame[:hlen] = np.frombuffer(head, dtype=np.uint8)
+    return frame
+
+
+def as_frame_bytes(frame) -> np.ndarray:
+    """Any bytes-like frame (bytes, bytearray, memoryview, uint8 array) as a uint8 array view."""
+    if isinstance(frame, np.ndarray):
+        if frame.dtype != np.uint8 or frame.ndim != 1:
+            raise TypeError(f"expected a 1-D uint8 frame array, found dtype {frame.dtype} with ndim {frame.ndim}")
+        return np.ascontiguousarray(frame)
+    try:
+        view = memoryview(frame)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like frame, found {type(frame).__name__}") from None
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return np.frombuffer(view.cast("B"), dtype=np.uint8)
+
+
+def read_header(buf: np.ndarray) -> FrameHeader:
+    """Parse and validate the header of ``buf`` (uint8); sections get absolute offsets.
+
+    Checks every field, the header CRC, and that the frame is exactly header + payload long.
+    The payload CRC is not checked here (see :func:`parse_frame`).
+    """
+    size = buf.size
+    if size < 4 or bytes(buf[:4]) != MAGIC:
+        if size < 4 and bytes(buf[:size]) == MAGIC[:size]:
+            raise TruncatedFrameError(f"frame is {size} bytes, shorter than the 4-byte magic")
+        raise FormatError(f"not an embzip frame: expected magic {MAGIC!r}, found {bytes(buf[:4])!r}")
+    if size < FIXED_SIZE:
+        raise TruncatedFrameError(f"frame is {size} bytes, shorter than the {FIXED_SIZE}-byte fixed header")
+    (_, major, minor, hlen, dtype_id, ndim, mode, strategy, flags, nsec, reserved, error_value,
+     abs_error, step, payload_length, payload_crc) = _FIXED.unpack_from(bytes(buf[:FIXED_SIZE]))
+    if major != MAJOR_VERSION:
+        if major > MAJOR_VERSION:
+            raise UnsupportedVersionError(
+                f"frame format version {major}.{minor} is newer than this embzip reads ({MAJOR_VERSION}.x)")
+        raise FormatError(f"frame format major version {major} is invalid (expected {MAJOR_VERSION})")
+    if ndim > MAX_NDIM or nsec > MAX_SECTIONS:
+        raise CorruptFrameError(f"header claims ndim={ndim} (max {MAX_NDIM}) and {nsec} sections (max {MAX_SECTIONS})")
+    expected_hlen = header_length_for(ndim, nsec)
+    if hlen != expected_hlen:
+        raise CorruptFrameError(f"header length field is {hlen}, expected {expected_hlen} for ndim={ndim}, {nsec} sections")
+    if size < hlen:
+        raise TruncatedFrameError(f"frame is {size} bytes, shorter than its {hlen}-byte header")
+    head = bytes(buf[:hlen])
+    (stored_crc,) = _CRC.unpack_from(head, hlen - 4)
+    if crc32c(head[:-4]) != stored_crc:
+        raise CorruptFrameError("header checksum mismatch: the header is corrupted")
+    if reserved != 0:
+        raise CorruptFrameError(f"reserved header field is {reserved}, expected 0")
+    if size != hlen + payload_length:
+        if size < hlen + payload_length:
+            raise TruncatedFrameError(f"frame is {size} bytes, header says {hlen + payload_length}")
+        raise FormatError(f"frame is {size} bytes, header says {hlen + payload_length}: trailing bytes")
+    shape = struct.unpack_from(f"<{ndim}Q", head, FIXED_SIZE)
+    try:
+        dtype = DTypeId(dtype_id)
+        error_mode = ErrorMode(mode)
+    except ValueError as exc:
+        raise CorruptFrameError(f"invalid header field: {exc}") from None
+    if flags & ~int(Flags.DEDUP):
+        raise CorruptFrameError(f"unknown flag bits {flags:#x}")
+    sections = []
+    pos = hlen
+    table_at = FIXED_SIZE + 8 * ndim
+    for k in range(nsec):
+        kind_id, enc_id, count, length = _SECTION.unpack_from(head, table_at + k * _SECTION.size)
+        try:
+            kind, enc = SectionKind(kind_id), Encoder(enc_id)
+        except ValueError as exc:
+            raise CorruptFrameError(f"section {k}: {exc}") from None
+        sections.append(Section(kind, enc, count, length, pos))
+        pos += length
+    header = FrameHeader(dtype, tuple(shape), error_mode, strategy, Flags(flags), error_value, abs_error,
+                         step, tuple(sections), payload_length, payload_crc, hlen)
+    _validate_semantics(header)
+    return header
+
+
+def _validate_semantics(h: FrameHeader) -> None:
+    """Cross-field checks: a frame that passes them can be decoded without any out-of-bounds access."""
+    n = 1
+    for extent in h.shape:
+        n *= extent
+        if n > 1 << 48:
+            raise CorruptFrameError(f"shape {h.shape} has more than 2**48 elements")
+    itemsize = h.dtype.numpy.itemsize
+    if sum(s.length for s in h.sections) != h.payload_length:
+        raise CorruptFrameError(f"section lengths add up to {sum(s.length for s in h.sections)}, payload is {h.payload_length}")
+    kinds = [s.kind for s in h.sections]
+    if kinds != sorted(set(kinds)):
+        raise CorruptFrameError(f"sections must appear once each, in order; found {[k.name for k in kinds]}")
+    for s in h.sections:
+        if s.encoding not in _ALLOWED_ENCODING[s.kind]:
+            raise CorruptFrameError(f"section {s.kind.name} cannot use encoding {s.encoding.name}")
+    if not (math.isfinite(h.abs_error) and h.abs_error >= 0 and math.isfinite(h.error_value) and h.error_value >= 0):
+        raise CorruptFrameError(f"invalid bound in header: abs_error={h.abs_error}, error_value={h.error_value}")
+    raw = h.section(SectionKind.RAW)
+    if raw is not None:
+        if kinds != [SectionKind.RAW] or h.flags != Flags.NONE:
+            raise CorruptFrameError("a RAW frame holds exactly one RAW section and no flags")
+        if raw.count != n or raw.length != n * itemsize:
+            raise CorruptFrameError(f"RAW section holds {raw.count} items / {raw.length} bytes, expected {n} / {n * itemsize}")
+        return
+    codes = h.section(SectionKind.CODES)
+    if codes is None:
+        raise CorruptFrameError("frame has neither a RAW nor a CODES section")
+    step_in_dtype = float(h.dtype.numpy.type(h.step))
+    if not (math.isfinite(h.step) and h.step > 0 and step_in_dtype == h.step):
+        raise CorruptFrameError(f"invalid step {h.step!r} for dtype {h.dtype.name}")
+    row_len = h.shape[-1] if len(h.shape) >= 2 else 1
+    rows = n // row_len if row_len else 0
+    index = h.section(SectionKind.ROW_INDEX)
+    if bool(h.flags & Flags.DEDUP) != (index is not None):
+        raise CorruptFrameError("DEDUP flag and ROW_INDEX section must come together")
+    if index is not None:
+        if len(h.shape) < 2 or row_len == 0:
+            raise CorruptFrameError(f"DEDUP needs rows of at least one value; shape is {h.shape}")
+        if index.count != rows or codes.count % row_len or codes.count // row_len > rows:
+            raise CorruptFrameError(f"ROW_INDEX/CODES counts {index.count}/{codes.count} do not fit shape {h.shape}")
+    elif codes.count != n:
+        raise CorruptFrameError(f"CODES section holds {codes.count} codes, expected {n}")
+    pos_sec, val_sec = h.section(SectionKind.OUTLIER_POSITIONS), h.section(SectionKind.OUTLIER_VALUES)
+    if (pos_sec is None) != (val_sec is None):
+        raise CorruptFrameError("outlier positions and values must come together")
+    if pos_sec is not None:
+        if pos_sec.count != val_sec.count or pos_sec.count == 0 or pos_sec.count > codes.count:
+            raise CorruptFrameError(f"outlier counts {pos_sec.count}/{val_sec.count} invalid for {codes.count} codes")
+        if pos_sec.length != 8 * pos_sec.count or val_sec.length != itemsize * val_sec.count:
+            raise CorruptFrameError("outlier section lengths do not match their counts")
+
+
+def parse_frame(frame, verify: bool = True):
+    """Validate a whole frame; return ``(header, buf)`` where ``buf`` is the uint8 frame."""
+    buf = as_frame_bytes(frame)
+    header = read_header(buf)
+    if verify and crc32c(buf[header.header_length:]) != header.payload_crc:
+        raise CorruptFrameError("payload checksum mismatch: the payload is corrupted")
+    return header, buf

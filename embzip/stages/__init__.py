@@ -1,0 +1,1 @@
+"""Codec stages: validating, allocating Python wrappers around the kernels in ``embzip.cpu``."""

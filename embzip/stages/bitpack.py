@@ -1,0 +1,122 @@
+"""The "fast" encoder: per-block fixed-width bit-packing of uint32 code streams.
+
+Section layout (normative in docs/format.md)::
+
+    u32  block_size        32 * lanes; this version writes and reads 256 (8 lanes)
+    u8   widths[nblocks]   bit width of each block, 0..32; nblocks = ceil(count / block_size)
+    u32  words[...]        the full blocks, 8 * widths[b] little-endian words each, lane-interleaved
+    u8   tail[...]         the last partial block (if any): ceil(len * width / 8) bytes, plain bit stream
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cpu import bitpack as kernels
+from ..errors import CorruptFrameError
+
+__all__ = ["BLOCK_SIZE", "encode", "decode", "plan"]
+
+BLOCK_SIZE = kernels.BLOCK_SIZE
+_LANES = kernels.LANES
+
+
+def _geometry(count: int, widths: np.ndarray):
+    """(full block count, tail length, word offsets of full blocks, tail byte length)."""
+    full = count // BLOCK_SIZE
+    tail_len = count - full * BLOCK_SIZE
+    word_offsets = np.zeros(full + 1, dtype=np.int64)
+    np.cumsum(widths[:full].astype(np.int64) * _LANES, out=word_offsets[1:])
+    tail_bytes = (tail_len * int(widths[full]) + 7) // 8 if tail_len else 0
+    return full, tail_len, word_offsets, tail_bytes
+
+
+def plan(values: np.ndarray):
+    """Block widths and the exact encoded size of ``values`` in bytes, without packing.
+
+    Returns ``(widths, size)``; pass ``widths`` to :func:`encode` to skip recomputing them.
+    """
+    nblocks = -(-values.size // BLOCK_SIZE)
+    widths = np.empty(nblocks, dtype=np.uint8)
+    kernels.block_widths(values, BLOCK_SIZE, widths)
+    full, _, word_offsets, tail_bytes = _geometry(values.size, widths)
+    return widths, 4 + nblocks + 4 * int(word_offsets[-1]) + tail_bytes
+
+
+def encode(values: np.ndarray, widths=None) -> np.ndarray:
+    """Bit-pack a uint32 stream into a self-describing section (uint8 array).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> codes = np.arange(1000, dtype=np.uint32)
+    >>> section = encode(codes)
+    >>> bool((decode(section, 1000) == codes).all())
+    True
+    """
+    values = np.ascontiguousarray(values, dtype=np.uint32)
+    if widths is None:
+        widths, _ = plan(values)
+    full, tail_len, word_offsets, tail_bytes = _geometry(values.size, widths)
+    head = 4 + widths.size
+    nwords = int(word_offsets[-1])
+    out = np.empty(head + 4 * nwords + tail_bytes, dtype=np.uint8)
+    out[:4] = np.frombuffer(np.uint32(BLOCK_SIZE).astype("<u4").tobytes(), dtype=np.uint8)
+    out[4:head] = widths
+    words = np.empty(nwords, dtype=np.uint32)
+    kernels.pack_full_blocks(values, widths[:full], word_offsets, words)
+    out[head:head + 4 * nwords] = words.astype("<u4", copy=False).view(np.uint8)
+    if tail_len:
+        kernels.pack_tail(values[full * BLOCK_SIZE:], int(widths[full]), out[head + 4 * nwords:])
+    return out
+
+
+def _layout(section: np.ndarray, count: int):
+    """Validate a section against ``count``; return (widths, full, word_offsets, head, tail_bytes)."""
+    if section.size < 4:
+        raise CorruptFrameError(f"bit-packed section is {section.size} bytes, shorter than its 4-byte header")
+    block_size = int.from_bytes(bytes(section[:4]), "little")
+    if block_size != BLOCK_SIZE:
+        raise CorruptFrameError(f"bit-packed block size is {block_size}, expected {BLOCK_SIZE}")
+    nblocks = -(-count // BLOCK_SIZE)
+    head = 4 + nblocks
+    if section.size < head:
+        raise CorruptFrameError(f"bit-packed section is {section.size} bytes, its width table needs {head}")
+    widths = np.array(section[4:head], dtype=np.uint8)
+    if widths.size and int(widths.max()) > 32:
+        raise CorruptFrameError(f"bit width {int(widths.max())} exceeds 32")
+    full, _, word_offsets, tail_bytes = _geometry(count, widths)
+    expected = head + 4 * int(word_offsets[-1]) + tail_bytes
+    if expected != section.size:
+        raise CorruptFrameError(f"bit-packed section is {section.size} bytes, its widths say {expected}")
+    return widths, full, word_offsets, head, tail_bytes
+
+
+def decode(section: np.ndarray, count: int, out=None, step=None) -> np.ndarray:
+    """Unpack ``count`` values; with ``step`` (a numpy float32/float64 scalar), dequantize too.
+
+    Without ``step`` the result is the uint32 stream; with it, ``out`` (or a new array of
+    step's dtype) receives ``dtype(unzigzag(code)) * step``. Raises CorruptFrameError when the
+    section does not match ``count``.
+    """
+    widths, full, word_offsets, head, tail_bytes = _layout(section, count)
+    nwords = int(word_offsets[-1])
+    # Copy the words out of the (possibly unaligned, read-only) frame: cheap next to the output.
+    words = np.frombuffer(section[head:head + 4 * nwords].tobytes(), dtype="<u4").astype(np.uint32, copy=False)
+    tail = section[head + 4 * nwords:]
+    if step is None:
+        if out is None:
+            out = np.empty(count, dtype=np.uint32)
+        kernels.unpack_full_codes(words, widths[:full], word_offsets, 0.0, out)
+        if count > full * BLOCK_SIZE:
+            kernels.unpack_tail_codes(tail, int(widths[full]), 0.0, out[full * BLOCK_SIZE:])
+        return out
+    if out is None:
+        out = np.empty(count, dtype=step.dtype)
+    f32 = out.dtype == np.float32
+    unpack_full = kernels.unpack_full_dequantize_f32 if f32 else kernels.unpack_full_dequantize_f64
+    unpack_full(words, widths[:full], word_offsets, step, out)
+    if count > full * BLOCK_SIZE:
+        unpack_tail = kernels.unpack_tail_dequantize_f32 if f32 else kernels.unpack_tail_dequantize_f64
+        unpack_tail(tail, int(widths[full]), step, out[full * BLOCK_SIZE:])
+    return out

@@ -1,0 +1,51 @@
+"""Deduplication stage: unique quantized rows plus a reference stream (see cpu/dedup.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..cpu import dedup as kernels
+from ..errors import CorruptFrameError
+
+__all__ = ["Deduplicated", "deduplicate", "resolve", "expand"]
+
+
+@dataclasses.dataclass
+class Deduplicated:
+    refs: np.ndarray  # uint32 per row: 0 = next new unique row, k = unique row k - 1
+    unique_rows: np.ndarray  # int64 source row of each unique row
+
+    @property
+    def unique_count(self) -> int:
+        return self.unique_rows.size
+
+
+def deduplicate(codes: np.ndarray, outlier_mask: np.ndarray) -> Deduplicated:
+    """Find identical rows of ``codes`` (rows x cols uint32); rows with outliers stay unique."""
+    rows = codes.shape[0]
+    hashes = np.empty(rows, dtype=np.uint64)
+    has_outlier = np.empty(rows, dtype=np.uint8)
+    kernels.row_hashes(codes, outlier_mask, hashes, has_outlier)
+    table = np.full(1 << max(1, (2 * rows - 1).bit_length()), -1, dtype=np.int64)
+    refs = np.empty(rows, dtype=np.uint32)
+    unique_rows = np.empty(rows, dtype=np.int64)
+    count = kernels.assign_unique(codes, hashes, has_outlier, table, refs, unique_rows)
+    return Deduplicated(refs, unique_rows[:count])
+
+
+def resolve(refs: np.ndarray, unique_count: int) -> np.ndarray:
+    """Row -> unique-row ids from a decoded reference stream; CorruptFrameError if inconsistent."""
+    row_ids = np.empty(refs.size, dtype=np.int64)
+    bad = kernels.resolve_refs(refs, unique_count, row_ids)
+    if bad >= 0:
+        raise CorruptFrameError(
+            f"row index stream is inconsistent at row {bad} of {refs.size} ({unique_count} unique rows)")
+    return row_ids
+
+
+def expand(unique_values: np.ndarray, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (rows x cols) with the unique rows each row refers to."""
+    kernels.expand_rows(unique_values, row_ids, out)
+    return out

@@ -1,0 +1,494 @@
+"""Compact entropy coder: uint32 symbol stream <-> self-contained rANS byte section.
+
+The section layout is normative and specified in ``docs/entropy.md``.  This module
+validates inputs and every length and offset of a section, allocates all arrays, and
+calls the kernels in :mod:`embzip.cpu.rans`, which trust what they are given.
+
+Public functions: :func:`histogram`, :func:`estimate_size`, :func:`encode`, :func:`decode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embzip.cpu import rans as _k
+from embzip.errors import CorruptFrameError
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "SymbolHistogram",
+    "histogram",
+    "estimate_size",
+    "encode",
+    "decode",
+]
+
+KIND_CONSTANT = 1
+KIND_RANS = 2
+RANS_HEADER_BYTES = 5
+
+DEFAULT_CHUNK_SIZE = 1 << 16
+DEFAULT_DIRECT_BITS = 8
+DEFAULT_MAX_SCALE_BITS = 12
+#: Inputs at least this long use 4 interleaved states per chunk (speed); shorter ones use
+#: one, saving ~6 bytes of final-state overhead per lane where those bytes matter.
+MULTI_LANE_MIN_SYMBOLS = 1 << 14
+MULTI_LANES = 4
+
+MIN_CHUNK_LOG2, MAX_CHUNK_LOG2 = 8, 24
+MAX_DIRECT_BITS = 12
+MAX_SCALE_BITS = 15
+MAX_LANES = 32
+
+_STATUS_TEXT = {
+    _k.ERR_TRUNCATED: "a varint runs past the end of the section",
+    _k.ERR_BAD_VARINT: "a varint is longer than 5 bytes, >= 2**32, or not minimal",
+    _k.ERR_TOKEN_END: "frequency-table alphabet end out of range",
+    _k.ERR_TABLE_RUN: "a zero run in the frequency table passes the alphabet end",
+}
+
+
+def alphabet_size(direct_bits: int) -> int:
+    """Tokens of the coder's alphabet: ``2**direct_bits`` direct values, one escape per
+    bit length ``direct_bits + 1 .. 32``."""
+    return (1 << direct_bits) + 32 - direct_bits
+
+
+@dataclass(frozen=True)
+class SymbolHistogram:
+    """Token statistics of one symbol stream, all :func:`estimate_size` and the encoder need.
+
+    Attributes
+    ----------
+    symbol_count : int
+        Length of the stream.
+    chunk_size : int
+        Symbols per chunk the statistics were gathered for.
+    direct_bits : int
+        Symbols below ``2**direct_bits`` are their own token; larger ones are escapes.
+    token_counts : numpy.ndarray
+        int64 count of every token (``alphabet_size(direct_bits)`` entries).
+    chunk_raw_bits : numpy.ndarray
+        int64 number of raw escape bits each chunk stores.
+    constant_value : int or None
+        The value of every symbol when the stream holds one distinct value, else None.
+    """
+
+    symbol_count: int
+    chunk_size: int
+    direct_bits: int
+    token_counts: np.ndarray
+    chunk_raw_bits: np.ndarray
+    constant_value: int | None
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.symbol_count // self.chunk_size)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    scale_bits: int
+    lanes: int
+    freqs: np.ndarray  # int64, sums to 2**scale_bits
+    token_end: int
+
+
+def _check_symbols(symbols) -> np.ndarray:
+    if not isinstance(symbols, np.ndarray):
+        raise TypeError(f"symbols must be a numpy array, found {type(symbols).__name__}")
+    if symbols.dtype != np.uint32:
+        raise TypeError(f"symbols must have dtype uint32, found {symbols.dtype}")
+    if symbols.ndim != 1:
+        raise ValueError(f"symbols must be 1-D, found shape {symbols.shape}")
+    return np.ascontiguousarray(symbols)
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    chunk_size = int(chunk_size)
+    log2 = chunk_size.bit_length() - 1
+    if chunk_size != 1 << max(log2, 0) or not MIN_CHUNK_LOG2 <= log2 <= MAX_CHUNK_LOG2:
+        raise ValueError(
+            f"chunk_size must be a power of two in [2**{MIN_CHUNK_LOG2}, 2**{MAX_CHUNK_LOG2}],"
+            f" found {chunk_size}"
+        )
+    return log2
+
+
+def _histogram(symbols: np.ndarray, chunk_size: int, direct_bits: int) -> SymbolHistogram:
+    symbol_count = symbols.shape[0]
+    chunk_count = -(-symbol_count // chunk_size)
+    sub_counts = np.zeros((chunk_count, _k.SUB_HISTOGRAMS, alphabet_size(direct_bits)), np.int32)
+    raw_bits = np.empty(chunk_count, np.int64)
+    if chunk_count:
+        _k.chunk_histograms(symbols, chunk_size, direct_bits, sub_counts, raw_bits)
+    token_counts = sub_counts.sum(axis=(0, 1), dtype=np.int64)
+    constant = None
+    present = np.flatnonzero(token_counts)
+    if present.size == 1:
+        if present[0] < 1 << direct_bits:
+            constant = int(present[0])
+        elif np.all(symbols == symbols[0]):  # one escape token may still hold many values
+            constant = int(symbols[0])
+    return SymbolHistogram(symbol_count, chunk_size, direct_bits, token_counts, raw_bits, constant)
+
+
+def histogram(symbols: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> SymbolHistogram:
+    """Count the coder's tokens in ``symbols`` (one parallel pass, no encoding).
+
+    Parameters
+    ----------
+    symbols : numpy.ndarray
+        1-D uint32 symbol stream.
+    chunk_size : int, optional
+        Symbols per independently coded chunk (a power of two, 2**8 .. 2**24).
+
+    Returns
+    -------
+    SymbolHistogram
+        Pass it to :func:`estimate_size` instead of the symbols to avoid a second pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> h = histogram(np.array([0, 0, 1, 300], dtype=np.uint32))
+    >>> h.token_counts[:2].tolist(), int(h.chunk_raw_bits.sum())
+    ([2, 1], 8)
+    """
+    symbols = _check_symbols(symbols)
+    _check_chunk_size(chunk_size)
+    return _histogram(symbols, int(chunk_size), DEFAULT_DIRECT_BITS)
+
+
+def _ceil_log2(value: int) -> int:
+    return max(int(value) - 1, 0).bit_length()
+
+
+def _plan(hist: SymbolHistogram, max_scale_bits: int, lanes: int | None) -> _Plan:
+    present = np.flatnonzero(hist.token_counts)
+    # A scale near the symbol count keeps frequencies (and their varints) small for short
+    # streams at a negligible precision cost; long streams use the full scale.
+    scale_bits = min(max(_ceil_log2(hist.symbol_count), 1), max_scale_bits)
+    scale_bits = max(scale_bits, _ceil_log2(present.size))
+    if lanes is None:
+        lanes = MULTI_LANES if hist.symbol_count >= MULTI_LANE_MIN_SYMBOLS else 1
+    freqs = np.zeros_like(hist.token_counts)
+    _k.normalize_frequencies(hist.token_counts, scale_bits, freqs)
+    return _Plan(scale_bits, lanes, freqs, int(present[-1]) + 1)
+
+
+def _table_bytes(plan: _Plan) -> np.ndarray:
+    scratch = np.empty(6 * (plan.token_end + 1), np.uint8)  # <= 3 varints of <= 5 bytes per token
+    end = _k.write_frequency_table(plan.freqs, plan.token_end, scratch, 0)
+    return scratch[:end]
+
+
+def _header(hist: SymbolHistogram, plan: _Plan) -> np.ndarray:
+    fields = [KIND_RANS, plan.scale_bits, hist.direct_bits, hist.chunk_size.bit_length() - 1]
+    return np.concatenate([np.array(fields + [plan.lanes], np.uint8), _table_bytes(plan)])
+
+
+def _varint_sizes(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, np.int64)
+    return 1 + sum((values >= 1 << (7 * i)).astype(np.int64) for i in range(1, 5))
+
+
+def _constant_section(value: int) -> np.ndarray:
+    out = np.empty(6, np.uint8)
+    out[0] = KIND_CONSTANT
+    return out[: _k.write_varint(value, out, 1)]
+
+
+def _estimate(hist: SymbolHistogram, max_scale_bits=DEFAULT_MAX_SCALE_BITS, lanes=None) -> int:
+    if hist.symbol_count == 0:
+        return 0
+    if hist.constant_value is not None:
+        return _constant_section(hist.constant_value).size
+    plan = _plan(hist, max_scale_bits, lanes)
+    present = plan.freqs > 0
+    counts = hist.token_counts[present]
+    ideal_bits = float(np.sum(counts * (plan.scale_bits - np.log2(plan.freqs[present]))))
+    chunks = hist.chunk_count
+    raw_bytes = (hist.chunk_raw_bits + 7) // 8
+    # Per chunk: final states cost 4 bytes a lane but carry ~2 bytes of payload each, and
+    # the stream rounds up to whole 16-bit words.
+    rans_bytes = ideal_bits / 8 + chunks * (2 * plan.lanes + 1)
+    directory = _varint_sizes(np.full(chunks, rans_bytes / chunks)).sum()
+    directory += _varint_sizes(raw_bytes).sum()
+    header = _header(hist, plan).size
+    return int(round(header + directory + rans_bytes + raw_bytes.sum()))
+
+
+def estimate_size(symbols, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Predict ``encode(symbols).size`` in bytes from a histogram, without encoding.
+
+    Accurate to a few percent (a few bytes for tiny streams); costs one histogram pass,
+    several times cheaper than :func:`encode`.
+
+    Parameters
+    ----------
+    symbols : numpy.ndarray or SymbolHistogram
+        The uint32 stream, or its :func:`histogram` (then ``chunk_size`` is ignored).
+    chunk_size : int, optional
+        As for :func:`encode`.
+
+    Returns
+    -------
+    int
+        Estimated section size in bytes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> symbols = rng.geometric(0.5, 100_000).astype(np.uint32) - 1
+    >>> abs(estimate_size(symbols) - encode(symbols).size) < 0.01 * encode(symbols).size
+    True
+    """
+    if isinstance(symbols, SymbolHistogram):
+        return _estimate(symbols)
+    return _estimate(histogram(symbols, chunk_size=chunk_size))
+
+
+def _encode(
+    symbols: np.ndarray,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    direct_bits: int = DEFAULT_DIRECT_BITS,
+    max_scale_bits: int = DEFAULT_MAX_SCALE_BITS,
+    lanes: int | None = None,
+) -> np.ndarray:
+    """:func:`encode` with every format parameter exposed (tests exercise the decoder's range)."""
+    hist = _histogram(symbols, chunk_size, direct_bits)
+    if hist.symbol_count == 0:
+        return np.empty(0, np.uint8)
+    if hist.constant_value is not None:
+        return _constant_section(hist.constant_value)
+    plan = _plan(hist, max_scale_bits, lanes)
+    enc_table = np.empty((hist.token_counts.size, 5), np.int64)
+    _k.build_encoder_table(plan.freqs, plan.scale_bits, enc_table)
+    chunks = hist.chunk_count
+    words = np.empty((chunks, chunk_size + 2 * plan.lanes), np.uint16)
+    word_starts = np.empty(chunks, np.int64)
+    states = np.empty((chunks, plan.lanes), np.int64)
+    _k.encode_chunks(symbols, chunk_size, direct_bits, enc_table, states, words, word_starts)
+
+    rans_bytes = 2 * (words.shape[1] - word_starts)
+    raw_bytes = (hist.chunk_raw_bits + 7) // 8
+    directory = np.empty(2 * chunks, np.int64)
+    directory[0::2] = rans_bytes
+    directory[1::2] = raw_bytes
+    header = _header(hist, plan)
+    payload_start = header.size + int(_varint_sizes(directory).sum())
+    chunk_bytes = rans_bytes + raw_bytes
+    offsets = payload_start + np.concatenate(([0], np.cumsum(chunk_bytes)[:-1]))
+    out = np.empty(payload_start + int(chunk_bytes.sum()), np.uint8)
+    out[: header.size] = header
+    pos = header.size
+    for value in directory.tolist():  # Python loop: a few values per chunk only
+        pos = _k.write_varint(value, out, pos)
+    _k.assemble_chunks(symbols, chunk_size, direct_bits, words, word_starts, raw_bytes, out, offsets)
+    return out
+
+
+def encode(symbols: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """Entropy-code a uint32 stream into a self-contained byte section.
+
+    The section does not store the symbol count; :func:`decode` needs it from the caller.
+    Output is deterministic: the same symbols and chunk size give the same bytes.
+
+    Parameters
+    ----------
+    symbols : numpy.ndarray
+        1-D uint32 stream; any values, best for small ones (below 256 they are coded
+        directly, larger ones as a bit-length escape plus raw bits).
+    chunk_size : int, optional
+        Symbols per independently coded chunk (power of two in 2**8 .. 2**24). Chunks are
+        encoded and decoded in parallel.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 section, empty when ``symbols`` is empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> symbols = np.array([0, 0, 0, 1, 0, 2, 70000, 0], dtype=np.uint32)
+    >>> section = encode(symbols)
+    >>> np.array_equal(decode(section, symbols.size), symbols)
+    True
+    """
+    symbols = _check_symbols(symbols)
+    _check_chunk_size(chunk_size)
+    return _encode(symbols, int(chunk_size))
+
+
+def _corrupt(what: str, expected, found) -> CorruptFrameError:
+    return CorruptFrameError(f"rANS section: {what}: expected {expected}, found {found}")
+
+
+def _check_section(section) -> np.ndarray:
+    if not isinstance(section, np.ndarray):
+        section = np.frombuffer(section, np.uint8)
+    if section.dtype != np.uint8 or section.ndim != 1:
+        raise TypeError(f"section must be a 1-D uint8 array, found {section.dtype} {section.shape}")
+    return np.ascontiguousarray(section)
+
+
+def _check_out(out, count: int) -> np.ndarray:
+    if out is None:
+        return np.empty(count, np.uint32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint32:
+        raise TypeError(f"out must be a uint32 numpy array, found {getattr(out, 'dtype', type(out))}")
+    if out.shape != (count,):
+        raise ValueError(f"out must have shape ({count},), found {out.shape}")
+    if not out.flags.writeable or not out.flags.aligned:
+        raise ValueError("out must be writeable and aligned")
+    return out
+
+
+def _parse_header(section: np.ndarray):
+    if section.size < RANS_HEADER_BYTES:
+        raise _corrupt("header length", f">= {RANS_HEADER_BYTES} bytes", section.size)
+    scale_bits, direct_bits, chunk_log2, lanes = (int(b) for b in section[1:RANS_HEADER_BYTES])
+    for name, value, low, high in (
+        ("scale_bits", scale_bits, 1, MAX_SCALE_BITS),
+        ("direct_bits", direct_bits, 0, MAX_DIRECT_BITS),
+        ("chunk_log2", chunk_log2, MIN_CHUNK_LOG2, MAX_CHUNK_LOG2),
+        ("lanes", lanes, 1, MAX_LANES),
+    ):
+        if not low <= value <= high:
+            raise _corrupt(name, f"{low}..{high}", value)
+    return scale_bits, direct_bits, chunk_log2, lanes
+
+
+def _parse_table(section: np.ndarray, scale_bits: int, direct_bits: int):
+    freqs = np.zeros(alphabet_size(direct_bits), np.int64)
+    pos, status, token_end = _k.read_frequency_table(
+        section, RANS_HEADER_BYTES, section.size, freqs.size, freqs
+    )
+    if status == _k.ERR_TOKEN_END:
+        raise _corrupt("frequency-table alphabet end", f"1..{freqs.size}", token_end)
+    if status != _k.OK:
+        raise _corrupt("frequency table", "well-formed varints", _STATUS_TEXT[status])
+    if freqs[token_end - 1] == 0:
+        raise _corrupt("frequency of the last table token", ">= 1", 0)
+    if freqs.sum() != 1 << scale_bits:
+        raise _corrupt("sum of frequencies", 1 << scale_bits, int(freqs.sum()))
+    return freqs, pos
+
+
+def _parse_directory(section: np.ndarray, pos: int, chunk_count: int, lanes: int):
+    # Each chunk takes >= 2 directory bytes and 4 bytes per lane: reject an impossible
+    # count before allocating anything proportional to it.
+    min_bytes = chunk_count * (2 + 4 * lanes)
+    if section.size - pos < min_bytes:
+        raise _corrupt(f"bytes left for {chunk_count} chunks", f">= {min_bytes}", section.size - pos)
+    directory = np.empty(2 * chunk_count, np.int64)
+    pos, status = _k.read_varints(section, pos, section.size, directory)
+    if status != _k.OK:
+        raise _corrupt("chunk directory", "well-formed varints", _STATUS_TEXT[status])
+    rans_bytes, raw_bytes = directory[0::2], directory[1::2]
+    bad = np.flatnonzero((rans_bytes < 4 * lanes) | (rans_bytes % 2 != 0))
+    if bad.size:
+        chunk = int(bad[0])
+        raise _corrupt(
+            f"rANS byte count of chunk {chunk}", f"even and >= {4 * lanes}", int(rans_bytes[chunk])
+        )
+    if pos + int(directory.sum()) != section.size:
+        raise _corrupt("section length", pos + int(directory.sum()), section.size)
+    bounds = np.empty((chunk_count, 3), np.int64)
+    starts = pos + np.concatenate(([0], np.cumsum(rans_bytes + raw_bytes)[:-1]))
+    bounds[:, 0] = starts
+    bounds[:, 1] = starts + rans_bytes
+    bounds[:, 2] = bounds[:, 1] + raw_bytes
+    return bounds
+
+
+_CHUNK_ERRORS = {
+    _k.ERR_STATE_RANGE: "initial state of lane {e} (valid: [2**15, 2**31))",
+    _k.ERR_RANS_LENGTH: "rANS bytes consumed",
+    _k.ERR_FINAL_STATE: "final state",
+    _k.ERR_RAW_LENGTH: "raw-bit bytes consumed",
+    _k.ERR_RAW_PADDING: "raw-bit padding",
+}
+
+
+def _decode_rans(section: np.ndarray, count: int, out: np.ndarray) -> None:
+    scale_bits, direct_bits, chunk_log2, lanes = _parse_header(section)
+    freqs, pos = _parse_table(section, scale_bits, direct_bits)
+    chunk_size = 1 << chunk_log2
+    bounds = _parse_directory(section, pos, -(-count // chunk_size), lanes)
+    table = np.empty(1 << scale_bits, np.int64)
+    _k.build_decoder_table(freqs, table)
+    states = np.empty((bounds.shape[0], lanes), np.int64)
+    errors = np.zeros((bounds.shape[0], 3), np.int64)
+    _k.decode_chunks(section, bounds, chunk_size, direct_bits, scale_bits, table, states, out, errors)
+    failed = np.flatnonzero(errors[:, 0])
+    if failed.size:
+        chunk = int(failed[0])
+        code, expected, found = (int(v) for v in errors[chunk])
+        if code == _k.ERR_STATE_RANGE:
+            raise _corrupt(f"chunk {chunk}: initial state of lane {expected}", "[2**15, 2**31)", found)
+        raise _corrupt(f"chunk {chunk}: {_CHUNK_ERRORS[code]}", expected, found)
+
+
+def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode ``count`` symbols from a section written by :func:`encode`.
+
+    Safe on hostile bytes: every length and offset is validated before the kernels run,
+    kernels clamp their reads to the chunk, and any inconsistency raises.
+
+    Parameters
+    ----------
+    section : numpy.ndarray or bytes-like
+        uint8 section; may be a read-only, unaligned view into a larger frame.
+    count : int
+        Number of symbols the section holds (the caller stores it).
+    out : numpy.ndarray, optional
+        Writeable, aligned uint32 array of shape ``(count,)`` to decode into.  On error
+        its contents are unspecified.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out`` (or a new array) holding the symbols.
+
+    Raises
+    ------
+    embzip.errors.CorruptFrameError
+        The section is malformed or does not hold exactly ``count`` symbols.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> section = encode(np.arange(1000, dtype=np.uint32) % 7)
+    >>> decode(section, 1000)[:8].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 0]
+    """
+    count = int(count)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, found {count}")
+    section = _check_section(section)
+    out = _check_out(out, count)
+    if count == 0:
+        if section.size != 0:
+            raise _corrupt("section length for 0 symbols", 0, section.size)
+        return out
+    if section.size == 0:
+        raise _corrupt(f"section length for {count} symbols", ">= 2", 0)
+    kind = int(section[0])
+    if kind == KIND_CONSTANT:
+        value, end, status = _k.read_varint(section, 1, section.size)
+        if status != _k.OK:
+            raise _corrupt("constant value", "a well-formed varint", _STATUS_TEXT[status])
+        if end != section.size:
+            raise _corrupt("constant section length", end, section.size)
+        out[:] = value
+    elif kind == KIND_RANS:
+        _decode_rans(section, count, out)
+    else:
+        raise _corrupt("section kind", f"{KIND_CONSTANT} or {KIND_RANS}", kind)
+    return out
