@@ -6,17 +6,26 @@ place that decides which sections a frame gets.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from . import costmodel
 from .errors import CorruptFrameError
-from .format import FrameHeader, Section, pack_frame
+from .cpu import bitpack as bitpack_kernels
+from .cpu import fused
+from .format import FrameHeader, Section, allocate_frame, finish_frame, pack_frame, section_offsets
 from .format.ids import DTypeId, Encoder, ErrorMode, Flags, SectionKind, Strategy
 from .stages import bitpack, dedup, quantize, rans
 
 __all__ = ["encode_array", "decode_into"]
 
 _ENCODER_NAMES = {Encoder.BITPACK: "bitpack", Encoder.RANS: "rans"}
+#: Up to this many rows, deduplication is always tried; above, only when a sample of that
+#: many rows (DEDUP_SAMPLE_RUNS runs of consecutive rows, evenly spread, so that repeats
+#: both near and far are seen) holds a repeat: hashing every row of a big array costs time.
+DEDUP_SAMPLE_ROWS = 4096
+DEDUP_SAMPLE_RUNS = 16
 
 
 def _encode_stream(stream: np.ndarray, strategy: Strategy, bandwidth):
@@ -37,10 +46,34 @@ def _encode_stream(stream: np.ndarray, strategy: Strategy, bandwidth):
 def _raw_frame(values: np.ndarray, header: FrameHeader) -> np.ndarray:
     raw = values.astype(values.dtype.newbyteorder("<"), copy=False).reshape(-1)
     section = Section(SectionKind.RAW, Encoder.RAW, raw.size, raw.nbytes)
-    import dataclasses
-
     header = dataclasses.replace(header, flags=Flags.NONE, step=0.0, sections=(section,))
     return pack_frame(header, [raw.view(np.uint8)])
+
+
+def _outlier_payloads(flat: np.ndarray, positions: np.ndarray):
+    positions = positions.astype("<u8", copy=False)
+    values = flat[positions].astype(flat.dtype.newbyteorder("<"), copy=False)
+    sections = [Section(SectionKind.OUTLIER_POSITIONS, Encoder.RAW, positions.size, positions.nbytes),
+                Section(SectionKind.OUTLIER_VALUES, Encoder.RAW, positions.size, values.nbytes)]
+    return sections, [positions.view(np.uint8), values.view(np.uint8)]
+
+
+def _dedup_candidate(values: np.ndarray, step, abs_error: float) -> bool:
+    """Whether to quantize every row and look for repeats (the materializing path)."""
+    if values.ndim < 2 or values.shape[-1] == 0:
+        return False
+    cols = values.shape[-1]
+    rows = values.size // cols
+    if rows < 2:
+        return False
+    if rows <= DEDUP_SAMPLE_ROWS:
+        return True
+    run = DEDUP_SAMPLE_ROWS // DEDUP_SAMPLE_RUNS
+    starts = np.linspace(0, rows - run, DEDUP_SAMPLE_RUNS).astype(np.int64)
+    sample = values.reshape(rows, cols)[(starts[:, None] + np.arange(run)).reshape(-1)]
+    quantized = quantize.quantize(sample.reshape(-1), step, abs_error)
+    found = dedup.deduplicate(quantized.codes.reshape(-1, cols), quantized.outlier_mask.reshape(-1, cols))
+    return found.unique_count < sample.shape[0]
 
 
 def encode_array(values: np.ndarray, error_mode: ErrorMode, error_value: float, abs_error: float,
@@ -52,25 +85,82 @@ def encode_array(values: np.ndarray, error_mode: ErrorMode, error_value: float, 
     step = quantize.choose_step(abs_error, values.dtype, constant)
     if values.size == 0 or step is None:
         return _raw_frame(values, base)
+    if _dedup_candidate(values, step, abs_error):
+        return _encode_materialized(values, base, step, strategy, bandwidth, try_dedup=True)
+    if strategy == Strategy.FAST:
+        return _encode_fast(values, base, step)
+    return _encode_materialized(values, base, step, strategy, bandwidth, try_dedup=False)
+
+
+def _too_big(payload_bytes: int, section_count: int, values: np.ndarray) -> bool:
+    # The raw fallback: a frame is never larger than the raw data plus a RAW frame's header.
+    return payload_bytes + 24 * (section_count - 1) >= values.nbytes
+
+
+def _encode_fast(values: np.ndarray, base: FrameHeader, step) -> np.ndarray:
+    """Fast strategy without dedup: fused quantize + bit-pack straight into the frame."""
     flat = values.reshape(-1)
-    quantized = quantize.quantize(flat, step, abs_error)
+    n = flat.size
+    block = bitpack.BLOCK_SIZE
+    full = n // block
+    body, tail = flat[:full * block], flat[full * block:]
+    inv_step, bound = 1.0 / float(step), float(base.abs_error)
+    plan_blocks, pack_blocks = ((fused.plan_blocks_f32, fused.pack_blocks_f32) if flat.dtype == np.float32
+                                else (fused.plan_blocks_f64, fused.pack_blocks_f64))
+    widths = np.empty(full + (1 if tail.size else 0), dtype=np.uint8)
+    block_outliers = np.empty(full, dtype=np.int64)
+    plan_blocks(body, inv_step, step, bound, widths[:full], block_outliers)
+    tail_q = quantize.quantize(tail, step, bound)
+    if tail.size:
+        widths[full] = int(np.bitwise_or.reduce(tail_q.codes)).bit_length()
+    outlier_count = int(block_outliers.sum()) + tail_q.outlier_count
+    codes_size = bitpack.section_size(n, widths)
+    sections = [Section(SectionKind.CODES, Encoder.BITPACK, n, codes_size)]
+    if outlier_count:
+        sections += [Section(SectionKind.OUTLIER_POSITIONS, Encoder.RAW, outlier_count, 8 * outlier_count),
+                     Section(SectionKind.OUTLIER_VALUES, Encoder.RAW, outlier_count, outlier_count * flat.itemsize)]
+    if _too_big(sum(s.length for s in sections), len(sections), values):
+        return _raw_frame(values, base)
+    header = dataclasses.replace(base, step=float(step), sections=tuple(sections))
+    frame = allocate_frame(header)
+    offsets = section_offsets(header)
+    section = frame[offsets[0]:offsets[0] + codes_size]
+    head = bitpack.write_head(section, widths)
+    _, _, word_offsets, _ = bitpack.geometry(n, widths)
+    nwords = int(word_offsets[-1])
+    words = section[head:head + 4 * nwords].view(np.uint32)  # aligned: see allocate_frame
+    outlier_offsets = np.zeros(full, dtype=np.int64)
+    np.cumsum(block_outliers[:-1], out=outlier_offsets[1:])
+    positions = np.empty(outlier_count, dtype=np.int64)
+    pack_blocks(body, inv_step, step, bound, widths[:full], word_offsets, words,
+                block_outliers, outlier_offsets, positions)
+    if tail.size:
+        bitpack_kernels.pack_tail(tail_q.codes, int(widths[full]), section[head + 4 * nwords:])
+        positions[outlier_count - tail_q.outlier_count:] = full * block + np.flatnonzero(tail_q.outlier_mask)
+    if outlier_count:
+        _, payloads = _outlier_payloads(flat, positions)
+        for offset, payload in zip(offsets[1:], payloads):
+            frame[offset:offset + payload.size] = payload
+    return finish_frame(frame, header)
+
+
+def _encode_materialized(values: np.ndarray, base: FrameHeader, step, strategy: Strategy, bandwidth,
+                         try_dedup: bool) -> np.ndarray:
+    """Quantize into a code array, optionally deduplicate rows, then encode the streams."""
+    flat = values.reshape(-1)
+    quantized = quantize.quantize(flat, step, base.abs_error)
     if quantized.outlier_count * (8 + values.itemsize) >= values.nbytes:
         return _raw_frame(values, base)  # mostly outliers: raw is smaller, skip the encoders
-
     codes, mask = quantized.codes, quantized.outlier_mask
-    sections, payloads, flags = [], [], Flags.NONE
-    refs = None
-    if values.ndim >= 2 and values.shape[-1] > 0 and flat.size // values.shape[-1] >= 2:
+    sections, payloads, flags, refs = [], [], Flags.NONE, None
+    if try_dedup:
         cols = values.shape[-1]
         found = dedup.deduplicate(codes.reshape(-1, cols), mask.reshape(-1, cols))
         if found.unique_count < found.refs.size:
-            flags = Flags.DEDUP
-            refs = found.refs
-            keep = found.unique_rows
+            flags, refs, keep = Flags.DEDUP, found.refs, found.unique_rows
             codes = codes.reshape(-1, cols)[keep].reshape(-1)
             mask = mask.reshape(-1, cols)[keep].reshape(-1)
             flat = flat.reshape(-1, cols)[keep].reshape(-1)
-
     encoder, section = _encode_stream(codes, strategy, bandwidth)
     sections.append(Section(SectionKind.CODES, encoder, codes.size, section.size))
     payloads.append(section)
@@ -79,15 +169,11 @@ def encode_array(values: np.ndarray, error_mode: ErrorMode, error_value: float, 
         sections.append(Section(SectionKind.ROW_INDEX, encoder, refs.size, section.size))
         payloads.append(section)
     if quantized.outlier_count:
-        positions = np.flatnonzero(mask).astype("<u8")
-        outlier_values = flat[positions].astype(values.dtype.newbyteorder("<"), copy=False)
-        sections.append(Section(SectionKind.OUTLIER_POSITIONS, Encoder.RAW, positions.size, positions.nbytes))
-        sections.append(Section(SectionKind.OUTLIER_VALUES, Encoder.RAW, positions.size, outlier_values.nbytes))
-        payloads += [positions.view(np.uint8), outlier_values.view(np.uint8)]
-    if sum(p.size for p in payloads) + 24 * (len(sections) - 1) >= values.nbytes:
-        return _raw_frame(values, base)  # the raw fallback: never larger than raw + header
-    import dataclasses
-
+        outlier_sections, outlier_payloads = _outlier_payloads(flat, np.flatnonzero(mask))
+        sections += outlier_sections
+        payloads += outlier_payloads
+    if _too_big(sum(p.size for p in payloads), len(sections), values):
+        return _raw_frame(values, base)
     header = dataclasses.replace(base, flags=flags, step=float(step), sections=tuple(sections))
     return pack_frame(header, payloads)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import kernel
+from .._jit import kernel, parallel_kernel, prange
 
 _POLY = np.uint32(0x82F63B78)  # reflected Castagnoli polynomial
 
@@ -50,3 +50,38 @@ def crc32c_update(crc, data, tables):
         c = (c >> np.uint32(8)) ^ tables[0, (c ^ np.uint32(data[i])) & np.uint32(0xFF)]
         i += 1
     return c ^ np.uint32(0xFFFFFFFF)
+
+
+@parallel_kernel
+def crc32c_chunks(data, chunk_size, tables, crcs):
+    """CRC32C of each ``chunk_size`` slice of ``data`` (the last may be shorter), in parallel."""
+    for c in prange(crcs.size):
+        start = c * chunk_size
+        stop = min(start + chunk_size, data.size)
+        crcs[c] = crc32c_update(np.uint32(0), data[start:stop], tables)
+
+
+@kernel
+def multmodp(a, b):
+    """a * b modulo the CRC32C polynomial, reflected bit order (as in zlib's crc32_combine)."""
+    a = np.uint32(a)
+    b = np.uint32(b)
+    m = np.uint32(1 << 31)
+    p = np.uint32(0)
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - np.uint32(1)) == 0:
+                return p
+        m >>= np.uint32(1)
+        b = (b >> np.uint32(1)) ^ np.uint32(0x82F63B78) if b & np.uint32(1) else b >> np.uint32(1)
+
+
+@kernel
+def combine_chunks(crc, crcs, chunk_shift, last_shift):
+    """Fold chunk CRCs into ``crc``: every chunk but the last moves ``crc`` by ``chunk_shift``."""
+    result = np.uint32(crc)
+    for k in range(crcs.size):
+        shift = chunk_shift if k + 1 < crcs.size else last_shift
+        result = multmodp(shift, result) ^ crcs[k]
+    return result

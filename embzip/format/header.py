@@ -86,21 +86,31 @@ def header_length_for(ndim: int, section_count: int) -> int:
     return FIXED_SIZE + 8 * ndim + _SECTION.size * section_count + _CRC.size
 
 
-def pack_frame(header: FrameHeader, payloads) -> np.ndarray:
-    """Build a frame: header (with both CRCs) followed by the section payloads, as uint8."""
+def allocate_frame(header: FrameHeader) -> np.ndarray:
+    """An uninitialized frame for ``header``'s sections (payload starts 4-byte aligned).
+
+    Fill the payload in place (see :func:`section_offsets`), then call :func:`finish_frame`.
+    """
+    hlen = header_length_for(len(header.shape), len(header.sections))
+    return np.empty(hlen + sum(s.length for s in header.sections), dtype=np.uint8)
+
+
+def section_offsets(header: FrameHeader) -> list:
+    """Absolute frame offset of each section of ``header``, in order."""
+    pos = header_length_for(len(header.shape), len(header.sections))
+    offsets = []
+    for sec in header.sections:
+        offsets.append(pos)
+        pos += sec.length
+    return offsets
+
+
+def finish_frame(frame: np.ndarray, header: FrameHeader) -> np.ndarray:
+    """Write the header (with the payload CRC and the header CRC) into a filled frame."""
     sections = header.sections
-    if len(sections) != len(payloads):
-        raise AssertionError("one payload per section")
     ndim = len(header.shape)
     hlen = header_length_for(ndim, len(sections))
-    payload_length = sum(len(p) for p in payloads)
-    frame = np.empty(hlen + payload_length, dtype=np.uint8)
-    pos = hlen
-    payload_crc = 0
-    for payload in payloads:
-        view = np.frombuffer(memoryview(payload).cast("B"), dtype=np.uint8)
-        frame[pos:pos + view.size] = view
-        pos += view.size
+    payload_length = frame.size - hlen
     payload_crc = crc32c(frame[hlen:])
     fixed = _FIXED.pack(MAGIC, MAJOR_VERSION, MINOR_VERSION, hlen, int(header.dtype), ndim,
                         int(header.error_mode), int(header.strategy), int(header.flags), len(sections),
@@ -111,6 +121,17 @@ def pack_frame(header: FrameHeader, payloads) -> np.ndarray:
     head += _CRC.pack(crc32c(head))
     frame[:hlen] = np.frombuffer(head, dtype=np.uint8)
     return frame
+
+
+def pack_frame(header: FrameHeader, payloads) -> np.ndarray:
+    """Build a frame from one payload (bytes-like) per section."""
+    if len(header.sections) != len(payloads):
+        raise AssertionError("one payload per section")
+    frame = allocate_frame(header)
+    for offset, payload in zip(section_offsets(header), payloads):
+        view = np.frombuffer(memoryview(payload).cast("B"), dtype=np.uint8)
+        frame[offset:offset + view.size] = view
+    return finish_frame(frame, header)
 
 
 def as_frame_bytes(frame) -> np.ndarray:

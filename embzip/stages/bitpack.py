@@ -4,6 +4,7 @@ Section layout (normative in docs/format.md)::
 
     u32  block_size        32 * lanes; this version writes and reads 256 (8 lanes)
     u8   widths[nblocks]   bit width of each block, 0..32; nblocks = ceil(count / block_size)
+    u8   padding[...]      zero bytes up to a multiple of 4 (words stay 4-byte aligned in a frame)
     u32  words[...]        the full blocks, 8 * widths[b] little-endian words each, lane-interleaved
     u8   tail[...]         the last partial block (if any): ceil(len * width / 8) bytes, plain bit stream
 """
@@ -15,13 +16,13 @@ import numpy as np
 from ..cpu import bitpack as kernels
 from ..errors import CorruptFrameError
 
-__all__ = ["BLOCK_SIZE", "encode", "decode", "plan"]
+__all__ = ["BLOCK_SIZE", "encode", "decode", "plan", "words_offset", "section_size", "write_head"]
 
 BLOCK_SIZE = kernels.BLOCK_SIZE
 _LANES = kernels.LANES
 
 
-def _geometry(count: int, widths: np.ndarray):
+def geometry(count: int, widths: np.ndarray):
     """(full block count, tail length, word offsets of full blocks, tail byte length)."""
     full = count // BLOCK_SIZE
     tail_len = count - full * BLOCK_SIZE
@@ -29,6 +30,26 @@ def _geometry(count: int, widths: np.ndarray):
     np.cumsum(widths[:full].astype(np.int64) * _LANES, out=word_offsets[1:])
     tail_bytes = (tail_len * int(widths[full]) + 7) // 8 if tail_len else 0
     return full, tail_len, word_offsets, tail_bytes
+
+
+def words_offset(nblocks: int) -> int:
+    """Byte offset of the packed words in a section: header, widths, zero padding."""
+    return (4 + nblocks + 3) & ~3
+
+
+def section_size(count: int, widths: np.ndarray) -> int:
+    """Exact section size for ``count`` values with these block widths."""
+    _, _, word_offsets, tail_bytes = geometry(count, widths)
+    return words_offset(widths.size) + 4 * int(word_offsets[-1]) + tail_bytes
+
+
+def write_head(section: np.ndarray, widths: np.ndarray) -> int:
+    """Write block size, widths and padding into ``section``; return the words offset."""
+    head = words_offset(widths.size)
+    section[:4] = np.frombuffer(np.uint32(BLOCK_SIZE).astype("<u4").tobytes(), dtype=np.uint8)
+    section[4:4 + widths.size] = widths
+    section[4 + widths.size:head] = 0
+    return head
 
 
 def plan(values: np.ndarray):
@@ -39,8 +60,7 @@ def plan(values: np.ndarray):
     nblocks = -(-values.size // BLOCK_SIZE)
     widths = np.empty(nblocks, dtype=np.uint8)
     kernels.block_widths(values, BLOCK_SIZE, widths)
-    full, _, word_offsets, tail_bytes = _geometry(values.size, widths)
-    return widths, 4 + nblocks + 4 * int(word_offsets[-1]) + tail_bytes
+    return widths, section_size(values.size, widths)
 
 
 def encode(values: np.ndarray, widths=None) -> np.ndarray:
@@ -57,15 +77,12 @@ def encode(values: np.ndarray, widths=None) -> np.ndarray:
     values = np.ascontiguousarray(values, dtype=np.uint32)
     if widths is None:
         widths, _ = plan(values)
-    full, tail_len, word_offsets, tail_bytes = _geometry(values.size, widths)
-    head = 4 + widths.size
+    full, tail_len, word_offsets, tail_bytes = geometry(values.size, widths)
+    out = np.empty(section_size(values.size, widths), dtype=np.uint8)
+    head = write_head(out, widths)
     nwords = int(word_offsets[-1])
-    out = np.empty(head + 4 * nwords + tail_bytes, dtype=np.uint8)
-    out[:4] = np.frombuffer(np.uint32(BLOCK_SIZE).astype("<u4").tobytes(), dtype=np.uint8)
-    out[4:head] = widths
-    words = np.empty(nwords, dtype=np.uint32)
+    words = out[head:head + 4 * nwords].view(np.uint32)  # aligned: fresh array, head % 4 == 0
     kernels.pack_full_blocks(values, widths[:full], word_offsets, words)
-    out[head:head + 4 * nwords] = words.astype("<u4", copy=False).view(np.uint8)
     if tail_len:
         kernels.pack_tail(values[full * BLOCK_SIZE:], int(widths[full]), out[head + 4 * nwords:])
     return out
@@ -79,17 +96,27 @@ def _layout(section: np.ndarray, count: int):
     if block_size != BLOCK_SIZE:
         raise CorruptFrameError(f"bit-packed block size is {block_size}, expected {BLOCK_SIZE}")
     nblocks = -(-count // BLOCK_SIZE)
-    head = 4 + nblocks
+    head = words_offset(nblocks)
     if section.size < head:
         raise CorruptFrameError(f"bit-packed section is {section.size} bytes, its width table needs {head}")
-    widths = np.array(section[4:head], dtype=np.uint8)
+    widths = np.array(section[4:4 + nblocks], dtype=np.uint8)
+    if section[4 + nblocks:head].any():
+        raise CorruptFrameError("bit-packed width table padding is not zero")
     if widths.size and int(widths.max()) > 32:
         raise CorruptFrameError(f"bit width {int(widths.max())} exceeds 32")
-    full, _, word_offsets, tail_bytes = _geometry(count, widths)
+    full, _, word_offsets, tail_bytes = geometry(count, widths)
     expected = head + 4 * int(word_offsets[-1]) + tail_bytes
     if expected != section.size:
         raise CorruptFrameError(f"bit-packed section is {section.size} bytes, its widths say {expected}")
     return widths, full, word_offsets, head, tail_bytes
+
+
+def _aligned_words(raw: np.ndarray) -> np.ndarray:
+    """The words as a native uint32 array: a view when aligned, else a copy (cheap next to
+    the output, and numba kernels want aligned data)."""
+    if raw.ctypes.data % 4 == 0 and np.little_endian:
+        return raw.view(np.uint32)
+    return np.frombuffer(raw.tobytes(), dtype="<u4").astype(np.uint32, copy=False)
 
 
 def decode(section: np.ndarray, count: int, out=None, step=None) -> np.ndarray:
@@ -101,8 +128,7 @@ def decode(section: np.ndarray, count: int, out=None, step=None) -> np.ndarray:
     """
     widths, full, word_offsets, head, tail_bytes = _layout(section, count)
     nwords = int(word_offsets[-1])
-    # Copy the words out of the (possibly unaligned, read-only) frame: cheap next to the output.
-    words = np.frombuffer(section[head:head + 4 * nwords].tobytes(), dtype="<u4").astype(np.uint32, copy=False)
+    words = _aligned_words(section[head:head + 4 * nwords])
     tail = section[head + 4 * nwords:]
     if step is None:
         if out is None:
