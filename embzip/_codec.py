@@ -110,10 +110,11 @@ def _encode_fast(values: np.ndarray, base: FrameHeader, step) -> np.ndarray:
     widths = np.empty(full + (1 if tail.size else 0), dtype=np.uint8)
     block_outliers = np.empty(full, dtype=np.int64)
     plan_blocks(body, inv_step, step, bound, widths[:full], block_outliers)
-    tail_q = quantize.quantize(tail, step, bound)
+    tail_q = quantize.quantize(tail, step, bound) if tail.size else None
+    tail_outliers = tail_q.outlier_count if tail.size else 0
     if tail.size:
         widths[full] = int(np.bitwise_or.reduce(tail_q.codes)).bit_length()
-    outlier_count = int(block_outliers.sum()) + tail_q.outlier_count
+    outlier_count = int(block_outliers.sum()) + tail_outliers
     codes_size = bitpack.section_size(n, widths)
     sections = [Section(SectionKind.CODES, Encoder.BITPACK, n, codes_size)]
     if outlier_count:
@@ -136,7 +137,7 @@ def _encode_fast(values: np.ndarray, base: FrameHeader, step) -> np.ndarray:
                 block_outliers, outlier_offsets, positions)
     if tail.size:
         bitpack_kernels.pack_tail(tail_q.codes, int(widths[full]), section[head + 4 * nwords:])
-        positions[outlier_count - tail_q.outlier_count:] = full * block + np.flatnonzero(tail_q.outlier_mask)
+        positions[outlier_count - tail_outliers:] = full * block + np.flatnonzero(tail_q.outlier_mask)
     if outlier_count:
         _, payloads = _outlier_payloads(flat, positions)
         for offset, payload in zip(offsets[1:], payloads):

@@ -51,12 +51,16 @@ def _make_fused(quantize_one):
                     bit = np.uint32(r) * w
                     k = base + np.int64(bit >> np.uint32(5)) * LANES
                     shift = bit & np.uint32(31)
-                    spill = shift + w > 32
-                    for lane in range(LANES):
-                        code, ok = quantize_one(values[start + r * LANES + lane], inv_step, step, abs_error)
-                        words[k + lane] |= code << shift
-                        if spill:  # two shifts: one shift by 32 - shift is undefined at 0
+                    if shift + w > 32:  # the value continues in the lane's next word
+                        for lane in range(LANES):
+                            code, ok = quantize_one(values[start + r * LANES + lane], inv_step, step, abs_error)
+                            words[k + lane] |= code << shift
+                            # two shifts: one shift by 32 - shift would be undefined at 0
                             words[k + LANES + lane] |= (code >> np.uint32(1)) >> (np.uint32(31) - shift)
+                    else:
+                        for lane in range(LANES):
+                            code, ok = quantize_one(values[start + r * LANES + lane], inv_step, step, abs_error)
+                            words[k + lane] |= code << shift
             if block_outliers[b]:
                 at = outlier_offsets[b]
                 for j in range(BLOCK_SIZE):

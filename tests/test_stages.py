@@ -1,0 +1,117 @@
+"""Unit tests of the stages below the public API: checksum, bit-packer, dedup, step, cost model."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from embzip import costmodel
+from embzip.checksum import crc32c
+from embzip.cpu.checksum import CRC_TABLES, crc32c_update
+from embzip.errors import CorruptFrameError
+from embzip.stages import bitpack, dedup, quantize
+
+
+def _crc_reference(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+@given(st.binary(max_size=300))
+def test_crc32c_matches_bitwise_reference(data):
+    assert crc32c(data) == _crc_reference(data)
+
+
+@pytest.mark.parametrize("size", [(2 << 20) - 1, 2 << 20, (3 << 20) + 7])
+def test_crc32c_parallel_chunks_equal_serial(size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    serial = int(crc32c_update(np.uint32(0), data, CRC_TABLES))
+    assert crc32c(data) == serial
+    cut = size // 3
+    assert crc32c(data[cut:], crc32c(data[:cut])) == serial
+
+
+uint32_streams = hnp.arrays(np.uint32, st.integers(0, 2000),
+                            elements=st.one_of(st.integers(0, 7), st.integers(0, 2**32 - 1)))
+
+
+@given(uint32_streams)
+@settings(max_examples=60)
+def test_bitpack_round_trip_and_exact_plan(values):
+    section = bitpack.encode(values)
+    widths, size = bitpack.plan(values)
+    assert size == section.size
+    assert np.array_equal(bitpack.decode(section, values.size), values)
+
+
+@given(uint32_streams, st.sampled_from([np.float32, np.float64]))
+@settings(max_examples=30)
+def test_bitpack_fused_dequantize_matches_two_steps(values, dtype):
+    values = values & np.uint32(0x7FFFFFFF)
+    step = dtype(0.125)
+    section = bitpack.encode(values)
+    fused = bitpack.decode(section, values.size, step=step)
+    two_step = quantize.dequantize(values, step, np.empty(values.size, dtype))
+    assert fused.tobytes() == two_step.tobytes()
+
+
+def test_bitpack_rejects_inconsistent_sections():
+    section = bitpack.encode(np.arange(1000, dtype=np.uint32))
+    with pytest.raises(CorruptFrameError):
+        bitpack.decode(section[:-1], 1000)
+    with pytest.raises(CorruptFrameError):
+        bitpack.decode(section, 999)
+    bad = section.copy()
+    bad[4] = 33  # a width above 32
+    with pytest.raises(CorruptFrameError):
+        bitpack.decode(bad, 1000)
+
+
+def test_dedup_references_and_outlier_rows():
+    codes = np.array([[1, 2], [3, 4], [1, 2], [1, 2], [3, 4], [1, 2]], dtype=np.uint32)
+    mask = np.zeros_like(codes, dtype=np.uint8)
+    mask[3, 0] = 1  # a row with an outlier is never matched: its verbatim value may differ
+    found = dedup.deduplicate(codes, mask)
+    assert found.refs.tolist() == [0, 0, 1, 0, 2, 1]
+    assert found.unique_rows.tolist() == [0, 1, 3]
+    assert dedup.resolve(found.refs, 3).tolist() == [0, 1, 0, 2, 1, 0]
+
+
+@pytest.mark.parametrize("refs,unique", [([0, 2], 1), ([1], 1), ([0, 0], 1), ([0], 2)])
+def test_dedup_resolve_rejects_inconsistent_streams(refs, unique):
+    with pytest.raises(CorruptFrameError):
+        dedup.resolve(np.array(refs, dtype=np.uint32), unique)
+
+
+@given(st.floats(min_value=1e-45, max_value=1e300, allow_nan=False), st.sampled_from([np.float32, np.float64]))
+def test_step_never_exceeds_twice_the_bound(abs_error, dtype):
+    step = quantize.choose_step(abs_error, np.dtype(dtype))
+    if step is None:  # the bound underflows the dtype: the caller stores raw
+        assert float(dtype(2 * abs_error)) == 0 or np.nextafter(dtype(2 * abs_error), dtype(0)) == 0
+        return
+    assert step.dtype == dtype and step > 0 and np.isfinite(step)
+    assert float(step) <= 2 * abs_error or float(step) == 2.0 ** (np.finfo(dtype).maxexp - 1)
+
+
+def test_zero_bound_step_makes_the_constant_exact():
+    assert quantize.choose_step(0.0, np.dtype(np.float32), constant=2.25) == np.float32(2.25)
+    assert quantize.choose_step(0.0, np.dtype(np.float64), constant=0.0) == 1.0
+
+
+def test_cost_model_pays_and_choose():
+    fast = costmodel.EncoderCost(2e9, 3e9)
+    assert costmodel.pays(10, 125e6, fast)  # 1 Gbit/s: 0.1 + 0.1 < 1
+    assert costmodel.pays(1.2, 125e6, fast)  # 0.833 + 0.104 < 1
+    assert not costmodel.pays(1.1, 125e6, fast)  # 0.909 + 0.104 > 1
+    assert not costmodel.pays(100, 10e9, fast)  # a link faster than the codec
+    sizes = {"bitpack": 1000, "rans": 800}
+    assert costmodel.choose(100_000, sizes) == "rans"  # saves 20 %
+    assert costmodel.choose(100_000, {"bitpack": 1000, "rans": 990}) == "bitpack"  # saves 1 %
+    # On a fast link the slower encoder's time outweighs its bytes.
+    assert costmodel.choose(100_000_000, {"bitpack": 20_000_000, "rans": 15_000_000}, bandwidth=25e9) == "bitpack"
+    assert costmodel.choose(100_000_000, {"bitpack": 20_000_000, "rans": 15_000_000}, bandwidth=10e6) == "rans"
