@@ -133,8 +133,9 @@ def _encode_fast(values: np.ndarray, base: FrameHeader, step) -> np.ndarray:
     outlier_offsets = np.zeros(full, dtype=np.int64)
     np.cumsum(block_outliers[:-1], out=outlier_offsets[1:])
     positions = np.empty(outlier_count, dtype=np.int64)
+    scratch = np.empty((fused.SCRATCH_ROWS, block), dtype=np.uint32)
     pack_blocks(body, inv_step, step, bound, widths[:full], word_offsets, words,
-                block_outliers, outlier_offsets, positions)
+                block_outliers, outlier_offsets, positions, scratch)
     if tail.size:
         bitpack_kernels.pack_tail(tail_q.codes, int(widths[full]), section[head + 4 * nwords:])
         positions[outlier_count - tail_outliers:] = full * block + np.flatnonzero(tail_q.outlier_mask)

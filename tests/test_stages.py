@@ -115,3 +115,23 @@ def test_cost_model_pays_and_choose():
     # On a fast link the slower encoder's time outweighs its bytes.
     assert costmodel.choose(100_000_000, {"bitpack": 20_000_000, "rans": 15_000_000}, bandwidth=25e9) == "bitpack"
     assert costmodel.choose(100_000_000, {"bitpack": 20_000_000, "rans": 15_000_000}, bandwidth=10e6) == "rans"
+
+
+@given(hnp.arrays(np.float32, st.integers(0, 1500), elements=st.floats(-1e3, 1e3, width=32)),
+       st.sampled_from([1e-3, 0.5, 1e-9]))
+@settings(max_examples=40, deadline=None)
+def test_fused_fast_path_writes_the_same_frame_as_the_staged_path(values, abs_error):
+    """The fused quantize+pack path must be an optimization only: same bytes as the stages."""
+    from embzip import _codec
+    from embzip.format import FrameHeader
+    from embzip.format.ids import DTypeId, ErrorMode, Flags, Strategy
+
+    values[::7] = np.nan
+    base = FrameHeader(DTypeId.FLOAT32, values.shape, ErrorMode.ABS, int(Strategy.FAST), Flags.NONE,
+                       abs_error, abs_error, 0.0, ())
+    step = quantize.choose_step(abs_error, values.dtype)
+    if values.size == 0 or step is None:
+        return
+    fused = _codec._encode_fast(values, base, step)
+    staged = _codec._encode_materialized(values, base, step, Strategy.FAST, None, try_dedup=False)
+    assert fused.tobytes() == staged.tobytes()

@@ -35,28 +35,35 @@ def block_widths(values, block_size, widths):
         widths[b] = width
 
 
+@kernel(inline="always")
+def pack_one_block(codes, width, base, words):
+    """Pack the 256 values of ``codes`` with ``width`` bits into ``words[base:base + 8*width]``."""
+    w = np.uint32(width)
+    for k in range(width * LANES):
+        words[base + k] = 0
+    if w == 0:
+        return
+    for r in range(32):
+        bit = np.uint32(r) * w
+        k = base + np.int64(bit >> np.uint32(5)) * LANES
+        shift = bit & np.uint32(31)
+        if shift + w > 32:  # the value continues in the lane's next word
+            for lane in range(LANES):
+                v = codes[r * LANES + lane]
+                words[k + lane] |= v << shift
+                # two shifts: a single shift by 32 - shift would be undefined for shift 0
+                words[k + LANES + lane] |= (v >> np.uint32(1)) >> (np.uint32(31) - shift)
+        else:
+            for lane in range(LANES):
+                words[k + lane] |= codes[r * LANES + lane] << shift
+
+
 @parallel_kernel
 def pack_full_blocks(values, widths, word_offsets, words):
     """Pack each full block ``b`` into ``words[word_offsets[b]:][:LANES * widths[b]]``."""
     for b in prange(widths.size):
-        w = np.uint32(widths[b])
-        base = word_offsets[b]
-        for k in range(widths[b] * LANES):
-            words[base + k] = 0
-        if w == 0:
-            continue
         start = b * BLOCK_SIZE
-        for r in range(32):
-            bit = np.uint32(r) * w
-            k = base + np.int64(bit >> np.uint32(5)) * LANES
-            shift = bit & np.uint32(31)
-            for lane in range(LANES):
-                words[k + lane] |= values[start + r * LANES + lane] << shift
-            if shift + w > 32:  # the value continues in the lane's next word
-                for lane in range(LANES):
-                    v = values[start + r * LANES + lane]
-                    # two shifts: a single shift by 32 - shift would be undefined for shift 0
-                    words[k + LANES + lane] |= (v >> np.uint32(1)) >> (np.uint32(31) - shift)
+        pack_one_block(values[start:start + BLOCK_SIZE], widths[b], word_offsets[b], words)
 
 
 def _make_unpack_full(dequantize, cast):
@@ -68,23 +75,32 @@ def _make_unpack_full(dequantize, cast):
             base = word_offsets[b]
             start = b * BLOCK_SIZE
             mask = np.uint32((np.uint64(1) << np.uint64(w)) - np.uint64(1))
+            if w == 0:
+                for j in range(BLOCK_SIZE):
+                    out[start + j] = 0
+                continue
             for r in range(32):
                 bit = np.uint32(r) * w
                 k = base + np.int64(bit >> np.uint32(5)) * LANES
                 shift = bit & np.uint32(31)
-                spill = w != 0 and shift + w > 32
-                for lane in range(LANES):
-                    v = np.uint32(0)
-                    if w != 0:
-                        v = words[k + lane] >> shift
-                        if spill:
-                            v |= (words[k + LANES + lane] << np.uint32(1)) << (np.uint32(31) - shift)
-                    v &= mask
-                    if dequantize:
-                        z = np.int64(v)
-                        out[start + r * LANES + lane] = cast((z >> 1) ^ -(z & 1)) * step
-                    else:
-                        out[start + r * LANES + lane] = v
+                row = start + r * LANES
+                if shift + w > 32:  # the value continues in the lane's next word
+                    for lane in range(LANES):
+                        v = ((words[k + lane] >> shift)
+                             | ((words[k + LANES + lane] << np.uint32(1)) << (np.uint32(31) - shift))) & mask
+                        if dequantize:
+                            z = np.int64(v)
+                            out[row + lane] = cast((z >> 1) ^ -(z & 1)) * step
+                        else:
+                            out[row + lane] = v
+                else:
+                    for lane in range(LANES):
+                        v = (words[k + lane] >> shift) & mask
+                        if dequantize:
+                            z = np.int64(v)
+                            out[row + lane] = cast((z >> 1) ^ -(z & 1)) * step
+                        else:
+                            out[row + lane] = v
 
     return unpack_full_blocks
 
