@@ -11,6 +11,7 @@ Usage::
     python bench/compare.py              # full run (several minutes: zstd-19 on 64 MiB is slow)
     python bench/compare.py --quick      # 8 MiB synthetic
     python bench/compare.py --repeat 5 --methods embzip-auto,sz3
+    python bench/compare.py --threads 1  # embzip on one numba thread
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def write_reports(out_dir: Path, results: list, env: dict, descriptions: list) -
     lines = [
         "# embzip vs reference compressors", "",
         f"Measured {env['date']} on {env['machine']}, {env['cpus']} CPUs "
-        f"(numba threads: {env['numba_threads']}), Python {env['python']}; {versions}.", "",
+        f"(numba threads: {env['numba_threads']}; 1-min load average before/after: "
+        f"{env.get('load_avg_1min')}), Python {env['python']}; {versions}.", "",
         "Same process, same data. Ratio = raw bytes / compressed bytes; MB/s of the raw input, "
         "median of the timed runs after a warm-up. Max error measured in float64 on the decoded "
         "values, divided by the absolute bound (a rel bound is resolved as rel * (max - min)). "
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
                         help="comma-separated keys: " + ", ".join(m.key for m in compare.METHODS))
     parser.add_argument("--datasets", default=",".join(DATASET_KEYS),
                         help="comma-separated: " + ", ".join(DATASET_KEYS))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="numba threads for embzip (default: numba's, one per core)")
     parser.add_argument("--out", type=Path, default=HERE / "results",
                         help="folder for compare.md / compare.json (bench/results)")
     args = parser.parse_args(argv)
@@ -112,6 +116,12 @@ def main(argv=None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
+    if args.threads is not None:
+        import numba
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            parser.error(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
+        numba.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     datasets = build_datasets(keys, (8 if args.quick else 64) * compare.MiB)
     descriptions = [compare.describe(name, data) for name, data in datasets.items()]
     for line in descriptions:
@@ -122,7 +132,10 @@ def main(argv=None) -> int:
         progress=lambda d, b, m: print(f"  {d} | {b.label} | {m.label}", file=sys.stderr))
     print(f"\nmeasured in {time.perf_counter() - start:.0f} s\n")
     print(compare.format_table(results))
-    write_reports(args.out, results, environment(), descriptions)
+    env = environment()
+    # Other processes on the machine change the timings (numba's threads wait on each other).
+    env["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    write_reports(args.out, results, env, descriptions)
     print(f"\nwrote {args.out / 'compare.md'} and {args.out / 'compare.json'}")
     return 0
 

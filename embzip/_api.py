@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from . import _codec
+from ._jit import threads_for
 from .format import parse_frame, read_header
 from .format.header import as_frame_bytes
 from .format.ids import ErrorMode, Flags, SectionKind, Strategy
@@ -90,7 +91,8 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto") ->
             constant = span[0]
         if not math.isfinite(bound):  # range overflows float64 (e.g. -max..max): still a bound
             bound = float(np.finfo(np.float64).max)
-    return _codec.encode_array(values, mode, given, bound, _STRATEGIES[strategy], constant)
+    with threads_for(values.nbytes):
+        return _codec.encode_array(values, mode, given, bound, _STRATEGIES[strategy], constant)
 
 
 def decompress(frame, *, out=None, verify: bool = True) -> np.ndarray:
@@ -123,6 +125,11 @@ def decompress(frame, *, out=None, verify: bool = True) -> np.ndarray:
     (3, 4)
     """
     header, buf = parse_frame(frame, verify=verify)
+    with threads_for(header.raw_size):
+        return _decode(header, buf, out)
+
+
+def _decode(header, buf, out):
     dtype = header.dtype.numpy.newbyteorder("=")
     if out is None:
         return _codec.decode_into(header, buf, np.empty(header.shape, dtype=dtype))

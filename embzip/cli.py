@@ -120,12 +120,13 @@ def verdicts(results: list) -> list:
         else:
             worst = max(r["max_error_over_bound"] for r in rows)
             out.append((label, True, f"{label}: bound held at all {len(rows)} bounds "
-                                     f"(worst max error / bound {worst:.6f})"))
+                                     f"(worst max error / bound {worst:.7f})"))
     return out
 
 
 def headline(results: list) -> list:
     """Per bound: best embzip ratio beside the best ratio of a bounded baseline."""
+    from . import compare
     lines = []
     for bound in dict.fromkeys(r["bound"] for r in results):
         ok = [r for r in results if r["bound"] == bound and r["status"] == "ok"]
@@ -135,8 +136,8 @@ def headline(results: list) -> list:
         if ours and theirs:
             a = max(ours, key=lambda r: r["ratio"])
             b = max(theirs, key=lambda r: r["ratio"])
-            lines.append(f"{bound}: {a['method']} {a['ratio']:.1f}x vs best bounded baseline "
-                         f"{b['method']} {b['ratio']:.1f}x")
+            lines.append(f"{bound}: {a['method']} {compare.format_ratio(a['ratio'])}x vs best "
+                         f"bounded baseline {b['method']} {compare.format_ratio(b['ratio'])}x")
     return lines
 
 
@@ -166,6 +167,10 @@ def _run_demo(args) -> int:
     print()
     for line in headline(results):
         print(line)
+    chosen = [f"{r['bound']}: {r['detail']}" for r in results
+              if r["key"] == "embzip-auto" and r["status"] == "ok" and r.get("detail")]
+    if chosen:
+        print("embzip auto chose: " + "; ".join(chosen))
     checks = verdicts(results)
     if not checks:
         print("no embzip method selected: nothing to verify")

@@ -183,9 +183,10 @@ DEFAULT_BOUNDS = (BoundSpec("rel", 0.01), BoundSpec("rel", 0.03), BoundSpec("rel
 
 
 # ----------------------------------------------------------------------------------- methods
-# A method's prepare(data, bound_spec, abs_bound) returns (compress, decompress, used_bound):
-# compress() -> payload, decompress(payload) -> array; used_bound(payload) is the bound the
-# row is judged against (embzip reports its own resolved bound in the frame).
+# A method's prepare(data, bound_spec, abs_bound) returns (compress, decompress, about):
+# compress() -> payload, decompress(payload) -> array; about(payload) -> (bound, detail): the
+# bound the row is judged against (embzip reports its own resolved bound in the frame) and
+# a free-text detail (embzip's chosen stages), or a bare bound.
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One compressor in the comparison.
@@ -216,9 +217,10 @@ def _prepare_embzip(strategy: str):
         if not callable(getattr(embzip, "compress", None)):
             raise RuntimeError("this embzip build has no embzip.compress")
         kwargs = spec.as_kwargs()
-        return (lambda: embzip.compress(data, strategy=strategy, **kwargs),
-                embzip.decompress,
-                lambda frame: float(embzip.inspect(frame).abs_error))
+        def about(frame):  # the bound embzip resolved and the stages it chose
+            info = embzip.inspect(frame)
+            return float(info.abs_error), " ".join(info.stages)
+        return lambda: embzip.compress(data, strategy=strategy, **kwargs), embzip.decompress, about
     return prepare
 
 
@@ -365,13 +367,13 @@ def measure(method: Method, data: np.ndarray, spec: BoundSpec, repeat: int = 3,
            "raw_bytes": int(data.nbytes), "promises_bound": method.promises_bound,
            "status": "ok", "compressed_bytes": None, "ratio": None, "compress_MBps": None,
            "decompress_MBps": None, "max_error": None, "max_error_over_bound": None,
-           "within_bound": None, "runs": 0}
+           "within_bound": None, "runs": 0, "detail": ""}
     missing = missing_requirement(method)
     if missing:
         row["status"] = f"not installed ({missing})"
         return row
     try:
-        compress, decompress, used_bound = method.prepare(data, spec, abs_bound)
+        compress, decompress, about = method.prepare(data, spec, abs_bound)
         start = time.perf_counter()
         payload = compress()
         first_c = time.perf_counter() - start
@@ -381,15 +383,21 @@ def measure(method: Method, data: np.ndarray, spec: BoundSpec, repeat: int = 3,
         t_c, runs = _median_seconds(compress, repeat, budget_s, None if method.jit else first_c)
         t_d, _ = _median_seconds(lambda: decompress(payload), repeat, budget_s,
                                  None if method.jit else first_d)
-        bound = used_bound(payload)
+        info = about(payload)
+        bound, row["detail"] = info if isinstance(info, tuple) else (info, "")
     except Exception as exc:  # a failing method is a row in the table, not a crash
         row["status"] = f"error: {type(exc).__name__}: {exc}".splitlines()[0][:120]
         return row
     if decoded.shape != data.shape or decoded.dtype != data.dtype:
-        row["status"] = f"error: decoded {decoded.dtype}{decoded.shape}, want {data.dtype}{data.shape}"
+        row["status"] = (f"error: decoded {decoded.dtype}{decoded.shape}, "
+                         f"want {data.dtype}{data.shape}")
         return row
-    err = np.abs(decoded.astype(np.float64) - data.astype(np.float64))
-    max_err = float(np.nanmax(err)) if err.size else 0.0
+    if not math.isclose(bound, abs_bound, rel_tol=1e-6):  # embzip resolved another bound
+        row["detail"] += f" (resolved bound {bound:.9g}, expected {abs_bound:.9g})"
+    finite = np.isfinite(data)
+    # A finite value decoded as NaN gives a NaN error, which fails the check below.
+    err = np.abs(decoded.astype(np.float64) - data.astype(np.float64))[finite]
+    max_err = float(err.max()) if err.size else 0.0
     size = _payload_nbytes(payload)
     row.update(abs_bound=bound, compressed_bytes=size, ratio=data.nbytes / size,
                compress_MBps=data.nbytes / t_c / 1e6, decompress_MBps=data.nbytes / t_d / 1e6,
@@ -413,8 +421,9 @@ def run_comparison(datasets: dict, bounds=DEFAULT_BOUNDS, methods=None, repeat: 
             for method in chosen:
                 if progress is not None:
                     progress(name, spec, method)
+                start = time.perf_counter()
                 row = measure(method, data, spec, repeat=repeat, budget_s=budget_s)
-                row["dataset"] = name
+                row["dataset"], row["wall_s"] = name, time.perf_counter() - start
                 results.append(row)
     return results
 
@@ -424,7 +433,8 @@ COLUMNS = ("dataset", "bound", "method", "ratio", "comp MB/s", "decomp MB/s",
            "max err/bound", "<= bound")
 
 
-def _ratio_text(v):
+def format_ratio(v: float) -> str:
+    """Ratio with 3 significant digits: ``6.55``, ``25.8``."""
     return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
@@ -441,7 +451,7 @@ def _cells(row) -> list:
         return head + [row["status"], "", "", "", ""]
     # "NO": broke a bound it aims at; "no": fp16 / int8, which promise no bound.
     held = "yes" if row["within_bound"] else ("NO" if row["promises_bound"] else "no")
-    return head + [_ratio_text(row["ratio"]), f"{row['compress_MBps']:.0f}",
+    return head + [format_ratio(row["ratio"]), f"{row['compress_MBps']:.0f}",
                    f"{row['decompress_MBps']:.0f}", _err_text(row["max_error_over_bound"]), held]
 
 
