@@ -32,13 +32,15 @@ try:
 except ModuleNotFoundError:  # run from a source checkout that was never pip-installed
     sys.path.insert(0, str(HERE.parent))
     from embzip import compare
-DATASET_KEYS = ("glove-zipf", "glove-order", "synthetic")
+DATASET_KEYS = ("glove-zipf", "glove-zipf-clipped", "glove-order", "synthetic")
 
 
 def build_datasets(keys, synthetic_bytes: int) -> dict:
     """Name -> array for the chosen dataset keys; GloVe ones are skipped if not installed."""
     builders = {
         "glove-zipf": ("glove zipf 8192", lambda: compare.glove_zipf_batch(8192, 1.05, 0)),
+        "glove-zipf-clipped": ("glove zipf clipped 8192",
+                               lambda: compare.glove_zipf_batch_clipped(8192, 1.05, 0)),
         "glove-order": ("glove in order 8192", lambda: compare.glove_in_order(8192)),
         "synthetic": (f"synthetic {synthetic_bytes / compare.MiB:g} MiB",
                       lambda: compare.synthetic(synthetic_bytes)),

@@ -117,11 +117,11 @@ def test_naive_quantize_zstd_can_break_the_bound():
 
 def test_int8_rowwise_matches_fbgemm_layout():
     data = compare.synthetic(nbytes=8 * 50 * 4, dim=50)
-    compress, decompress, _ = compare._prepare_int8_rowwise(data, None, 1.0)
+    compress, decompress, _ = compare.methods._prepare_int8_rowwise(data, None, 1.0)
     codes, scale, bias = compress()
     assert codes.dtype == np.uint8 and codes.shape == (8, 50)
     assert scale.dtype == bias.dtype == np.float32 and scale.shape == (8, 1)
-    assert compare._payload_nbytes((codes, scale, bias)) == 8 * (50 + 8)
+    assert compare.methods._payload_nbytes((codes, scale, bias)) == 8 * (50 + 8)
     np.testing.assert_allclose(bias[:, 0], data.min(axis=1))
     assert np.abs(decompress((codes, scale, bias)) - data).max() <= scale.max() / 2 + 1e-7
 
@@ -144,7 +144,7 @@ def test_select_methods():
 
 
 def test_missing_package_is_a_row_not_a_crash():
-    ghost = compare.Method("ghost", "ghost codec", compare._prepare_fp16,
+    ghost = compare.Method("ghost", "ghost codec", compare.methods._prepare_fp16,
                            requires=("no_such_module_embzip",))
     row = compare.measure(ghost, np.ones((4, 4), np.float32), compare.BoundSpec("abs", 0.1))
     assert row["status"] == "not installed (no_such_module_embzip)"
