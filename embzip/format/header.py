@@ -105,20 +105,32 @@ def section_offsets(header: FrameHeader) -> list:
     return offsets
 
 
-def finish_frame(frame: np.ndarray, header: FrameHeader) -> np.ndarray:
-    """Write the header (with the payload CRC and the header CRC) into a filled frame."""
+#: Byte offset of the payload CRC field (the last field of the fixed header).
+PAYLOAD_CRC_OFFSET = FIXED_SIZE - 4
+
+
+def header_bytes(header: FrameHeader, payload_length: int, payload_crc: int) -> bytes:
+    """The complete header (header CRC included) for ``header``'s sections and this payload.
+
+    The CUDA backend writes these bytes with ``payload_crc=0`` and patches both CRCs on the
+    device (the payload CRC at :data:`PAYLOAD_CRC_OFFSET`, the header CRC in the last 4 bytes).
+    """
     sections = header.sections
     ndim = len(header.shape)
     hlen = header_length_for(ndim, len(sections))
-    payload_length = frame.size - hlen
-    payload_crc = crc32c(frame[hlen:])
     fixed = _FIXED.pack(MAGIC, MAJOR_VERSION, MINOR_VERSION, hlen, int(header.dtype), ndim,
                         int(header.error_mode), int(header.strategy), int(header.flags), len(sections),
                         0, header.error_value, header.abs_error, header.step, payload_length, payload_crc)
     parts = [fixed, struct.pack(f"<{ndim}Q", *header.shape)]
     parts += [_SECTION.pack(int(s.kind), int(s.encoding), s.count, s.length) for s in sections]
     head = b"".join(parts)
-    head += _CRC.pack(crc32c(head))
+    return head + _CRC.pack(crc32c(head))
+
+
+def finish_frame(frame: np.ndarray, header: FrameHeader) -> np.ndarray:
+    """Write the header (with the payload CRC and the header CRC) into a filled frame."""
+    hlen = header_length_for(len(header.shape), len(header.sections))
+    head = header_bytes(header, frame.size - hlen, crc32c(frame[hlen:]))
     frame[:hlen] = np.frombuffer(head, dtype=np.uint8)
     return frame
 
@@ -216,8 +228,8 @@ def _validate_semantics(h: FrameHeader) -> None:
     n = 1
     for extent in h.shape:
         n *= extent
-        if n > 1 << 48:
-            raise CorruptFrameError(f"shape {h.shape} has more than 2**48 elements")
+        if extent > 1 << 48 or n > 1 << 48:  # each extent too: (0, 2**60) has no elements
+            raise CorruptFrameError(f"shape {h.shape} has an extent or element count above 2**48")
     itemsize = h.dtype.numpy.itemsize
     if sum(s.length for s in h.sections) != h.payload_length:
         raise CorruptFrameError(f"section lengths add up to {sum(s.length for s in h.sections)}, payload is {h.payload_length}")

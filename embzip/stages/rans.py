@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embzip.cpu import rans as _k
+from embzip.cpu import rans_table as _t
 from embzip.errors import CorruptFrameError
 
 __all__ = [
@@ -27,26 +28,28 @@ __all__ = [
 
 KIND_CONSTANT = 1
 KIND_RANS = 2
-RANS_HEADER_BYTES = 5
+RANS_HEADER_BYTES = 3
 
 DEFAULT_CHUNK_SIZE = 1 << 16
 DEFAULT_DIRECT_BITS = 8
-DEFAULT_MAX_SCALE_BITS = 12
+DEFAULT_MAX_SCALE_BITS = 14
+SCALE_BELOW_COUNT_LOG2 = 2
 #: Inputs at least this long use 4 interleaved states per chunk (speed); shorter ones use
 #: one, saving ~6 bytes of final-state overhead per lane where those bytes matter.
 MULTI_LANE_MIN_SYMBOLS = 1 << 14
 MULTI_LANES = 4
 
+#: Parallel tasks of the histogram pass (each owns one set of counters).
+HISTOGRAM_GROUPS = 64
+
 MIN_CHUNK_LOG2, MAX_CHUNK_LOG2 = 8, 24
 MAX_DIRECT_BITS = 12
 MAX_SCALE_BITS = 15
-MAX_LANES = 32
+MAX_LANES_LOG2 = 5
 
 _STATUS_TEXT = {
-    _k.ERR_TRUNCATED: "a varint runs past the end of the section",
-    _k.ERR_BAD_VARINT: "a varint is longer than 5 bytes, >= 2**32, or not minimal",
-    _k.ERR_TOKEN_END: "frequency-table alphabet end out of range",
-    _k.ERR_TABLE_RUN: "a zero run in the frequency table passes the alphabet end",
+    _t.ERR_TRUNCATED: "data running past the end of the section",
+    _t.ERR_BAD_VARINT: "a varint longer than 5 bytes, >= 2**32, or not minimal",
 }
 
 
@@ -120,7 +123,8 @@ def _check_chunk_size(chunk_size: int) -> int:
 def _histogram(symbols: np.ndarray, chunk_size: int, direct_bits: int) -> SymbolHistogram:
     symbol_count = symbols.shape[0]
     chunk_count = -(-symbol_count // chunk_size)
-    sub_counts = np.zeros((chunk_count, _k.SUB_HISTOGRAMS, alphabet_size(direct_bits)), np.int32)
+    groups = min(chunk_count, HISTOGRAM_GROUPS)
+    sub_counts = np.zeros((groups, _k.SUB_HISTOGRAMS, alphabet_size(direct_bits)), np.int64)
     raw_bits = np.empty(chunk_count, np.int64)
     if chunk_count:
         _k.chunk_histograms(symbols, chunk_size, direct_bits, sub_counts, raw_bits)
@@ -168,26 +172,27 @@ def _ceil_log2(value: int) -> int:
 
 def _plan(hist: SymbolHistogram, max_scale_bits: int, lanes: int | None) -> _Plan:
     present = np.flatnonzero(hist.token_counts)
-    # A scale near the symbol count keeps frequencies (and their varints) small for short
-    # streams at a negligible precision cost; long streams use the full scale.
-    scale_bits = min(max(_ceil_log2(hist.symbol_count), 1), max_scale_bits)
+    # Table bits grow with the scale, precision losses shrink with it: a scale of about
+    # count / 4 minimized section size for 64..100k-symbol Laplace streams (measured,
+    # docs/entropy.md); long streams use the full scale.
+    scale_bits = min(max(_ceil_log2(hist.symbol_count) - SCALE_BELOW_COUNT_LOG2, 1), max_scale_bits)
     scale_bits = max(scale_bits, _ceil_log2(present.size))
     if lanes is None:
         lanes = MULTI_LANES if hist.symbol_count >= MULTI_LANE_MIN_SYMBOLS else 1
     freqs = np.zeros_like(hist.token_counts)
-    _k.normalize_frequencies(hist.token_counts, scale_bits, freqs)
+    _t.normalize_frequencies(hist.token_counts, scale_bits, freqs)
     return _Plan(scale_bits, lanes, freqs, int(present[-1]) + 1)
 
 
-def _table_bytes(plan: _Plan) -> np.ndarray:
-    scratch = np.empty(6 * (plan.token_end + 1), np.uint8)  # <= 3 varints of <= 5 bytes per token
-    end = _k.write_frequency_table(plan.freqs, plan.token_end, scratch, 0)
-    return scratch[:end]
-
-
 def _header(hist: SymbolHistogram, plan: _Plan) -> np.ndarray:
-    fields = [KIND_RANS, plan.scale_bits, hist.direct_bits, hist.chunk_size.bit_length() - 1]
-    return np.concatenate([np.array(fields + [plan.lanes], np.uint8), _table_bytes(plan)])
+    """Kind, packed parameters and frequency table: everything before the chunk directory."""
+    # A table entry is <= 3 Exp-Golomb codes / fields of <= 65 bits together: 16 bytes is ample.
+    out = np.empty(RANS_HEADER_BYTES + 16 * (plan.token_end + 2), np.uint8)
+    out[0] = KIND_RANS
+    out[1] = plan.scale_bits | hist.direct_bits << 4
+    out[2] = (hist.chunk_size.bit_length() - 1) | (plan.lanes.bit_length() - 1) << 5
+    end = _t.write_frequency_table(plan.freqs, plan.scale_bits, out, RANS_HEADER_BYTES)
+    return out[:end]
 
 
 def _varint_sizes(values: np.ndarray) -> np.ndarray:
@@ -198,7 +203,16 @@ def _varint_sizes(values: np.ndarray) -> np.ndarray:
 def _constant_section(value: int) -> np.ndarray:
     out = np.empty(6, np.uint8)
     out[0] = KIND_CONSTANT
-    return out[: _k.write_varint(value, out, 1)]
+    return out[: _t.write_varint(value, out, 1)]
+
+
+def _directory(rans_bytes: np.ndarray, raw_bytes: np.ndarray) -> np.ndarray:
+    """Chunk directory values: raw and rANS byte counts per chunk, interleaved, without
+    the last chunk's rANS count (the section end implies it)."""
+    directory = np.empty(2 * raw_bytes.size, np.int64)
+    directory[0::2] = raw_bytes
+    directory[1::2] = rans_bytes
+    return directory[:-1]
 
 
 def _estimate(hist: SymbolHistogram, max_scale_bits=DEFAULT_MAX_SCALE_BITS, lanes=None) -> int:
@@ -215,8 +229,7 @@ def _estimate(hist: SymbolHistogram, max_scale_bits=DEFAULT_MAX_SCALE_BITS, lane
     # Per chunk: final states cost 4 bytes a lane but carry ~2 bytes of payload each, and
     # the stream rounds up to whole 16-bit words.
     rans_bytes = ideal_bits / 8 + chunks * (2 * plan.lanes + 1)
-    directory = _varint_sizes(np.full(chunks, rans_bytes / chunks)).sum()
-    directory += _varint_sizes(raw_bytes).sum()
+    directory = _varint_sizes(_directory(np.full(chunks, rans_bytes / chunks), raw_bytes)).sum()
     header = _header(hist, plan).size
     return int(round(header + directory + rans_bytes + raw_bytes.sum()))
 
@@ -260,6 +273,11 @@ def _encode(
     lanes: int | None = None,
 ) -> np.ndarray:
     """:func:`encode` with every format parameter exposed (tests exercise the decoder's range)."""
+    if lanes is not None and (lanes & (lanes - 1) or not 1 <= lanes <= 1 << MAX_LANES_LOG2):
+        raise ValueError(f"lanes must be a power of two in 1..{1 << MAX_LANES_LOG2}, found {lanes}")
+    if not (0 <= direct_bits <= MAX_DIRECT_BITS and 1 <= max_scale_bits <= MAX_SCALE_BITS):
+        found = f"direct_bits={direct_bits}, max_scale_bits={max_scale_bits}"
+        raise ValueError(f"expected direct_bits 0..12 and max_scale_bits 1..15, found {found}")
     hist = _histogram(symbols, chunk_size, direct_bits)
     if hist.symbol_count == 0:
         return np.empty(0, np.uint8)
@@ -269,26 +287,30 @@ def _encode(
     enc_table = np.empty((hist.token_counts.size, 5), np.int64)
     _k.build_encoder_table(plan.freqs, plan.scale_bits, enc_table)
     chunks = hist.chunk_count
-    words = np.empty((chunks, chunk_size + 2 * plan.lanes), np.uint16)
+    # <= one renormalization word per symbol plus two words of final state per lane
+    row_words = min(chunk_size, hist.symbol_count) + 2 * plan.lanes
+    words = np.empty((chunks, row_words), np.uint16)
     word_starts = np.empty(chunks, np.int64)
     states = np.empty((chunks, plan.lanes), np.int64)
-    _k.encode_chunks(symbols, chunk_size, direct_bits, enc_table, states, words, word_starts)
+    raw_bytes = (hist.chunk_raw_bits + 7) // 8
+    raw_offsets = np.zeros(chunks + 1, np.int64)
+    np.cumsum(raw_bytes, out=raw_offsets[1:])
+    raw = np.empty(int(raw_offsets[-1]), np.uint8)
+    _k.encode_chunks(
+        symbols, chunk_size, direct_bits, enc_table, states, words, word_starts,
+        hist.chunk_raw_bits, raw, raw_offsets,
+    )  # fmt: skip
 
     rans_bytes = 2 * (words.shape[1] - word_starts)
-    raw_bytes = (hist.chunk_raw_bits + 7) // 8
-    directory = np.empty(2 * chunks, np.int64)
-    directory[0::2] = rans_bytes
-    directory[1::2] = raw_bytes
+    directory = _directory(rans_bytes, raw_bytes)
     header = _header(hist, plan)
     payload_start = header.size + int(_varint_sizes(directory).sum())
     chunk_bytes = rans_bytes + raw_bytes
     offsets = payload_start + np.concatenate(([0], np.cumsum(chunk_bytes)[:-1]))
     out = np.empty(payload_start + int(chunk_bytes.sum()), np.uint8)
     out[: header.size] = header
-    pos = header.size
-    for value in directory.tolist():  # Python loop: a few values per chunk only
-        pos = _k.write_varint(value, out, pos)
-    _k.assemble_chunks(symbols, chunk_size, direct_bits, words, word_starts, raw_bytes, out, offsets)
+    _t.write_varints(directory, out, header.size)
+    _k.assemble_chunks(words, word_starts, raw, raw_offsets, out, offsets)
     return out
 
 
@@ -334,81 +356,99 @@ def _check_section(section) -> np.ndarray:
         section = np.frombuffer(section, np.uint8)
     if section.dtype != np.uint8 or section.ndim != 1:
         raise TypeError(f"section must be a 1-D uint8 array, found {section.dtype} {section.shape}")
-    return np.ascontiguousarray(section)
+    section = np.ascontiguousarray(section).view()
+    # Kernels only read sections; typing every section read-only compiles them once
+    # instead of once per writeability.
+    section.flags.writeable = False
+    return section
 
 
-def _check_out(out, count: int) -> np.ndarray:
+def _check_out(out, count: int) -> None:
     if out is None:
-        return np.empty(count, np.uint32)
+        return
     if not isinstance(out, np.ndarray) or out.dtype != np.uint32:
-        raise TypeError(f"out must be a uint32 numpy array, found {getattr(out, 'dtype', type(out))}")
+        found = getattr(out, "dtype", type(out).__name__)
+        raise TypeError(f"out must be a uint32 numpy array, found {found}")
     if out.shape != (count,):
         raise ValueError(f"out must have shape ({count},), found {out.shape}")
     if not out.flags.writeable or not out.flags.aligned:
         raise ValueError("out must be writeable and aligned")
-    return out
 
 
 def _parse_header(section: np.ndarray):
     if section.size < RANS_HEADER_BYTES:
         raise _corrupt("header length", f">= {RANS_HEADER_BYTES} bytes", section.size)
-    scale_bits, direct_bits, chunk_log2, lanes = (int(b) for b in section[1:RANS_HEADER_BYTES])
+    packed1, packed2 = int(section[1]), int(section[2])
+    scale_bits, direct_bits = packed1 & 0xF, packed1 >> 4
+    chunk_log2, lanes_log2 = packed2 & 0x1F, packed2 >> 5
     for name, value, low, high in (
         ("scale_bits", scale_bits, 1, MAX_SCALE_BITS),
         ("direct_bits", direct_bits, 0, MAX_DIRECT_BITS),
         ("chunk_log2", chunk_log2, MIN_CHUNK_LOG2, MAX_CHUNK_LOG2),
-        ("lanes", lanes, 1, MAX_LANES),
+        ("lanes_log2", lanes_log2, 0, MAX_LANES_LOG2),
     ):
         if not low <= value <= high:
             raise _corrupt(name, f"{low}..{high}", value)
-    return scale_bits, direct_bits, chunk_log2, lanes
+    return scale_bits, direct_bits, chunk_log2, 1 << lanes_log2
+
+
+_TABLE_ERRORS = {
+    _t.ERR_TABLE_COUNT: "present-token count",
+    _t.ERR_TABLE_TOKEN: "token index",
+    _t.ERR_TABLE_FREQ: "frequency (bit length) leaving every later token >= 1",
+    _t.ERR_TABLE_PADDING: "padding bits",
+}
 
 
 def _parse_table(section: np.ndarray, scale_bits: int, direct_bits: int):
     freqs = np.zeros(alphabet_size(direct_bits), np.int64)
-    pos, status, token_end = _k.read_frequency_table(
-        section, RANS_HEADER_BYTES, section.size, freqs.size, freqs
+    pos, status, found = _t.read_frequency_table(
+        section, RANS_HEADER_BYTES, section.size, scale_bits, freqs
     )
-    if status == _k.ERR_TOKEN_END:
-        raise _corrupt("frequency-table alphabet end", f"1..{freqs.size}", token_end)
-    if status != _k.OK:
-        raise _corrupt("frequency table", "well-formed varints", _STATUS_TEXT[status])
-    if freqs[token_end - 1] == 0:
-        raise _corrupt("frequency of the last table token", ">= 1", 0)
-    if freqs.sum() != 1 << scale_bits:
-        raise _corrupt("sum of frequencies", 1 << scale_bits, int(freqs.sum()))
+    if status in _STATUS_TEXT:
+        raise _corrupt("frequency table", "a complete table", _STATUS_TEXT[status])
+    if status == _t.ERR_TABLE_PADDING:
+        raise _corrupt("frequency-table padding bits", 0, found)
+    if status != _t.OK:
+        limit = {
+            _t.ERR_TABLE_COUNT: f"<= {min(freqs.size, 1 << scale_bits)}",
+            _t.ERR_TABLE_TOKEN: f"< {freqs.size}",
+            _t.ERR_TABLE_FREQ: "a value leaving >= 1 for every later token",
+        }[status]
+        raise _corrupt(f"frequency-table {_TABLE_ERRORS[status]}", limit, found)
     return freqs, pos
 
 
 def _parse_directory(section: np.ndarray, pos: int, chunk_count: int, lanes: int):
-    # Each chunk takes >= 2 directory bytes and 4 bytes per lane: reject an impossible
-    # count before allocating anything proportional to it.
-    min_bytes = chunk_count * (2 + 4 * lanes)
+    """Byte bounds ``(rans_start, raw_start, raw_end)`` of every chunk, all checked."""
+    # A chunk needs >= 1 directory byte (2 unless last) and 4 state bytes per lane: reject
+    # an impossible count before allocating anything proportional to it.
+    min_bytes = chunk_count * (2 + 4 * lanes) - 1
     if section.size - pos < min_bytes:
-        raise _corrupt(f"bytes left for {chunk_count} chunks", f">= {min_bytes}", section.size - pos)
+        left = section.size - pos
+        raise _corrupt(f"bytes left for {chunk_count} chunks", f">= {min_bytes}", left)
     directory = np.empty(2 * chunk_count, np.int64)
-    pos, status = _k.read_varints(section, pos, section.size, directory)
-    if status != _k.OK:
+    pos, status = _t.read_varints(section, pos, section.size, directory[:-1])
+    if status != _t.OK:
         raise _corrupt("chunk directory", "well-formed varints", _STATUS_TEXT[status])
-    rans_bytes, raw_bytes = directory[0::2], directory[1::2]
+    directory[-1] = section.size - pos - directory[:-1].sum()  # the last chunk's rANS bytes
+    raw_bytes, rans_bytes = directory[0::2], directory[1::2]
     bad = np.flatnonzero((rans_bytes < 4 * lanes) | (rans_bytes % 2 != 0))
     if bad.size:
         chunk = int(bad[0])
         raise _corrupt(
-            f"rANS byte count of chunk {chunk}", f"even and >= {4 * lanes}", int(rans_bytes[chunk])
+            f"rANS byte count of chunk {chunk} of {chunk_count}",
+            f"even and >= {4 * lanes}",
+            int(rans_bytes[chunk]),
         )
-    if pos + int(directory.sum()) != section.size:
-        raise _corrupt("section length", pos + int(directory.sum()), section.size)
     bounds = np.empty((chunk_count, 3), np.int64)
-    starts = pos + np.concatenate(([0], np.cumsum(rans_bytes + raw_bytes)[:-1]))
-    bounds[:, 0] = starts
-    bounds[:, 1] = starts + rans_bytes
+    bounds[:, 0] = pos + np.concatenate(([0], np.cumsum(rans_bytes + raw_bytes)[:-1]))
+    bounds[:, 1] = bounds[:, 0] + rans_bytes
     bounds[:, 2] = bounds[:, 1] + raw_bytes
     return bounds
 
 
 _CHUNK_ERRORS = {
-    _k.ERR_STATE_RANGE: "initial state of lane {e} (valid: [2**15, 2**31))",
     _k.ERR_RANS_LENGTH: "rANS bytes consumed",
     _k.ERR_FINAL_STATE: "final state",
     _k.ERR_RAW_LENGTH: "raw-bit bytes consumed",
@@ -416,23 +456,29 @@ _CHUNK_ERRORS = {
 }
 
 
-def _decode_rans(section: np.ndarray, count: int, out: np.ndarray) -> None:
+def _decode_rans(section: np.ndarray, count: int, out: np.ndarray | None) -> np.ndarray:
     scale_bits, direct_bits, chunk_log2, lanes = _parse_header(section)
     freqs, pos = _parse_table(section, scale_bits, direct_bits)
     chunk_size = 1 << chunk_log2
     bounds = _parse_directory(section, pos, -(-count // chunk_size), lanes)
+    if out is None:  # only now: the section is consistent with `count`
+        out = np.empty(count, np.uint32)
     table = np.empty(1 << scale_bits, np.int64)
     _k.build_decoder_table(freqs, table)
     states = np.empty((bounds.shape[0], lanes), np.int64)
     errors = np.zeros((bounds.shape[0], 3), np.int64)
-    _k.decode_chunks(section, bounds, chunk_size, direct_bits, scale_bits, table, states, out, errors)
+    _k.decode_chunks(
+        section, bounds, chunk_size, direct_bits, scale_bits, table, states, out, errors
+    )
     failed = np.flatnonzero(errors[:, 0])
     if failed.size:
         chunk = int(failed[0])
         code, expected, found = (int(v) for v in errors[chunk])
         if code == _k.ERR_STATE_RANGE:
-            raise _corrupt(f"chunk {chunk}: initial state of lane {expected}", "[2**15, 2**31)", found)
+            what = f"chunk {chunk}: initial state of lane {expected}"
+            raise _corrupt(what, "[2**15, 2**31)", found)
         raise _corrupt(f"chunk {chunk}: {_CHUNK_ERRORS[code]}", expected, found)
+    return out
 
 
 def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -472,23 +518,24 @@ def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
     if count < 0:
         raise ValueError(f"count must be >= 0, found {count}")
     section = _check_section(section)
-    out = _check_out(out, count)
+    _check_out(out, count)
     if count == 0:
         if section.size != 0:
             raise _corrupt("section length for 0 symbols", 0, section.size)
-        return out
+        return np.empty(0, np.uint32) if out is None else out
     if section.size == 0:
         raise _corrupt(f"section length for {count} symbols", ">= 2", 0)
     kind = int(section[0])
     if kind == KIND_CONSTANT:
-        value, end, status = _k.read_varint(section, 1, section.size)
-        if status != _k.OK:
+        value, end, status = _t.read_varint(section, 1, section.size)
+        if status != _t.OK:
             raise _corrupt("constant value", "a well-formed varint", _STATUS_TEXT[status])
         if end != section.size:
             raise _corrupt("constant section length", end, section.size)
+        if out is None:
+            return np.full(count, value, np.uint32)
         out[:] = value
-    elif kind == KIND_RANS:
-        _decode_rans(section, count, out)
-    else:
-        raise _corrupt("section kind", f"{KIND_CONSTANT} or {KIND_RANS}", kind)
-    return out
+        return out
+    if kind == KIND_RANS:
+        return _decode_rans(section, count, out)
+    raise _corrupt("section kind", f"{KIND_CONSTANT} or {KIND_RANS}", kind)
