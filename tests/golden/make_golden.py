@@ -38,14 +38,14 @@ def cases():
 def main() -> None:
     version = f"v{MAJOR_VERSION}.{MINOR_VERSION}"
     for name, array, kwargs in cases():
-        stem = HERE / f"{version}_{name}"
-        if stem.with_suffix(".ezf").exists():
+        stem = f"{version}_{name}"  # not Path.with_suffix: "v1.0_x" already has a dot
+        if (HERE / f"{stem}.ezf").exists():
             continue
         frame = embzip.compress(array, **kwargs)
-        stem.with_suffix(".ezf").write_bytes(frame.tobytes())
-        np.save(stem.with_name(stem.name + ".original.npy"), array)
-        np.save(stem.with_name(stem.name + ".decoded.npy"), embzip.decompress(frame))
-        print(f"wrote {stem.name}: {frame.nbytes} bytes, stages {embzip.inspect(frame).stages}")
+        (HERE / f"{stem}.ezf").write_bytes(frame.tobytes())
+        np.save(HERE / f"{stem}.original.npy", array)
+        np.save(HERE / f"{stem}.decoded.npy", embzip.decompress(frame))
+        print(f"wrote {stem}: {frame.nbytes} bytes, stages {embzip.inspect(frame).stages}")
 
 
 if __name__ == "__main__":
