@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from . import _codec
+from . import _backend, _codec
 from ._jit import threads_for
 from .format import parse_frame, read_header
 from .format.header import as_frame_bytes
@@ -22,7 +22,10 @@ _STRATEGIES = {"fast": Strategy.FAST, "compact": Strategy.COMPACT, "auto": Strat
 def _check_bound(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, found {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # e.g. 10**400: beyond float64, so not a usable bound
+        raise ValueError(f"{name} must be finite and > 0, found {value!r} (beyond float64)") from None
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be finite and > 0, found {value!r}")
     return value
@@ -36,18 +39,18 @@ def _as_float_array(data) -> np.ndarray:
             data = np.asarray(data)
         except Exception as exc:  # numpy's own message says what failed
             raise TypeError(f"expected an array-like of floats, found {type(data).__name__}: {exc}") from None
-    if data.dtype not in (np.float32, np.float64):
+    if data.dtype.kind != "f" or data.dtype.itemsize not in (4, 8):  # either byte order
         raise TypeError(f"expected a float32 or float64 array, found dtype {data.dtype}")
     # not ascontiguousarray: it turns 0-d arrays into 1-d ones
     return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
 
 
-def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto") -> np.ndarray:
+def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto"):
     """Compress a float array with a hard per-element error bound.
 
     Parameters
     ----------
-    data : array_like of float32 or float64
+    data : array_like or device array of float32 or float64
         Any shape (0-d, empty, N-d), C or F order, or a non-contiguous view. For 2-D and
         higher, the last axis is a vector (an embedding row) and identical quantized rows
         are stored once.
@@ -62,8 +65,11 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto") ->
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray or device array
         The frame, a 1-D uint8 array. NaN (with payload) and +-Inf are stored bit-exact.
+        A device array in (cupy, numba, or anything with ``__cuda_array_interface__``, such
+        as a torch CUDA tensor) is compressed on the GPU into a device frame, byte-identical
+        to the CPU's: cupy in -> cupy out, numba in -> numba out, others -> cupy if usable.
 
     Examples
     --------
@@ -78,24 +84,43 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto") ->
         raise ValueError(f"give exactly one of abs_error and rel_error, found abs_error={abs_error!r}, rel_error={rel_error!r}")
     if strategy not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}, found {strategy!r}")
-    values = _as_float_array(data)
-    constant = None
     if abs_error is not None:
-        mode, given = ErrorMode.ABS, _check_bound("abs_error", abs_error)
-        bound = given
+        _check_bound("abs_error", abs_error)
     else:
-        mode, given = ErrorMode.REL, _check_bound("rel_error", rel_error)
-        span = _codec.quantize.finite_range(values)
-        bound = 0.0 if span is None else given * (span[1] - span[0])
-        if span is not None and span[0] == span[1]:
-            constant = span[0]
-        if not math.isfinite(bound):  # range overflows float64 (e.g. -max..max): still a bound
-            bound = float(np.finfo(np.float64).max)
+        _check_bound("rel_error", rel_error)
+    if _backend.is_device(data):  # CUDA backend (embzip/_backend.py): the frame stays on the GPU
+        return _backend.compress(data, abs_error, rel_error, _STRATEGIES[strategy], _resolve_bound)
+    values = _as_float_array(data)
+    span = _codec.quantize.finite_range(values) if rel_error is not None else None
+    mode, given, bound, constant = _resolve_bound(abs_error, rel_error, span)
     with threads_for(values.nbytes):
         return _codec.encode_array(values, mode, given, bound, _STRATEGIES[strategy], constant)
 
 
-def decompress(frame, *, out=None, verify: bool = True) -> np.ndarray:
+def _resolve_bound(abs_error, rel_error, span):
+    """(mode, bound as given, resolved absolute bound, constant value or None).
+
+    ``span`` is (min, max) of the finite values (rel mode only; None when there are none).
+    Shared by both backends so that their headers agree.
+    """
+    if abs_error is not None:
+        given = _check_bound("abs_error", abs_error)
+        return ErrorMode.ABS, given, given, None
+    given = _check_bound("rel_error", rel_error)
+    if span is None:
+        return ErrorMode.REL, given, 0.0, None
+    if span[0] == span[1]:  # constant: +0.0 whatever the signs of zero min and max came out as
+        return ErrorMode.REL, given, 0.0, span[0]
+    bound = given * (span[1] - span[0])
+    if not math.isfinite(bound):
+        # The range itself overflows float64 (e.g. -max..max): halve before subtracting.
+        bound = 2.0 * (given * (span[1] / 2 - span[0] / 2))
+        if not math.isfinite(bound):  # a bound beyond float64: the largest float is stricter
+            bound = float(np.finfo(np.float64).max)
+    return ErrorMode.REL, given, bound, None
+
+
+def decompress(frame, *, out=None, verify: bool = True, device: str | None = None):
     """Decode a frame made by :func:`compress`.
 
     Parameters
@@ -106,11 +131,17 @@ def decompress(frame, *, out=None, verify: bool = True) -> np.ndarray:
         A writable array of the frame's dtype and shape to decode into.
     verify : bool
         Check the payload CRC32C (the header's is always checked).
+    device : {None, "cpu", "cuda"}
+        Where to decode. None: on the GPU when ``frame`` or ``out`` is a device array (cupy,
+        numba, or anything with ``__cuda_array_interface__``), else on the CPU. "cuda" decodes
+        a host frame on the GPU too; "cpu" decodes a device frame on the host.
 
     Returns
     -------
-    numpy.ndarray
-        The decoded array, with the original dtype and shape (``out`` if given).
+    numpy.ndarray or device array
+        The decoded array, with the original dtype and shape (``out`` if given). Decoded on
+        the GPU, it is a device array of the frame's kind (cupy frame -> cupy array, numba
+        -> numba; otherwise cupy when usable, else numba).
 
     Raises
     ------
@@ -124,6 +155,12 @@ def decompress(frame, *, out=None, verify: bool = True) -> np.ndarray:
     >>> embzip.decompress(frame).shape
     (3, 4)
     """
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', found {device!r}")
+    if device == "cuda" or (device is None and (_backend.is_device(frame) or _backend.is_device(out))):
+        return _backend.decompress(frame, out=out, verify=verify)  # CUDA backend (embzip/_backend.py)
+    if _backend.is_device(frame):  # device="cpu": the frame's bytes come to the host
+        frame = _backend.to_host_frame(frame)
     header, buf = parse_frame(frame, verify=verify)
     with threads_for(header.raw_size):
         return _decode(header, buf, out)
@@ -176,7 +213,10 @@ def inspect(frame) -> FrameInfo:
     >>> info.shape, info.dtype
     ((8, 4), dtype('float32'))
     """
-    header = read_header(as_frame_bytes(frame))
+    if _backend.is_device(frame):  # only the header's bytes come to the host
+        header = _backend.frame_header(frame)
+    else:
+        header = read_header(as_frame_bytes(frame))
     stages = []
     if header.section(SectionKind.RAW) is not None:
         stages.append("raw")

@@ -225,11 +225,10 @@ def read_header(buf: np.ndarray) -> FrameHeader:
 
 def _validate_semantics(h: FrameHeader) -> None:
     """Cross-field checks: a frame that passes them can be decoded without any out-of-bounds access."""
-    n = 1
-    for extent in h.shape:
-        n *= extent
-        if extent > 1 << 48 or n > 1 << 48:  # each extent too: (0, 2**60) has no elements
-            raise CorruptFrameError(f"shape {h.shape} has an extent or element count above 2**48")
+    n = math.prod(h.shape)
+    # The nonzero extents too: (2**40, 0, 2**40) has no elements, but no array can have it.
+    if math.prod(extent for extent in h.shape if extent) > 1 << 48:
+        raise CorruptFrameError(f"shape {h.shape}: the product of its extents exceeds 2**48")
     itemsize = h.dtype.numpy.itemsize
     if sum(s.length for s in h.sections) != h.payload_length:
         raise CorruptFrameError(f"section lengths add up to {sum(s.length for s in h.sections)}, payload is {h.payload_length}")
@@ -251,7 +250,8 @@ def _validate_semantics(h: FrameHeader) -> None:
     codes = h.section(SectionKind.CODES)
     if codes is None:
         raise CorruptFrameError("frame has neither a RAW nor a CODES section")
-    step_in_dtype = float(h.dtype.numpy.type(h.step))
+    with np.errstate(over="ignore"):  # a forged step may overflow the dtype: that is the check
+        step_in_dtype = float(h.dtype.numpy.type(h.step))
     if not (math.isfinite(h.step) and h.step > 0 and step_in_dtype == h.step):
         raise CorruptFrameError(f"invalid step {h.step!r} for dtype {h.dtype.name}")
     row_len = h.shape[-1] if len(h.shape) >= 2 else 1
