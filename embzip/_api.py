@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _backend, _codec
 from ._jit import threads_for
+from .errors import EmbzipError
 from .format import parse_frame, read_header
 from .format.header import as_frame_bytes
 from .format.ids import ErrorMode, Flags, SectionKind, Strategy
@@ -166,10 +167,20 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         return _decode(header, buf, out)
 
 
+def _allocate(header, dtype) -> np.ndarray:
+    """The output array; a frame may declare up to 2**48 elements in a few bytes (a constant
+    rANS section), so running out of memory is a property of the frame, reported as such."""
+    try:
+        return np.empty(header.shape, dtype=dtype)
+    except MemoryError:
+        raise EmbzipError(f"frame declares shape {header.shape} ({header.raw_size} bytes), "
+                          "more than can be allocated here") from None
+
+
 def _decode(header, buf, out):
     dtype = header.dtype.numpy.newbyteorder("=")
     if out is None:
-        return _codec.decode_into(header, buf, np.empty(header.shape, dtype=dtype))
+        return _codec.decode_into(header, buf, _allocate(header, dtype))
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, found {type(out).__name__}")
     if out.shape != header.shape or out.dtype != dtype:
@@ -178,7 +189,7 @@ def _decode(header, buf, out):
         raise ValueError("out must be writable, found a read-only array")
     if out.flags.c_contiguous:
         return _codec.decode_into(header, buf, out)
-    out[...] = _codec.decode_into(header, buf, np.empty(header.shape, dtype=dtype))
+    out[...] = _codec.decode_into(header, buf, _allocate(header, dtype))
     return out
 
 
