@@ -67,24 +67,3 @@ def scatter_values(positions, values, out):
     """``out[positions[k]] = values[k]``; positions were validated by the caller."""
     for k in range(positions.size):
         out[positions[k]] = values[k]
-
-
-@parallel_kernel
-def finite_min_max(values, chunk_size, mins, maxs):
-    """Per-chunk min and max of the finite values (+inf / -inf for a chunk with none).
-
-    One fused pass instead of numpy's separate min and max (and a third pass to drop
-    non-finite values): the comparisons are false for NaN, and the infinities are skipped
-    explicitly.
-    """
-    n = values.size
-    for c in prange(mins.size):
-        lo = np.inf
-        hi = -np.inf
-        for i in range(c * chunk_size, min((c + 1) * chunk_size, n)):
-            v = np.float64(values[i])
-            finite = abs(v) < np.inf  # False for NaN and +-Inf
-            lo = min(lo, v) if finite else lo
-            hi = max(hi, v) if finite else hi
-        mins[c] = lo
-        maxs[c] = hi

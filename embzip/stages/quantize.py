@@ -35,21 +35,17 @@ def choose_step(abs_error: float, dtype: np.dtype, constant=None):
     return step
 
 
-_RANGE_CHUNK = 1 << 16
-
-
 def finite_range(values: np.ndarray):
     """(min, max) of the finite values as Python floats, or None when there are none."""
     if values.size == 0:
         return None
-    chunks = -(-values.size // _RANGE_CHUNK)
-    mins = np.empty(chunks, dtype=np.float64)
-    maxs = np.empty(chunks, dtype=np.float64)
-    kernels.finite_min_max(values.reshape(-1), _RANGE_CHUNK, mins, maxs)
-    lo, hi = float(mins.min()), float(maxs.max())
-    if lo > hi:  # every chunk was empty of finite values
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if np.isfinite(lo) and np.isfinite(hi):
+        return lo, hi
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
         return None
-    return lo, hi
+    return float(finite.min()), float(finite.max())
 
 
 @dataclasses.dataclass
