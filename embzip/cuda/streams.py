@@ -1,0 +1,296 @@
+"""Device stage wrappers (CUDA twin of embzip/stages/): validate, allocate, launch.
+
+Kernels (bitpack.py, rans.py, dedup.py) trust their inputs; these functions size every
+array, check every length and offset of a section before a kernel reads it, and raise the
+same CorruptFrameError as the CPU stages. Only sizes, a histogram of at most 280 tokens and
+per-chunk byte counts are read back to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from ..cpu import rans as cpu_rans
+from ..cpu import rans_table as cpu_rans_table
+from ..errors import CorruptFrameError
+from ..stages import bitpack as host_bitpack
+from ..stages import rans as host_rans
+from . import bitpack as kb
+from . import dedup as kd
+from . import rans as kr
+from .rans_table import parse_section
+from ._launch import THREADS, blocks
+from .scan import collect, copy_bytes, device_empty, exclusive_scan, fill, scalars, to_device
+
+__all__ = ["BitPlan", "plan_bits", "write_bits", "decode_bits", "rans_histogram", "rans_encode",
+           "rans_decode", "deduplicate", "resolve_rows"]
+
+BLOCK = kb.BLOCK_SIZE
+LANES = kb.LANES
+
+
+@dataclasses.dataclass
+class BitPlan:
+    """Widths and offsets of one bit-packed stream (all device arrays but the sizes)."""
+
+    count: int
+    widths: object  # uint8[nblocks]
+    block_outliers: object  # int64[nblocks]
+    width_sums: object  # int64[full + 1], exclusive prefix sums of the full blocks' widths
+    outlier_offsets: object  # int64[nblocks + 1]
+    words: int  # packed words of the full blocks
+    tail_width: int
+    outliers: int
+
+    @property
+    def full(self) -> int:
+        return self.count // BLOCK
+
+    @property
+    def head(self) -> int:
+        return host_bitpack.words_offset(self.widths.shape[0])
+
+    @property
+    def tail_bytes(self) -> int:
+        return ((self.count - self.full * BLOCK) * self.tail_width + 7) // 8
+
+    @property
+    def size(self) -> int:
+        return self.head + 4 * self.words + self.tail_bytes
+
+
+def plan_bits(plan_kernel, src, inv_step=0.0, step=0.0, abs_error=0.0) -> BitPlan:
+    """Run a plan kernel (codes or fused quantizer) over ``src``; one host read of the sizes."""
+    n = src.shape[0]
+    nblocks = -(-n // BLOCK)
+    full = n // BLOCK
+    widths = device_empty(nblocks, np.uint8)
+    block_outliers = device_empty(nblocks, np.int64)
+    groups = THREADS // kb.GROUP
+    plan_kernel[blocks(nblocks, groups), THREADS](src, n, inv_step, step, abs_error, widths, block_outliers)
+    width_sums = exclusive_scan(widths[:full])
+    outlier_offsets = exclusive_scan(block_outliers)
+    words, outliers, tail_width = collect(width_sums, full, outlier_offsets, nblocks,
+                                          widths, min(full, nblocks - 1))
+    if full == nblocks:
+        tail_width = 0
+    return BitPlan(n, widths, block_outliers, width_sums, outlier_offsets, LANES * words, tail_width, outliers)
+
+
+def write_bits(plan: BitPlan, pack_kernel, tail_kernel, src, out, at, inv_step=0.0, step=0.0, abs_error=0.0,
+               frame=None, positions_at=0, values_at=0, src_bits=None):
+    """Write the section planned by ``plan`` into ``out[at:at + plan.size]`` (``at % 4 == 0``).
+
+    With a fused quantizer, outliers go to ``frame`` at ``positions_at`` / ``values_at``.
+    """
+    head = plan.head
+    full = plan.full
+    kb.write_head[blocks(head), THREADS](out[at:], plan.widths, head)
+    frame = out if frame is None else frame
+    src_bits = src if src_bits is None else src_bits
+    words_at = at + head
+    if full:  # blocks of width 0 write no words but may still hold outliers
+        words = out[words_at:words_at + 4 * plan.words].view(np.uint32) if plan.words else device_empty(1, np.uint32)
+        groups = THREADS // kb.GROUP
+        pack_kernel[blocks(full, groups), THREADS](
+            src, inv_step, step, abs_error, plan.widths[:full], plan.width_sums, words,
+            plan.block_outliers, plan.outlier_offsets, frame, positions_at, values_at, src_bits)
+    tail = plan.count - full * BLOCK
+    if tail:
+        first_outlier = scalars(plan.outlier_offsets[full:full + 1])[0] if plan.outliers else 0
+        tail_kernel[1, 1](src, full * BLOCK, tail, inv_step, step, abs_error, plan.tail_width, out,
+                          words_at + 4 * plan.words, frame, positions_at, values_at, first_outlier, src_bits)
+
+
+def _aligned_words(frame, at: int, nwords: int):
+    """The words at ``frame[at:]`` as uint32: a view when aligned, else an aligned copy."""
+    if nwords == 0:
+        return device_empty(1, np.uint32)
+    if at % 4 == 0:
+        return frame[at:at + 4 * nwords].view(np.uint32)
+    copy = device_empty(4 * nwords, np.uint8)
+    copy_bytes(frame[at:at + 4 * nwords], copy, 0)
+    return copy.view(np.uint32)
+
+
+def decode_bits(frame, at: int, length: int, count: int, step=None, out=None):
+    """Unpack a bit-packed section at ``frame[at:at + length]`` (validated like the CPU)."""
+    if length < 4:
+        raise CorruptFrameError(f"bit-packed section is {length} bytes, shorter than its 4-byte header")
+    nblocks = -(-count // BLOCK)
+    full = count // BLOCK
+    head = host_bitpack.words_offset(nblocks)
+    block_size = int.from_bytes(bytes(frame[at:at + 4].copy_to_host()), "little")
+    if block_size != BLOCK:
+        raise CorruptFrameError(f"bit-packed block size is {block_size}, expected {BLOCK}")
+    if length < head:
+        raise CorruptFrameError(f"bit-packed section is {length} bytes, its width table needs {head}")
+    widths = frame[at + 4:at + 4 + nblocks]
+    stats = device_empty(2, np.int64)
+    fill(stats, 0)
+    if nblocks or head > 4:
+        kb.check_width_table[blocks(max(nblocks, 1)), THREADS](frame, at + 4, nblocks, at + head, stats)
+    width_sums = exclusive_scan(widths[:full])
+    top, bad_padding, words = collect(stats, 0, stats, 1, width_sums, full)
+    if bad_padding:
+        raise CorruptFrameError("bit-packed width table padding is not zero")
+    if top > 32:
+        raise CorruptFrameError(f"bit width {top} exceeds 32")
+    tail = count - full * BLOCK
+    tail_width = scalars(widths[full:full + 1])[0] if tail else 0
+    nwords = LANES * words
+    expected = head + 4 * nwords + (tail * tail_width + 7) // 8
+    if expected != length:
+        raise CorruptFrameError(f"bit-packed section is {length} bytes, its widths say {expected}")
+    if step is None:
+        out = device_empty(count, np.uint32) if out is None else out
+        unpack, unpack_tail, step_arg = kb.unpack_codes, kb.unpack_tail_codes, 0.0
+    else:
+        f32 = step.dtype == np.float32
+        out = device_empty(count, step.dtype) if out is None else out
+        unpack = kb.unpack_f32 if f32 else kb.unpack_f64
+        unpack_tail = kb.unpack_tail_f32 if f32 else kb.unpack_tail_f64
+        step_arg = step
+    words_view = _aligned_words(frame, at + head, nwords)
+    if full:
+        unpack[blocks(full * BLOCK), THREADS](words_view, widths[:full], width_sums, step_arg, out)
+    if tail:
+        unpack_tail[blocks(tail), THREADS](frame, at + head + 4 * nwords, tail_width, step_arg, out,
+                                           full * BLOCK, tail)
+    return out
+
+
+# ---------------------------------------------------------------------------------- rANS
+
+
+def rans_histogram(symbols, chunk_size: int = host_rans.DEFAULT_CHUNK_SIZE):
+    """The stage's SymbolHistogram, counted on the device (280 counts and per-chunk raw bits
+    come back to the host)."""
+    n = symbols.shape[0]
+    chunks = -(-n // chunk_size)
+    counts = device_empty(kr.ALPHABET, np.int64)
+    raw_bits = device_empty(max(chunks, 1), np.int64)
+    low_high = to_device(np.array([1 << 32, -1], dtype=np.int64))
+    fill(counts, 0)
+    fill(raw_bits, 0)
+    if n:
+        kr.token_histogram[blocks(n), THREADS](symbols, chunk_size, counts, raw_bits, low_high)
+    token_counts = counts.copy_to_host()
+    low, high = scalars(low_high)
+    present = np.flatnonzero(token_counts)
+    constant = None
+    if present.size == 1 and low == high:  # one token holding one value (escapes hold many)
+        constant = int(low)
+    return host_rans.SymbolHistogram(n, chunk_size, kr.DIRECT_BITS, token_counts,
+                                     raw_bits.copy_to_host()[:chunks], constant)
+
+
+def rans_encode(symbols, hist=None):
+    """Encode like stages.rans.encode (same bytes); returns a device uint8 section."""
+    hist = rans_histogram(symbols) if hist is None else hist
+    if hist.symbol_count == 0:
+        return device_empty(0, np.uint8)
+    if hist.constant_value is not None:
+        return to_device(host_rans._constant_section(hist.constant_value))
+    plan = host_rans._plan(hist, host_rans.DEFAULT_MAX_SCALE_BITS, None)
+    enc_table = np.empty((hist.token_counts.size, 5), np.int64)
+    cpu_rans.build_encoder_table(plan.freqs, plan.scale_bits, enc_table)
+    chunks = hist.chunk_count
+    chunk_size = hist.chunk_size
+    row_words = min(chunk_size, hist.symbol_count) + 2 * plan.lanes
+    words = device_empty((chunks, row_words), np.uint16)
+    word_starts = device_empty(chunks, np.int64)
+    raw_bytes = (hist.chunk_raw_bits + 7) // 8
+    raw_offsets = np.zeros(chunks + 1, np.int64)
+    np.cumsum(raw_bytes, out=raw_offsets[1:])
+    raw = device_empty(max(int(raw_offsets[-1]), 1), np.uint8)
+    raw_offsets_dev = to_device(raw_offsets)
+    kr.encode_chunks[blocks(chunks), THREADS](
+        symbols, chunk_size, plan.lanes, to_device(enc_table.reshape(-1)), words, word_starts,
+        to_device(hist.chunk_raw_bits), raw, raw_offsets_dev)
+    rans_bytes = 2 * (row_words - word_starts.copy_to_host())
+    directory = host_rans._directory(rans_bytes, raw_bytes)
+    header = host_rans._header(hist, plan)
+    prefix = np.empty(header.size + int(host_rans._varint_sizes(directory).sum()), np.uint8)
+    prefix[:header.size] = header
+    cpu_rans_table.write_varints(directory, prefix, header.size)
+    chunk_bytes = rans_bytes + raw_bytes
+    offsets = prefix.size + np.concatenate(([0], np.cumsum(chunk_bytes)[:-1])).astype(np.int64)
+    out = device_empty(prefix.size + int(chunk_bytes.sum()), np.uint8)
+    copy_bytes(to_device(prefix), out, 0)
+    kr.assemble_chunks[blocks(chunks, 1), THREADS](words, word_starts, raw, raw_offsets_dev, out,
+                                                   to_device(offsets))
+    return out
+
+
+def rans_decode(frame, at: int, length: int, count: int):
+    """Decode ``count`` symbols from the rANS section at ``frame[at:at + length]``."""
+    out = device_empty(count, np.uint32)
+    if count == 0:
+        if length != 0:
+            raise host_rans._corrupt("section length for 0 symbols", 0, length)
+        return out
+    if length == 0:
+        raise host_rans._corrupt(f"section length for {count} symbols", ">= 2", 0)
+    parsed = parse_section(frame, at, length, count)
+    if parsed[0] == host_rans.KIND_CONSTANT:
+        fill(out, np.uint32(parsed[1]))
+        return out
+    _, scale_bits, direct_bits, chunk_size, lanes, freqs, bounds = parsed
+    cums = np.concatenate(([0], np.cumsum(freqs)[:-1])).astype(np.int64)
+    table = device_empty(1 << scale_bits, np.int64)
+    kr.build_decoder_table[blocks(freqs.size), THREADS](to_device(freqs), to_device(cums), table)
+    errors = device_empty((bounds.shape[0], 3), np.int64)
+    kr.decode_chunks[blocks(bounds.shape[0]), THREADS](
+        frame, to_device(bounds + at), chunk_size, direct_bits, scale_bits, lanes, table, out, errors)
+    found = errors.copy_to_host()
+    failed = np.flatnonzero(found[:, 0])
+    if failed.size:
+        chunk = int(failed[0])
+        code, expected, got = (int(v) for v in found[chunk])
+        if code == cpu_rans.ERR_STATE_RANGE:
+            raise host_rans._corrupt(f"chunk {chunk}: initial state of lane {expected}", "[2**15, 2**31)", got)
+        raise host_rans._corrupt(f"chunk {chunk}: {host_rans._CHUNK_ERRORS[code]}", expected, got)
+    return out
+
+
+# --------------------------------------------------------------------------------- dedup
+
+
+def deduplicate(codes, mask, rows: int, cols: int):
+    """(refs uint32, unique_rows int64, unique count) exactly as stages.dedup.deduplicate."""
+    hashes = device_empty(rows, np.uint64)
+    has_outlier = device_empty(rows, np.uint8)
+    kd.row_hashes[blocks(rows), THREADS](codes, mask, cols, hashes, has_outlier)
+    table = device_empty(1 << max(1, (2 * rows - 1).bit_length()), np.int64)
+    fill(table, -1)
+    slot_of = device_empty(rows, np.int64)
+    kd.insert_rows[blocks(rows), THREADS](codes, cols, hashes, has_outlier, table, slot_of)
+    is_new = device_empty(rows, np.int64)
+    first = device_empty(rows, np.int64)
+    kd.first_rows[blocks(rows), THREADS](table, slot_of, is_new, first)
+    numbers = exclusive_scan(is_new)
+    unique = scalars(numbers[rows:rows + 1])[0]
+    refs = device_empty(rows, np.uint32)
+    unique_rows = device_empty(max(unique, 1), np.int64)
+    kd.assign_refs[blocks(rows), THREADS](first, numbers, refs, unique_rows)
+    return refs, unique_rows[:unique], unique
+
+
+def resolve_rows(refs, unique_count: int):
+    """Row -> unique-row ids from a decoded reference stream (CorruptFrameError as the CPU)."""
+    rows = refs.shape[0]
+    flags = device_empty(rows, np.int64)
+    kd.zero_flags[blocks(rows), THREADS](refs, flags)
+    numbers = exclusive_scan(flags)
+    row_ids = device_empty(rows, np.int64)
+    first_bad = to_device(np.array([rows], dtype=np.int64))
+    kd.resolve_refs[blocks(rows), THREADS](refs, numbers, unique_count, row_ids, first_bad)
+    bad, total, _ = collect(first_bad, 0, numbers, rows, first_bad, 0)
+    if bad == rows and total != unique_count:
+        bad = rows
+    elif bad == rows:
+        return row_ids
+    raise CorruptFrameError(
+        f"row index stream is inconsistent at row {bad} of {rows} ({unique_count} unique rows)")

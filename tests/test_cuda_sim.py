@@ -1,0 +1,191 @@
+"""CUDA backend under the numba-cuda simulator: parity with the CPU backend.
+
+The simulator must be switched on before numba is imported, and the main pytest process
+imports numba without it, so this module re-runs itself in a subprocess with
+``NUMBA_ENABLE_CUDASIM=1`` (see :func:`test_simulator_suite`). Inside that subprocess the
+real tests run: for hypothesis-drawn arrays (NaN payloads, +-Inf, -0.0, subnormals, bin
+edges, huge and tiny bounds) and every strategy, the CUDA frame is byte-identical to the
+CPU frame, and either backend decodes either frame to the same bits. The simulator runs one
+Python thread per GPU thread, so inputs stay at a few hundred values and example counts low.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IN_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+if not IN_SIMULATOR:
+    def test_simulator_suite():
+        """Run this file's simulator tests in a subprocess with the simulator switched on."""
+        pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install 'embzip[cuda]')")
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore::RuntimeWarning")
+        root = Path(__file__).resolve().parent.parent
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                                 str(Path(__file__).resolve())], cwd=root, env=env,
+                                capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"simulator tests failed:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
+else:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from numba import cuda
+
+    import embzip
+    import strategies as S
+
+    warnings.simplefilter("ignore", RuntimeWarning)  # numpy scalar overflow in simulated kernels
+    SIM = settings(max_examples=int(os.environ.get("EMBZIP_SIM_EXAMPLES", "8")), deadline=None)
+
+    def bits(a) -> np.ndarray:
+        a = np.ascontiguousarray(a)
+        return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+    def check_parity(x: np.ndarray, **kwargs) -> None:
+        """Same frame bytes from both backends; same decoded bits from every pairing (the
+        frames being identical, the GPU decoding the CPU frame is the GPU decoding its own)."""
+        cpu_frame = embzip.compress(x, **kwargs)
+        dev_frame = embzip.compress(cuda.to_device(np.array(x, order="C")), **kwargs)  # keeps 0-d
+        assert getattr(dev_frame, "__cuda_ndarray__", False)
+        host_copy = dev_frame.copy_to_host()
+        assert host_copy.tobytes() == cpu_frame.tobytes(), (
+            f"frames differ: {embzip.inspect(cpu_frame).stages} vs {embzip.inspect(host_copy).stages}, "
+            f"{cpu_frame.size} vs {host_copy.size} bytes")
+        expected = embzip.decompress(cpu_frame)
+        on_device = embzip.decompress(dev_frame)  # device frame -> device array
+        assert getattr(on_device, "__cuda_ndarray__", False)
+        assert on_device.shape == x.shape and on_device.dtype == x.dtype
+        np.testing.assert_array_equal(bits(on_device.copy_to_host()), bits(expected))
+        gpu_frame_on_cpu = embzip.decompress(dev_frame, device="cpu")
+        assert isinstance(gpu_frame_on_cpu, np.ndarray)
+        np.testing.assert_array_equal(bits(gpu_frame_on_cpu), bits(expected))
+
+    @SIM
+    @given(data=st.data(), dtype=st.sampled_from(S.FLOATS), strategy=st.sampled_from(S.STRATEGIES))
+    def test_parity_abs(data, dtype, strategy):
+        x, abs_error = data.draw(S.abs_cases(dtype, max_elements=200))
+        check_parity(x, abs_error=abs_error, strategy=strategy)
+
+    @SIM
+    @given(data=st.data(), dtype=st.sampled_from(S.FLOATS), strategy=st.sampled_from(S.STRATEGIES))
+    def test_parity_rel(data, dtype, strategy):
+        x, rel_error = data.draw(S.rel_cases(dtype, max_elements=200))
+        check_parity(x, rel_error=rel_error, strategy=strategy)
+
+    @settings(max_examples=3, deadline=None)
+    @given(data=st.data(), strategy=st.sampled_from(S.STRATEGIES))
+    def test_parity_multi_block_streams(data, strategy):
+        """520-1100 values: several bit-packed blocks, a tail, sprinkled specials."""
+        x = data.draw(S.bulk_arrays(np.float32, 1e-3, min_size=520, max_size=1100))
+        check_parity(x, abs_error=1e-3, strategy=strategy)
+
+    @pytest.mark.parametrize("strategy", ["fast", "compact", "auto"])
+    def test_parity_embedding_batch_with_repeats(strategy):
+        """A Zipf lookup batch: dedup on, repeated rows, an outlier row, both streams."""
+        rng = np.random.default_rng(7)
+        table = rng.normal(0, 0.1, size=(30, 12)).astype(np.float32)
+        batch = table[np.minimum(rng.zipf(1.3, 60) - 1, 29)]
+        batch[5, 3] = np.nan
+        check_parity(batch, rel_error=0.02, strategy=strategy)
+
+    def test_parity_sampled_dedup_decision():
+        """More rows than DEDUP_SAMPLE_ROWS: the dedup decision comes from the same sample."""
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=(4200, 1)).astype(np.float32)
+        x[::7] = 0.5  # repeats the sample sees
+        check_parity(x, abs_error=1e-2, strategy="fast")
+
+    def test_parity_special_layouts():
+        """0-d, empty, constant (rel bound 0), all-NaN, huge bound, float64."""
+        check_parity(np.float32(1.25).reshape(()), abs_error=0.1)
+        check_parity(np.zeros((3, 0), np.float32), abs_error=0.1)
+        check_parity(np.full((4, 5), -0.0, np.float32), rel_error=0.01)
+        check_parity(np.full(7, 3.5), rel_error=0.05)
+        check_parity(np.full(9, np.nan, np.float32), rel_error=0.05)
+        check_parity(np.linspace(-1, 1, 300), abs_error=1e300)
+        check_parity(np.zeros((2, 1), np.float32), rel_error=1e-30)  # dedup, then raw fallback
+        host_frame = embzip.compress(np.arange(40, dtype=np.float32), abs_error=0.01)
+        on_gpu = embzip.decompress(host_frame, device="cuda")
+        np.testing.assert_array_equal(on_gpu.copy_to_host(), embzip.decompress(host_frame))
+
+    def test_non_contiguous_input_and_out():
+        x = np.random.default_rng(1).normal(size=(24, 10)).astype(np.float32)
+        dev = cuda.to_device(x)
+        frame = embzip.compress(dev.T, abs_error=1e-3)  # a transposed (F-order) view
+        assert frame.copy_to_host().tobytes() == embzip.compress(x.T, abs_error=1e-3).tobytes()
+        frame = embzip.compress(dev[::2, 1:7], abs_error=1e-3)  # strided slice
+        assert frame.copy_to_host().tobytes() == embzip.compress(x[::2, 1:7], abs_error=1e-3).tobytes()
+        expected = embzip.decompress(frame.copy_to_host())
+        target = cuda.to_device(np.zeros((6, 12), np.float32))
+        result = embzip.decompress(frame, out=target.T)  # a non-contiguous out
+        np.testing.assert_array_equal(np.asarray(result.copy_to_host()), expected)
+        contiguous = cuda.device_array((12, 6), np.float32)
+        assert embzip.decompress(frame, out=contiguous) is contiguous
+        np.testing.assert_array_equal(contiguous.copy_to_host(), expected)
+
+    def test_cuda_array_interface_objects():
+        """Any object exposing __cuda_array_interface__ (in the simulator: host pointers)."""
+        x = np.random.default_rng(2).normal(size=(16, 8)).astype(np.float64)
+
+        class Tensorish:  # what torch.cuda tensors look like to embzip
+            def __init__(self, array):
+                self._keep = array
+                self.__cuda_array_interface__ = dict(array.__array_interface__, version=3)
+
+        frame = embzip.compress(Tensorish(x), rel_error=0.01, strategy="compact")
+        assert frame.copy_to_host().tobytes() == embzip.compress(x, rel_error=0.01, strategy="compact").tobytes()
+        info = embzip.inspect(frame)
+        assert info.shape == (16, 8) and info.frame_size == frame.shape[0]
+        out = np.zeros_like(x)
+        embzip.decompress(frame, out=Tensorish(out))
+        np.testing.assert_array_equal(out, embzip.decompress(frame.copy_to_host()))
+
+    def test_misaligned_device_frame_and_corruption():
+        x = np.random.default_rng(4).normal(size=(300,)).astype(np.float32)
+        frame = embzip.compress(x, abs_error=1e-3, strategy="fast")
+        padded = np.zeros(frame.size + 1, np.uint8)
+        padded[1:] = frame
+        dev = cuda.to_device(padded)[1:]  # starts at an odd address
+        np.testing.assert_array_equal(embzip.decompress(dev).copy_to_host(), embzip.decompress(frame))
+        broken = frame.copy()
+        broken[-1] ^= 0x10
+        with pytest.raises(embzip.CorruptFrameError, match="payload checksum"):
+            embzip.decompress(cuda.to_device(broken))
+        with pytest.raises(embzip.TruncatedFrameError):
+            embzip.decompress(cuda.to_device(frame[:-1]))
+        with pytest.raises(ValueError, match="device"):
+            embzip.decompress(frame, device="tpu")
+
+    def test_device_decode_rejects_inconsistent_sections():
+        """Hostile frames decoded on the device raise the CPU's errors, never crash."""
+        from embzip.format import parse_frame
+        from embzip.format.header import finish_frame
+
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(20, 6)).astype(np.float32)
+        x[3] = x[1]
+        for strategy in ("fast", "compact"):
+            frame = embzip.compress(x, abs_error=1e-2, strategy=strategy)
+            header, _ = parse_frame(frame)
+            for at in range(header.header_length, frame.size, 7):
+                forged = frame.copy()
+                forged[at] ^= 0x5A
+                finish_frame(forged, header)  # a valid CRC over the forged payload
+                try:
+                    cpu = embzip.decompress(forged)
+                except embzip.EmbzipError:
+                    cpu = None
+                try:
+                    gpu = embzip.decompress(cuda.to_device(forged)).copy_to_host()
+                except embzip.EmbzipError:
+                    gpu = None
+                assert (cpu is None) == (gpu is None), f"{strategy}: byte {at}"
+                if cpu is not None:
+                    np.testing.assert_array_equal(bits(gpu), bits(cpu))
