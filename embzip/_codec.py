@@ -21,11 +21,6 @@ from .stages import bitpack, dedup, quantize, rans
 __all__ = ["encode_array", "decode_into"]
 
 _ENCODER_NAMES = {Encoder.BITPACK: "bitpack", Encoder.RANS: "rans"}
-#: Up to this many rows, deduplication is always tried; above, only when a sample of that
-#: many rows (DEDUP_SAMPLE_RUNS runs of consecutive rows, evenly spread, so that repeats
-#: both near and far are seen) holds a repeat: hashing every row of a big array costs time.
-DEDUP_SAMPLE_ROWS = 4096
-DEDUP_SAMPLE_RUNS = 16
 
 
 def _encode_stream(stream: np.ndarray, strategy: Strategy, bandwidth):
@@ -66,11 +61,9 @@ def _dedup_candidate(values: np.ndarray, step, abs_error: float) -> bool:
     rows = values.size // cols
     if rows < 2:
         return False
-    if rows <= DEDUP_SAMPLE_ROWS:
+    if rows <= dedup.SAMPLE_ROWS:
         return True
-    run = DEDUP_SAMPLE_ROWS // DEDUP_SAMPLE_RUNS
-    starts = np.linspace(0, rows - run, DEDUP_SAMPLE_RUNS).astype(np.int64)
-    sample = values.reshape(rows, cols)[(starts[:, None] + np.arange(run)).reshape(-1)]
+    sample = values.reshape(rows, cols)[dedup.sample_rows(rows)]
     quantized = quantize.quantize(sample.reshape(-1), step, abs_error)
     found = dedup.deduplicate(quantized.codes.reshape(-1, cols), quantized.outlier_mask.reshape(-1, cols))
     return found.unique_count < sample.shape[0]

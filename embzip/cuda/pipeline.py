@@ -16,13 +16,13 @@ import dataclasses
 import numpy as np
 
 from .. import costmodel
-from .._codec import DEDUP_SAMPLE_ROWS, DEDUP_SAMPLE_RUNS
 from ..errors import CorruptFrameError
 from ..format import FrameHeader, Section, read_header, section_offsets
 from ..format.header import PAYLOAD_CRC_OFFSET, header_bytes, header_length_for
 from ..format.ids import DTypeId, Encoder, ErrorMode, Flags, SectionKind, Strategy
 from ..stages import quantize as host_quantize
 from ..stages import rans as host_rans
+from ..stages.dedup import SAMPLE_ROWS, sample_rows
 from . import bitpack as kb
 from . import checksum as kc
 from . import dedup as kd
@@ -132,11 +132,9 @@ def _dedup_candidate(flat, shape, step, abs_error: float) -> bool:
     rows = flat.shape[0] // cols
     if rows < 2:
         return False
-    if rows <= DEDUP_SAMPLE_ROWS:
+    if rows <= SAMPLE_ROWS:
         return True
-    run = DEDUP_SAMPLE_ROWS // DEDUP_SAMPLE_RUNS
-    starts = np.linspace(0, rows - run, DEDUP_SAMPLE_RUNS).astype(np.int64)
-    picked = to_device((starts[:, None] + np.arange(run)).reshape(-1))
+    picked = to_device(sample_rows(rows))
     codes, mask, _ = _quantize(_gather(flat, cols, picked), step, abs_error)
     return deduplicate(codes, mask, picked.shape[0], cols)[2] < picked.shape[0]
 

@@ -9,7 +9,23 @@ import numpy as np
 from ..cpu import dedup as kernels
 from ..errors import CorruptFrameError
 
-__all__ = ["Deduplicated", "deduplicate", "resolve", "expand"]
+__all__ = ["Deduplicated", "deduplicate", "resolve", "expand", "sample_rows", "SAMPLE_ROWS"]
+
+#: Up to this many rows, deduplication is always tried; above, only when a sample of that
+#: many rows (SAMPLE_RUNS runs of consecutive rows, evenly spread, so that repeats both near
+#: and far are seen) holds a repeat: hashing every row of a big array costs time.
+SAMPLE_ROWS = 4096
+SAMPLE_RUNS = 16
+
+
+def sample_rows(rows: int) -> np.ndarray:
+    """Indices of the rows sampled to decide whether an array of ``rows`` rows has repeats.
+
+    Both backends use it, so they reach the same verdict (and so the same frame).
+    """
+    run = SAMPLE_ROWS // SAMPLE_RUNS
+    starts = np.linspace(0, rows - run, SAMPLE_RUNS).astype(np.int64)
+    return (starts[:, None] + np.arange(run)).reshape(-1)
 
 
 @dataclasses.dataclass
