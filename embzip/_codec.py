@@ -177,10 +177,7 @@ def _decode_codes(buf: np.ndarray, sec: Section, step=None, out=None) -> np.ndar
     data = buf[sec.offset:sec.offset + sec.length]
     if sec.encoding == Encoder.BITPACK:
         return bitpack.decode(data, sec.count, out=out, step=step)
-    codes = rans.decode(data, sec.count)
-    if step is None:
-        return codes
-    return quantize.dequantize(codes, step, out if out is not None else np.empty(sec.count, step.dtype))
+    return rans.decode(data, sec.count, out=out, step=step)
 
 
 def _outliers(buf: np.ndarray, header: FrameHeader, limit: int):

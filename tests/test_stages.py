@@ -150,3 +150,16 @@ def test_frame_declaring_more_memory_than_exists_raises_embzip_error():
     struct.pack_into("<I", frame, header_length - 4, crc32c(bytes(frame[:header_length - 4])))
     with pytest.raises(embzip.EmbzipError, match="more than can be allocated"):
         embzip.decompress(bytes(frame))
+
+
+@given(uint32_streams, st.sampled_from([np.float32, np.float64]))
+@settings(max_examples=30, deadline=None)
+def test_rans_fused_dequantize_matches_two_steps(values, dtype):
+    from embzip.stages import rans
+
+    values = values & np.uint32(0x7FFFFFFF)
+    step = dtype(0.375)
+    section = rans.encode(values)
+    fused = rans.decode(section, values.size, step=step)
+    two_step = quantize.dequantize(values, step, np.empty(values.size, dtype))
+    assert fused.dtype == dtype and fused.tobytes() == two_step.tobytes()

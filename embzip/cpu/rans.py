@@ -223,83 +223,97 @@ def _fail(errors, chunk, code, expected, found):
     errors[chunk, 2] = found
 
 
-@parallel_kernel
-def decode_chunks(data, bounds, chunk_size, direct_bits, scale_bits, table, states, out, errors):
-    """Decode every chunk into ``out``; report per-chunk problems in ``errors``.
+def _make_decode(dequantize, cast):
+    """decode_chunks writing symbols (uint32), or dequantized codes ``cast(unzigzag) * step``."""
 
-    ``bounds[chunk] = (rans_start, raw_start, raw_end)`` are byte offsets into ``data``
-    that the wrapper checked (``rans_start + 4 * lanes <= raw_start <= raw_end <=
-    len(data)``, even rANS length).  ``errors[chunk] = (code, expected, found)``, code 0
-    when the chunk decoded and ended exactly as the format requires.
-    """
-    symbol_count = out.shape[0]
-    lanes = states.shape[1]
-    mask = (np.int64(1) << scale_bits) - 1
-    direct_limit = np.int64(1) << direct_bits
-    for chunk in prange(bounds.shape[0]):
-        errors[chunk, 0] = OK
-        rans_start = bounds[chunk, 0]
-        rans_end = bounds[chunk, 1]
-        raw_end = bounds[chunk, 2]
-        bad_state = False
-        for lane in range(lanes):
-            p = rans_start + 4 * lane
-            state = (
-                np.int64(data[p])
-                | (np.int64(data[p + 1]) << 8)
-                | (np.int64(data[p + 2]) << 16)
-                | (np.int64(data[p + 3]) << 24)
-            )
-            states[chunk, lane] = state
-            if (state < STATE_LOW or state >= STATE_HIGH) and not bad_state:
-                _fail(errors, chunk, ERR_STATE_RANGE, lane, state)
-                bad_state = True
-        if bad_state:
-            continue
-        pos = rans_start + 4 * lanes
-        last_word = rans_end - 2  # >= rans_start: clamping keeps reads inside the chunk
-        raw_pos = rans_end
-        buffer = np.int64(0)
-        filled = 0
-        start = chunk * chunk_size
-        stop = min(start + chunk_size, symbol_count)
-        lane = 0
-        for i in range(start, stop):
-            state = states[chunk, lane]
-            entry = table[state & mask]
-            token = entry >> 32
-            state = (entry & 0xFFFF) * (state >> scale_bits) + ((entry >> 16) & 0xFFFF)
-            # Branch-free renormalization, as in the encoder; the clamped read is always
-            # inside the chunk, and an overrun shows as pos > rans_end at the end.
-            refill = np.int64(state < STATE_LOW)
-            p = min(pos, last_word)
-            word = np.int64(data[p]) | (np.int64(data[p + 1]) << 8)
-            state = (state << (refill << 4)) | (word & -refill)
-            pos += refill << 1
-            states[chunk, lane] = state
-            lane = lane + 1 if lane + 1 < lanes else 0
-            if token < direct_limit:
-                out[i] = token
-            else:
-                raw_count = token - direct_limit + direct_bits
-                while filled < raw_count:
-                    if raw_pos < raw_end:  # past it, count the bytes but read nothing
-                        buffer |= np.int64(data[raw_pos]) << filled
-                    raw_pos += 1
-                    filled += 8
-                out[i] = (np.int64(1) << raw_count) | (buffer & ((np.int64(1) << raw_count) - 1))
-                buffer >>= raw_count
-                filled -= raw_count
-        if pos != rans_end:
-            _fail(errors, chunk, ERR_RANS_LENGTH, rans_end - rans_start, pos - rans_start)
-            continue
-        for lane in range(lanes):
-            if states[chunk, lane] != STATE_LOW:
-                _fail(errors, chunk, ERR_FINAL_STATE, STATE_LOW, states[chunk, lane])
-                break
-        if errors[chunk, 0] != OK:
-            continue
-        if raw_pos != raw_end:
-            _fail(errors, chunk, ERR_RAW_LENGTH, raw_end - rans_end, raw_pos - rans_end)
-        elif buffer != 0:
-            _fail(errors, chunk, ERR_RAW_PADDING, 0, buffer)
+    @parallel_kernel
+    def decode_chunks(data, bounds, chunk_size, direct_bits, scale_bits, table, states, step, out, errors):
+        """Decode every chunk into ``out``; report per-chunk problems in ``errors``.
+
+        ``bounds[chunk] = (rans_start, raw_start, raw_end)`` are byte offsets into ``data``
+        that the wrapper checked (``rans_start + 4 * lanes <= raw_start <= raw_end <=
+        len(data)``, even rANS length).  ``errors[chunk] = (code, expected, found)``, code 0
+        when the chunk decoded and ended exactly as the format requires.
+        """
+        symbol_count = out.shape[0]
+        lanes = states.shape[1]
+        mask = (np.int64(1) << scale_bits) - 1
+        direct_limit = np.int64(1) << direct_bits
+        for chunk in prange(bounds.shape[0]):
+            errors[chunk, 0] = OK
+            rans_start = bounds[chunk, 0]
+            rans_end = bounds[chunk, 1]
+            raw_end = bounds[chunk, 2]
+            bad_state = False
+            for lane in range(lanes):
+                p = rans_start + 4 * lane
+                state = (
+                    np.int64(data[p])
+                    | (np.int64(data[p + 1]) << 8)
+                    | (np.int64(data[p + 2]) << 16)
+                    | (np.int64(data[p + 3]) << 24)
+                )
+                states[chunk, lane] = state
+                if (state < STATE_LOW or state >= STATE_HIGH) and not bad_state:
+                    _fail(errors, chunk, ERR_STATE_RANGE, lane, state)
+                    bad_state = True
+            if bad_state:
+                continue
+            pos = rans_start + 4 * lanes
+            last_word = rans_end - 2  # >= rans_start: clamping keeps reads inside the chunk
+            raw_pos = rans_end
+            buffer = np.int64(0)
+            filled = 0
+            start = chunk * chunk_size
+            stop = min(start + chunk_size, symbol_count)
+            lane = 0
+            for i in range(start, stop):
+                state = states[chunk, lane]
+                entry = table[state & mask]
+                token = entry >> 32
+                state = (entry & 0xFFFF) * (state >> scale_bits) + ((entry >> 16) & 0xFFFF)
+                # Branch-free renormalization, as in the encoder; the clamped read is always
+                # inside the chunk, and an overrun shows as pos > rans_end at the end.
+                refill = np.int64(state < STATE_LOW)
+                p = min(pos, last_word)
+                word = np.int64(data[p]) | (np.int64(data[p + 1]) << 8)
+                state = (state << (refill << 4)) | (word & -refill)
+                pos += refill << 1
+                states[chunk, lane] = state
+                lane = lane + 1 if lane + 1 < lanes else 0
+                if token < direct_limit:
+                    value = token
+                else:
+                    raw_count = token - direct_limit + direct_bits
+                    while filled < raw_count:
+                        if raw_pos < raw_end:  # past it, count the bytes but read nothing
+                            buffer |= np.int64(data[raw_pos]) << filled
+                        raw_pos += 1
+                        filled += 8
+                    value = (np.int64(1) << raw_count) | (buffer & ((np.int64(1) << raw_count) - 1))
+                    buffer >>= raw_count
+                    filled -= raw_count
+                if dequantize:  # fused: saves a pass and a code array (see stages/rans.decode)
+                    out[i] = cast((value >> 1) ^ -(value & 1)) * step
+                else:
+                    out[i] = value
+            if pos != rans_end:
+                _fail(errors, chunk, ERR_RANS_LENGTH, rans_end - rans_start, pos - rans_start)
+                continue
+            for lane in range(lanes):
+                if states[chunk, lane] != STATE_LOW:
+                    _fail(errors, chunk, ERR_FINAL_STATE, STATE_LOW, states[chunk, lane])
+                    break
+            if errors[chunk, 0] != OK:
+                continue
+            if raw_pos != raw_end:
+                _fail(errors, chunk, ERR_RAW_LENGTH, raw_end - rans_end, raw_pos - rans_end)
+            elif buffer != 0:
+                _fail(errors, chunk, ERR_RAW_PADDING, 0, buffer)
+
+    return decode_chunks
+
+
+decode_chunks = _make_decode(False, np.float64)
+decode_dequantize_f32 = _make_decode(True, np.float32)
+decode_dequantize_f64 = _make_decode(True, np.float64)

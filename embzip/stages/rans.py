@@ -363,12 +363,13 @@ def _check_section(section) -> np.ndarray:
     return section
 
 
-def _check_out(out, count: int) -> None:
+def _check_out(out, count: int, step=None) -> None:
     if out is None:
         return
-    if not isinstance(out, np.ndarray) or out.dtype != np.uint32:
+    dtype = np.dtype(np.uint32) if step is None else step.dtype
+    if not isinstance(out, np.ndarray) or out.dtype != dtype:
         found = getattr(out, "dtype", type(out).__name__)
-        raise TypeError(f"out must be a uint32 numpy array, found {found}")
+        raise TypeError(f"out must be a {dtype} numpy array, found {found}")
     if out.shape != (count,):
         raise ValueError(f"out must have shape ({count},), found {out.shape}")
     if not out.flags.writeable or not out.flags.aligned:
@@ -456,20 +457,22 @@ _CHUNK_ERRORS = {
 }
 
 
-def _decode_rans(section: np.ndarray, count: int, out: np.ndarray | None) -> np.ndarray:
+def _decode_rans(section: np.ndarray, count: int, out: np.ndarray | None, step=None) -> np.ndarray:
     scale_bits, direct_bits, chunk_log2, lanes = _parse_header(section)
     freqs, pos = _parse_table(section, scale_bits, direct_bits)
     chunk_size = 1 << chunk_log2
     bounds = _parse_directory(section, pos, -(-count // chunk_size), lanes)
     if out is None:  # only now: the section is consistent with `count`
-        out = np.empty(count, np.uint32)
+        out = np.empty(count, np.uint32 if step is None else step.dtype)
     table = np.empty(1 << scale_bits, np.int64)
     _k.build_decoder_table(freqs, table)
     states = np.empty((bounds.shape[0], lanes), np.int64)
     errors = np.zeros((bounds.shape[0], 3), np.int64)
-    _k.decode_chunks(
-        section, bounds, chunk_size, direct_bits, scale_bits, table, states, out, errors
-    )
+    if step is None:
+        kernel, step = _k.decode_chunks, 0.0
+    else:
+        kernel = _k.decode_dequantize_f32 if step.dtype == np.float32 else _k.decode_dequantize_f64
+    kernel(section, bounds, chunk_size, direct_bits, scale_bits, table, states, step, out, errors)
     failed = np.flatnonzero(errors[:, 0])
     if failed.size:
         chunk = int(failed[0])
@@ -481,7 +484,7 @@ def _decode_rans(section: np.ndarray, count: int, out: np.ndarray | None) -> np.
     return out
 
 
-def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
+def decode(section, count: int, out: np.ndarray | None = None, step=None) -> np.ndarray:
     """Decode ``count`` symbols from a section written by :func:`encode`.
 
     Safe on hostile bytes: every length and offset is validated before the kernels run,
@@ -494,8 +497,11 @@ def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
     count : int
         Number of symbols the section holds (the caller stores it).
     out : numpy.ndarray, optional
-        Writeable, aligned uint32 array of shape ``(count,)`` to decode into.  On error
-        its contents are unspecified.
+        Writeable, aligned array of shape ``(count,)`` to decode into: uint32, or step's
+        dtype when ``step`` is given.  On error its contents are unspecified.
+    step : numpy.float32 or numpy.float64, optional
+        Dequantize while decoding: write ``dtype(unzigzag(symbol)) * step`` (the codec's
+        decode rule) instead of the symbol, sparing a pass and a code array.
 
     Returns
     -------
@@ -518,11 +524,12 @@ def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
     if count < 0:
         raise ValueError(f"count must be >= 0, found {count}")
     section = _check_section(section)
-    _check_out(out, count)
+    _check_out(out, count, step)
+    out_dtype = np.uint32 if step is None else step.dtype
     if count == 0:
         if section.size != 0:
             raise _corrupt("section length for 0 symbols", 0, section.size)
-        return np.empty(0, np.uint32) if out is None else out
+        return np.empty(0, out_dtype) if out is None else out
     if section.size == 0:
         raise _corrupt(f"section length for {count} symbols", ">= 2", 0)
     kind = int(section[0])
@@ -532,10 +539,12 @@ def decode(section, count: int, out: np.ndarray | None = None) -> np.ndarray:
             raise _corrupt("constant value", "a well-formed varint", _STATUS_TEXT[status])
         if end != section.size:
             raise _corrupt("constant section length", end, section.size)
+        if step is not None:
+            value = step.dtype.type((value >> 1) ^ -(value & 1)) * step
         if out is None:
-            return np.full(count, value, np.uint32)
+            return np.full(count, value, out_dtype)
         out[:] = value
         return out
     if kind == KIND_RANS:
-        return _decode_rans(section, count, out)
+        return _decode_rans(section, count, out, step)
     raise _corrupt("section kind", f"{KIND_CONSTANT} or {KIND_RANS}", kind)
