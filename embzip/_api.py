@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from . import _backend, _codec
+from . import _interop  # issue 7: torch tensors by duck typing (torch never imported)
 from ._jit import threads_for
 from .errors import EmbzipError
 from .format import parse_frame, read_header
@@ -89,6 +90,7 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto"):
         _check_bound("abs_error", abs_error)
     else:
         _check_bound("rel_error", rel_error)
+    data = _interop.as_numpy(data)  # issue 7: a CPU torch tensor, zero-copy
     if _backend.is_device(data):  # CUDA backend (embzip/_backend.py): the frame stays on the GPU
         return _backend.compress(data, abs_error, rel_error, _STRATEGIES[strategy], _resolve_bound)
     values = _as_float_array(data)
@@ -121,7 +123,7 @@ def _resolve_bound(abs_error, rel_error, span):
     return ErrorMode.REL, given, bound, None
 
 
-def decompress(frame, *, out=None, verify: bool = True, device: str | None = None):
+def decompress(frame, *, out=None, verify: bool = True, device: str | None = None, like=None):
     """Decode a frame made by :func:`compress`.
 
     Parameters
@@ -136,6 +138,9 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         Where to decode. None: on the GPU when ``frame`` or ``out`` is a device array (cupy,
         numba, or anything with ``__cuda_array_interface__``), else on the CPU. "cuda" decodes
         a host frame on the GPU too; "cpu" decodes a device frame on the host.
+    like : torch.Tensor, optional
+        Return a torch tensor on ``like``'s device (the frame's dtype and shape, not
+        ``like``'s); on the CPU it shares the decoded array's memory (embzip/_interop.py).
 
     Returns
     -------
@@ -156,6 +161,8 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
     >>> embzip.decompress(frame).shape
     (3, 4)
     """
+    if like is not None:  # issue 7: torch interop (embzip/_interop.py)
+        return _interop.to_like(decompress(frame, out=out, verify=verify, device=device), like)
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', found {device!r}")
     if device == "cuda" or (device is None and (_backend.is_device(frame) or _backend.is_device(out))):

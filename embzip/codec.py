@@ -1,0 +1,122 @@
+"""numcodecs codec: embzip's error-bounded compression inside zarr and anything numcodecs.
+
+Registered under the id ``"embzip"`` through the ``numcodecs.codecs`` entry point (and on
+import of this module), so ``numcodecs.get_codec({"id": "embzip", "abs_error": 1e-3})``
+works once embzip is installed. This module imports numcodecs; ``import embzip`` does not.
+
+The codec compresses what a numcodecs codec receives: a C-contiguous float array keeps its
+shape (so rows of a 2-D chunk are deduplicated); anything else is taken in memory order as a
+flat buffer, the way every numcodecs codec treats bytes: an F-ordered chunk, or raw bytes
+(``bytes``, ``bytearray``, integer arrays) when ``dtype`` says which floats they hold.
+Decoding returns the array (or fills ``out``, an array or a writable buffer of the right size).
+
+Examples
+--------
+>>> import numpy as np
+>>> from embzip.codec import Embzip
+>>> codec = Embzip(abs_error=1e-3)
+>>> x = np.linspace(0, 1, 1000, dtype=np.float32)
+>>> y = codec.decode(codec.encode(x))
+>>> bool(np.abs(y - x).max() <= 1e-3), y.dtype
+(True, dtype('float32'))
+>>> Embzip.from_config(codec.get_config()) == codec
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numcodecs.abc import Codec
+from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray, ndarray_copy
+from numcodecs.registry import register_codec
+
+from . import _api
+
+__all__ = ["Embzip"]
+
+
+class Embzip(Codec):
+    """Error-bounded lossy compression of float32/float64 chunks (id ``"embzip"``).
+
+    Parameters
+    ----------
+    abs_error : float, optional
+        Every finite value decodes within ``abs_error``.
+    rel_error : float, optional
+        The bound is ``rel_error * (max - min)`` of each chunk's finite values (so it is
+        per chunk, not per array). Give exactly one of ``abs_error`` and ``rel_error``.
+    strategy : {"auto", "fast", "compact"}
+        As in :func:`embzip.compress`.
+    dtype : str, optional
+        How to read byte buffers and non-float arrays handed to :meth:`encode` (e.g.
+        ``"<f4"``). Float arrays are always compressed as their own dtype.
+
+    Examples
+    --------
+    >>> import numcodecs
+    >>> numcodecs.get_codec({"id": "embzip", "rel_error": 0.01})
+    Embzip(abs_error=None, rel_error=0.01, strategy='auto', dtype=None)
+    """
+
+    codec_id = "embzip"
+
+    def __init__(self, abs_error=None, rel_error=None, strategy="auto", dtype=None):
+        # Validate now, not at the first chunk: a bad codec must not reach a zarr store.
+        probe = np.zeros(1, np.float32)
+        _api.compress(probe, abs_error=abs_error, rel_error=rel_error, strategy=strategy)
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+                raise TypeError(f"dtype must be float32 or float64, found {dtype}")
+            dtype = dtype.str  # JSON-friendly in the config, e.g. "<f4"
+        self.abs_error = None if abs_error is None else float(abs_error)
+        self.rel_error = None if rel_error is None else float(rel_error)
+        self.strategy = strategy
+        self.dtype = dtype
+
+    @classmethod
+    def from_config(cls, config):
+        """The codec from :meth:`get_config`'s dict (its ``"id"`` key is allowed)."""
+        config = dict(config)
+        codec_id = config.pop("id", cls.codec_id)
+        if codec_id != cls.codec_id:
+            raise ValueError(f"config is for codec {codec_id!r}, not {cls.codec_id!r}")
+        return cls(**config)
+
+    def __repr__(self):  # parameters in signature order, evaluable
+        return (f"Embzip(abs_error={self.abs_error!r}, rel_error={self.rel_error!r}, "
+                f"strategy={self.strategy!r}, dtype={self.dtype!r})")
+
+    def encode(self, buf):
+        """Compress ``buf``; returns the frame as bytes."""
+        arr = ensure_ndarray(buf)
+        if arr.dtype.kind != "f":
+            if self.dtype is None:
+                raise TypeError(f"embzip compresses float arrays, found dtype {arr.dtype}; "
+                                f"give Embzip(dtype=...) to read byte buffers as floats")
+            arr = ensure_contiguous_ndarray(arr).view(self.dtype)  # raises if not a multiple
+        elif not arr.flags.c_contiguous:
+            # memory order, flat: what decode's reshape by the caller (zarr, numcodecs) expects
+            arr = ensure_contiguous_ndarray(arr)
+        frame = _api.compress(arr, abs_error=self.abs_error, rel_error=self.rel_error,
+                              strategy=self.strategy)
+        return frame.tobytes()
+
+    def decode(self, buf, out=None):
+        """Decode a frame; into ``out`` when given (an array, or a buffer of the same size)."""
+        frame = ensure_contiguous_ndarray(buf).view(np.uint8)
+        if isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable:
+            info = _api.inspect(frame)
+            if out.shape == info.shape and out.dtype == info.dtype:
+                return _api.decompress(frame, out=out)  # straight in, no copy
+        decoded = _api.decompress(frame)
+        if out is None:
+            return decoded
+        out_arr = ensure_ndarray(out)
+        if out_arr.nbytes != decoded.nbytes:
+            raise ValueError(f"out holds {out_arr.nbytes} bytes, the frame decodes to "
+                             f"{decoded.nbytes}")
+        return ndarray_copy(decoded, out)
+
+
+register_codec(Embzip)
