@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from . import costmodel
+from ._jit import threads_for
 from .errors import CorruptFrameError
 from .cpu import bitpack as bitpack_kernels
 from .cpu import fused
@@ -64,8 +65,9 @@ def _dedup_candidate(values: np.ndarray, step, abs_error: float) -> bool:
     if rows <= dedup.SAMPLE_ROWS:
         return True
     sample = values.reshape(rows, cols)[dedup.sample_rows(rows)]
-    quantized = quantize.quantize(sample.reshape(-1), step, abs_error)
-    found = dedup.deduplicate(quantized.codes.reshape(-1, cols), quantized.outlier_mask.reshape(-1, cols))
+    with threads_for(sample.nbytes):  # a small job inside a big one: skip the thread wake-ups
+        quantized = quantize.quantize(sample.reshape(-1), step, abs_error)
+        found = dedup.deduplicate(quantized.codes.reshape(-1, cols), quantized.outlier_mask.reshape(-1, cols))
     return found.unique_count < sample.shape[0]
 
 
