@@ -113,10 +113,15 @@ def _layout(section: np.ndarray, count: int):
 
 def _aligned_words(raw: np.ndarray) -> np.ndarray:
     """The words as a native uint32 array: a view when aligned, else a copy (cheap next to
-    the output, and numba kernels want aligned data)."""
+    the output, and numba kernels want aligned data). Always read-only, so that numba
+    compiles one specialization whatever the frame's alignment and writability."""
     if raw.ctypes.data % 4 == 0 and np.little_endian:
-        return raw.view(np.uint32)
-    return np.frombuffer(raw.tobytes(), dtype="<u4").astype(np.uint32, copy=False)
+        words = raw.view(np.uint32)
+    else:
+        words = np.frombuffer(raw.tobytes(), dtype="<u4").astype(np.uint32, copy=False)
+    words = words.view()
+    words.flags.writeable = False
+    return words
 
 
 def decode(section: np.ndarray, count: int, out=None, step=None) -> np.ndarray:
