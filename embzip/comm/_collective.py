@@ -1,0 +1,202 @@
+"""The blocking compressed Alltoallv: compress, handshake, exchange frames, decode, agree.
+
+Messages of one compressed call (P ranks, P <= 64): the frames are compressed first (the mode
+is decided from state every rank shares), then one ``Allgather`` of ~17 + 6P doubles per rank
+(errors, settings, counts, blob sizes, measurements), one ``Alltoallv`` of the blobs, and one
+``Allreduce`` of a decode-error flag. A bypassed or non-float call: the ``Allgather``, then a
+plain ``Alltoallv`` of the caller's buffers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import CorruptFrameError
+from . import _device, _handshake, _mpi, _protocol, _segment
+from ._errors import LocalError
+from ._stats import MODE_CODES, CallStats, measurement
+
+__all__ = ["alltoallv", "begin", "agree_to_start", "raw_exchange", "host_flat", "remote_bytes", "finish"]
+
+
+def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes=0):
+    """Shared start of both calls: parse, validate and decide locally (nothing exchanged yet).
+
+    Returns (MPI, state, job, decision, stats, start time); ``decision`` is None for
+    pass-through data or when this rank's arguments are invalid (``job.error``).
+    """
+    MPI = _mpi.load()
+    start = time.perf_counter()
+    state = _mpi.state_of(comm)
+    if state.inflight is not None:  # one pipelined call in flight per communicator
+        state.inflight.wait_quietly()
+    pcomm = state.comm
+    job = _protocol.prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass,
+                            pcomm.Get_size(), pcomm.Get_rank(), MPI, chunk_bytes)
+    decision = None
+    if job.error is None and job.kind:
+        decision = state.costs.decide(job.bypass, job.strategy)
+        stats = CallStats(decision.mode, decision.reason, decision.encoder, model=decision.model)
+        stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, pcomm.Get_rank())
+    else:
+        stats = CallStats("passthrough", "not float")
+        if job.error is None:
+            stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, pcomm.Get_rank())
+    return MPI, state, job, decision, stats, start
+
+
+def agree_to_start(state, job, decision, stats, MPI, blob_sizes=None):
+    """The handshake (raises on every rank if any has a problem), then commit the decision."""
+    start = time.perf_counter()
+    mode = 0 if decision is None else MODE_CODES[decision.mode]
+    agreement = _handshake.handshake(state.comm, job, state, mode, MPI, blob_sizes)
+    state.costs.commit(decision)
+    stats.handshake_s = time.perf_counter() - start
+    return agreement
+
+
+def remote_bytes(job, rank: int):
+    """Bytes this rank sends to, and receives from, other ranks (its own segment excluded)."""
+    s, r = job.send, job.recv
+    return (int(s.counts.sum() - s.counts[rank]) * s.elem_size, int(r.counts.sum() - r.counts[rank]) * r.elem_size)
+
+
+def host_flat(spec, preserve: bool):
+    """``spec.flat`` on the host: itself, or a staging copy of a GPU buffer."""
+    if not spec.device:
+        return spec.flat
+    return _device.to_host(spec.flat) if preserve else np.empty(spec.flat.shape, dtype=spec.flat.dtype)
+
+
+def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
+    """Plain (I)Alltoallv of the caller's buffers; GPU buffers staged unless MPI is CUDA-aware.
+
+    Returns the MPI request (nonblocking) or None, and a finisher to call after completion.
+    """
+    s, r = job.send, job.recv
+    if not (s.device or r.device) or _device.cuda_aware_mpi():
+        smsg, rmsg, finish_copy = s.mpi_message(), r.mpi_message(), None
+    else:
+        send_host, recv_host = host_flat(s, True), host_flat(r, True)  # keep what is not received
+        smsg = [send_host, (s.counts, s.displs), s.datatype]
+        rmsg = [recv_host, (r.counts, r.displs), r.datatype]
+
+        def finish_copy():
+            if r.device:
+                _device.to_device(recv_host, r.flat)
+    if nonblocking:
+        return pcomm.Ialltoallv(smsg, rmsg), finish_copy
+    pcomm.Alltoallv(smsg, rmsg)
+    if finish_copy is not None:
+        finish_copy()
+    return None, None
+
+
+def finish(state, stats, start, alt=None):
+    """Record a completed call: total time, last stats, the measurement for the next call."""
+    stats.total_s = time.perf_counter() - start
+    state.pending = measurement(stats, 0.0, alt)  # no latency correction: skew makes it unreliable
+    state.last = stats
+    return stats
+
+
+def _calibrate(segments, plan, row, encoder: str) -> np.ndarray:
+    """Measure the other encoder on the same segments: (inv ratio, s/byte compress, s/byte decompress)."""
+    other = "compact" if encoder == "fast" else "fast"
+    raw = sum(seg.nbytes for _, seg in segments)
+    if not raw:
+        return None
+    d, first = segments[0]
+    _segment.warm_up(first, plan, d, row, other)
+    start = time.perf_counter()
+    blobs = [_segment.encode(seg, 0, plan, d, row, other) for d, seg in segments]
+    mid = time.perf_counter()
+    for (_, seg), blob in zip(segments, blobs):
+        _segment.decode(blob, np.empty_like(seg))
+    end = time.perf_counter()
+    return np.array([sum(b.size for b in blobs) / raw, (mid - start) / raw, (end - mid) / raw])
+
+
+def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
+    displs = np.zeros_like(sizes)
+    np.cumsum(sizes[:-1], out=displs[1:])
+    return displs
+
+
+def _compress_all(job, decision, stats, rank: int, size: int):
+    """Compress every remote segment (before the handshake); returns (blobs, alt calibration)."""
+    s = job.send
+    send_host = host_flat(s, True)
+    blobs, alt = {}, None
+    segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(size)
+                if d != rank and s.counts[d] > 0]
+    if segments:  # compile time is not codec time
+        _segment.warm_up(segments[0][1], job.plan, segments[0][0], s.row, decision.encoder)
+    start = time.perf_counter()
+    try:
+        for d, seg in segments:
+            blobs[d] = _segment.encode(seg, 0, job.plan, d, s.row, decision.encoder)
+        stats.compress_s = time.perf_counter() - start
+        if decision.calibrate:
+            alt = _calibrate(segments, job.plan, s.row, decision.encoder)
+    except Exception as exc:  # reported in the handshake: every rank raises, nobody waits
+        job.error = LocalError.from_exception(exc, rank, "compressing")
+    return send_host, blobs, alt
+
+
+def _compressed(state, job, decision, stats, MPI):
+    pcomm = state.comm
+    s, r = job.send, job.recv
+    size, rank = pcomm.Get_size(), pcomm.Get_rank()
+    send_host, blobs, alt = _compress_all(job, decision, stats, rank, size)
+    sizes = np.array([blobs[d].size if d in blobs else 0 for d in range(size)], dtype=np.int64)
+    rsizes = agree_to_start(state, job, decision, stats, MPI, sizes).blob_sizes
+    sdispls, rdispls = _exclusive_cumsum(sizes), _exclusive_cumsum(rsizes)
+    sendbytes = np.empty(int(sizes.sum()), dtype=np.uint8)
+    for d, blob in blobs.items():
+        sendbytes[sdispls[d]:sdispls[d] + blob.size] = blob
+    recvbytes = np.empty(int(rsizes.sum()), dtype=np.uint8)
+    start = time.perf_counter()
+    _mpi.wait(pcomm.Ialltoallv([sendbytes, (sizes, sdispls), MPI.BYTE], [recvbytes, (rsizes, rdispls), MPI.BYTE]))
+    stats.transfer_s = time.perf_counter() - start
+    stats.sent_bytes, stats.recv_bytes = int(sizes.sum()), int(rsizes.sum())
+    recv_host = host_flat(r, True)  # a GPU buffer keeps what is not received
+    start = time.perf_counter()
+    if s.counts[rank]:  # own segment: a local copy, exact
+        recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]] = send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]]
+    src, local = None, None
+    try:
+        for src in range(size):
+            if src == rank or not (r.counts[src] or rsizes[src]):
+                continue
+            seg = recv_host[r.displs[src]:r.displs[src] + r.counts[src]]
+            blob = recvbytes[rdispls[src]:rdispls[src] + rsizes[src]]
+            if _segment.decode(blob, seg) != (0, seg.size):
+                raise CorruptFrameError(f"the frames from rank {src} cover fewer than its {seg.size} elements")
+    except Exception as exc:
+        local = LocalError.from_exception(exc, rank, f"decoding the segment from rank {src}")
+        local.category = "decode"
+    if r.device:
+        _device.to_device(recv_host, r.flat)
+    stats.decompress_s = time.perf_counter() - start
+    _protocol.agree(pcomm, local, MPI, patient=True)
+    return alt
+
+
+def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
+              bypass="auto") -> CallStats:
+    """Implementation of :func:`embzip.comm.Alltoallv` (see there)."""
+    MPI, state, job, decision, stats, start = begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy,
+                                                    bounds, bypass)
+    alt = None
+    if decision is not None and decision.mode == "compressed":
+        alt = _compressed(state, job, decision, stats, MPI)
+    else:
+        agree_to_start(state, job, decision, stats, MPI)
+        t = time.perf_counter()
+        raw_exchange(state.comm, job, MPI)
+        stats.transfer_s = time.perf_counter() - t
+        stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
+    return finish(state, stats, start, alt)

@@ -1,0 +1,169 @@
+"""The bypass decision: send raw when compression would not pay (the seed paper's model).
+
+Compression pays when ``1/CR + B * (1/Tc + 1/Td) < 1`` (:func:`embzip.costmodel.pays`): ``B``
+is the link bandwidth one rank sees during an all-to-all, ``Tc`` / ``Td`` the codec speeds
+measured on the ranks themselves (under whatever contention the job has), ``CR`` the ratio
+measured on the data. Every input comes from measurements all ranks reduced together, so every
+rank computes the same decision and no vote is needed. Each input is the median of its last
+``WINDOW`` measurements: one call slowed down by a noisy neighbour must not flip the choice.
+
+Schedule on a communicator: calls compress until a compressed call's measurements have been
+agreed (CR, Tc, Td; the other encoder is calibrated too when the strategy is ``"auto"``), then
+send raw until a raw call's have (B): measurements are reduced in the next call's handshake,
+and a call decides before its own handshake, so each phase lasts two calls. Then the model
+decides, and what is not being used is re-measured now and then: the path not taken
+("probe"), and with ``strategy="auto"`` the encoder not chosen, after 16 calls, then 32, ...
+up to every 1024 while nothing changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+
+import numpy as np
+
+from .. import costmodel
+from ._stats import MEASUREMENT_FIELDS
+
+__all__ = ["CostState", "Decision"]
+
+_F = {name: i for i, name in enumerate(MEASUREMENT_FIELDS)}
+_ENC = {1: "fast", 2: "compact"}
+_MODEL_NAME = {"fast": "bitpack", "compact": "rans"}
+FIRST_PROBE, LAST_PROBE = 16, 1024
+WINDOW = 5
+#: A compressed transfer updates the bandwidth estimate only when it moved this many bytes
+#: per rank: smaller ones measure latency, not bandwidth.
+MIN_BANDWIDTH_BYTES = 256 * 1024
+
+
+class Decision:
+    """mode ("compressed" / "raw"), encoder, reason, whether to calibrate the other encoder."""
+
+    __slots__ = ("mode", "encoder", "reason", "calibrate", "model", "next")
+
+    def __init__(self, mode, encoder, reason, calibrate=False, model=None):
+        self.mode, self.encoder, self.reason = mode, encoder, reason
+        self.calibrate, self.model = calibrate, model or {}
+        self.next = {}  # state updates to apply once every rank agreed the call goes ahead
+
+
+def _median(values):
+    return statistics.median(values) if values else None
+
+
+class CostState:
+    """Agreed measurements of one communicator (identical on every rank)."""
+
+    def __init__(self):
+        # bytes/s one rank gets in an all-to-all, measured by raw and by compressed transfers
+        self.bandwidths = {2: collections.deque(maxlen=WINDOW), 1: collections.deque(maxlen=WINDOW)}
+        self.codecs = {}  # "fast"/"compact" -> deque of (inv_ratio, compress s/byte, decompress s/byte)
+        self.decision = None  # the model's last choice
+        self.since_probe, self.interval = 0, FIRST_PROBE
+        self.since_calibration, self.calibration_interval = 0, FIRST_PROBE
+
+    @property
+    def raw_measured(self) -> bool:
+        return bool(self.bandwidths[2])
+
+    @property
+    def bandwidth(self):
+        """From raw transfers when there are any: compressed ones are smaller, so their time is
+        more latency and they read low; they serve until a raw call (calibration, probe) ran."""
+        return _median(self.bandwidths[2]) or _median(self.bandwidths[1])
+
+    @property
+    def codec(self):
+        """Encoder -> (inv_ratio, compress s/byte, decompress s/byte), each the median of its window."""
+        return {e: tuple(statistics.median(m[i] for m in window) for i in range(3))
+                for e, window in self.codecs.items()}
+
+    def _record(self, encoder: str, values) -> None:
+        self.codecs.setdefault(encoder, collections.deque(maxlen=WINDOW)).append(tuple(float(v) for v in values))
+
+    def absorb(self, reduced: np.ndarray) -> None:
+        """Fold in the previous call's measurements (already MAX-reduced over ranks)."""
+        mode, raw = reduced[_F["mode"]], reduced[_F["raw_bytes"]]
+        if mode == 0 or raw <= 0:
+            return
+        wire, seconds = reduced[_F["wire_bytes"]], reduced[_F["transfer_s"]]
+        busy = max(seconds - reduced[_F["latency_s"]], 1e-6)
+        if wire > 0 and (mode == 2 or wire >= MIN_BANDWIDTH_BYTES):
+            self.bandwidths[int(mode)].append(float(wire / busy))
+        if mode == 1:
+            encoder = _ENC.get(int(reduced[_F["encoder"]]), "fast")
+            self._record(encoder, reduced[[_F["inv_ratio"], _F["compress_spb"], _F["decompress_spb"]]])
+            if reduced[_F["alt_inv_ratio"]] > 0:
+                other = "compact" if encoder == "fast" else "fast"
+                self._record(other, reduced[_F["alt_inv_ratio"]:_F["alt_decompress_spb"] + 1])
+
+    def _encoder(self, strategy: str, codec: dict) -> str:
+        bandwidth = self.bandwidth
+        if strategy != "auto":
+            return strategy
+        if bandwidth is None or len(codec) < 2:
+            return "fast"
+        sizes = {_MODEL_NAME[e]: c[0] for e, c in codec.items()}
+        costs = {_MODEL_NAME[e]: costmodel.EncoderCost(1.0 / max(c[1], 1e-15), 1.0 / max(c[2], 1e-15))
+                 for e, c in codec.items()}
+        return "fast" if costmodel.choose(1, sizes, bandwidth, costs) == "bitpack" else "compact"
+
+    def model(self, encoder: str, codec=None) -> dict:
+        codec = self.codec if codec is None else codec
+        bandwidth = self.bandwidth
+        if bandwidth is None or encoder not in codec:
+            return {}
+        inv_ratio, spb_c, spb_d = codec[encoder]
+        cost = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
+        ratio = 1.0 / inv_ratio if inv_ratio > 0 else float("inf")
+        return {"bandwidth_Bps": bandwidth, "ratio": ratio, "compress_Bps": cost.compress_bps,
+                "decompress_Bps": cost.decompress_bps, "pays": costmodel.pays(ratio, bandwidth, cost)}
+
+    def _compressed(self, encoder, reason, strategy, codec, model=None) -> Decision:
+        """A compressed decision, calibrating the other encoder when it is due (strategy auto)."""
+        if strategy != "auto":
+            return Decision("compressed", encoder, reason, False, model)
+        since = self.since_calibration + 1
+        due = len(codec) < 2 or since >= self.calibration_interval
+        decision = Decision("compressed", encoder, reason, due, model)
+        decision.next = {"since_calibration": 0 if due else since,
+                         "calibration_interval": min(2 * self.calibration_interval, LAST_PROBE) if due and
+                         len(codec) == 2 else self.calibration_interval}
+        return decision
+
+    def decide(self, bypass, strategy: str) -> Decision:
+        """The mode of this call; ``bypass`` is "auto", True (always raw) or False (always compress).
+
+        Pure: the schedules advance only through :meth:`commit`, called once every rank has
+        agreed the call can go ahead (so a call that raises leaves every rank's state alike).
+        """
+        codec = self.codec
+        encoder = self._encoder(strategy, codec)
+        if bypass is True:
+            return Decision("raw", None, "forced", model=self.model(encoder, codec))
+        if bypass is False:
+            return self._compressed(encoder, "forced", strategy, codec, self.model(encoder, codec))
+        if not codec:
+            return self._compressed(encoder, "calibration", strategy, codec)
+        if not self.raw_measured:  # compressed transfers alone underestimate a fast link
+            return Decision("raw", None, "calibration", model=self.model(encoder, codec))
+        model = self.model(encoder, codec)
+        choice = "compressed" if model.get("pays") else "raw"
+        since, interval = (self.since_probe, self.interval) if choice == self.decision else (0, FIRST_PROBE)
+        since += 1
+        probe = since >= interval  # re-measure the path not taken
+        mode = ("raw" if choice == "compressed" else "compressed") if probe else choice
+        reason = "probe" if probe else "cost model"
+        decision = self._compressed(encoder, reason, strategy, codec, model) if mode == "compressed" else \
+            Decision("raw", None, reason, model=model)
+        decision.next.update(decision=choice, since_probe=0 if probe else since,
+                             interval=min(2 * interval, LAST_PROBE) if probe else interval)
+        return decision
+
+    def commit(self, decision: Decision) -> None:
+        """Advance the schedules past ``decision`` (every rank, after the handshake)."""
+        if decision is not None:
+            for name, value in decision.next.items():
+                setattr(self, name, value)

@@ -1,0 +1,167 @@
+"""The handshake: one small collective before the payload, after which every rank knows
+whether any rank has a problem, and what every sender will send.
+
+Up to ``GATHER_MAX`` ranks it is a single ``Allgather``: each rank contributes its error flag,
+its settings, its data kind, its send and receive byte counts for every peer, its row widths,
+its blob sizes (compressed calls) and its measurements of the previous call. Every rank then
+checks every pair itself, in the same order, and reaches the same verdict and message without
+further communication (only a local error's text needs one ``bcast``). Above ``GATHER_MAX``
+(the gathered table grows as P^2) it is an ``Alltoall`` of the per-peer values followed by an
+``Allreduce`` of the flags, where the receiver that sees a mismatch reports it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import _spec
+from ._errors import LocalError, build
+from ._mpi import wait
+from ._protocol import BYPASS_CODES, chunk_units, raise_agreed
+from ._stats import MEASUREMENT_FIELDS
+
+__all__ = ["handshake", "Agreement", "GATHER_MAX"]
+
+GATHER_MAX = 64
+_SETTINGS = ("bypass", "chunk_bytes", "mode")  # every rank must pass (or decide) alike
+_NAMES = {"bypass": {v: repr(k) for k, v in BYPASS_CODES.items()}, "mode": {0: "pass-through", 1: "compressed",
+                                                                          2: "raw"}}
+_M = len(MEASUREMENT_FIELDS)
+_HEAD = 2 + len(_SETTINGS) + _M  # error flag, kind, settings, measurements
+
+
+class Agreement:
+    """What the handshake established: per-source row widths and blob sizes, the latency."""
+
+    __slots__ = ("units", "blob_sizes", "latency")
+
+    def __init__(self, units, blob_sizes, latency):
+        self.units, self.blob_sizes, self.latency = units, blob_sizes, latency
+
+
+def _settings(job, mode: int):
+    code = next(v for k, v in BYPASS_CODES.items() if job.bypass is k or (isinstance(k, str) and job.bypass == k))
+    return [code, job.chunk_bytes, mode]
+
+
+def _vectors(job, blob_sizes):
+    """Per-peer int columns: send counts, send bytes, recv counts, recv bytes, units, blob sizes."""
+    s, r = job.send, job.recv
+    blobs = np.zeros_like(s.counts) if blob_sizes is None else blob_sizes
+    return [s.counts, s.counts * s.elem_size, r.counts, r.counts * r.elem_size, chunk_units(job), blobs]
+
+
+def _disagreement(name: str, values: np.ndarray):
+    first = int(np.flatnonzero(values != values[0])[0])
+    show = _NAMES.get(name, {})
+    a, b = show.get(int(values[0]), int(values[0])), show.get(int(values[first]), int(values[first]))
+    return LocalError("value", f"ranks disagree on {name}: rank 0 has {a}, rank {first} has {b}; "
+                               f"it must be the same on every rank")
+
+
+def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI):
+    size = pcomm.Get_size()
+    row = np.zeros(_HEAD + 6 * size)
+    if job.error is not None:
+        row[0] = 1
+    else:
+        row[1] = job.kind
+        row[2:2 + len(_SETTINGS)] = _settings(job, mode)
+        row[_HEAD:] = np.concatenate(_vectors(job, blob_sizes))
+    if measurement is not None:
+        row[2 + len(_SETTINGS):_HEAD] = measurement
+    table = np.empty((size, row.size))
+    start = time.perf_counter()
+    if mode == 1:  # compressed: ranks still compressing need the cores more than this one
+        wait(pcomm.Iallgather(row, table))
+    else:
+        pcomm.Allgather(row, table)
+    latency = time.perf_counter() - start
+    failed = np.flatnonzero(table[:, 0])
+    if failed.size:
+        raise_agreed(pcomm, int(failed[0]), job.error)
+    problem = None
+    kinds = table[:, 1]
+    if np.any(kinds != kinds[0]):  # checked first: a different kind also means a different mode
+        other = int(np.flatnonzero(kinds != kinds[0])[0])
+        problem = LocalError("type", f"rank 0 sends {_spec.kind_name(kinds[0])} data, rank {other} "
+                                     f"{_spec.kind_name(kinds[other])} data: every rank must use the same type")
+    for i, name in enumerate(_SETTINGS):
+        if np.any(table[:, 2 + i] != table[0, 2 + i]):
+            problem = problem or _disagreement(name, table[:, 2 + i])
+    cols = table[:, _HEAD:].reshape(size, 6, size).astype(np.int64)  # [rank, column, peer]
+    if problem is None:
+        sent, expected = cols[:, 1, :], cols[:, 3, :].T  # [a, b]: a sends to b / b expects from a
+        bad = np.argwhere((sent != expected).T)  # (b, a) pairs, by receiver then sender
+        if bad.size:
+            b, a = (int(v) for v in bad[0])
+            problem = LocalError("value", f"rank {a} sends {cols[a, 0, b]} elements ({sent[a, b]} bytes) to rank "
+                                          f"{b}, but rank {b} expects {cols[b, 2, a]} elements ({expected[a, b]} "
+                                          f"bytes) from it (recvbuf counts[{a}]): send and receive counts must match")
+    if problem is not None:  # computed identically on every rank: raise without communicating
+        raise build(problem.payload(), pcomm.Get_rank())
+    rank = pcomm.Get_rank()
+    return Agreement(cols[:, 4, rank].copy(), cols[:, 5, rank].copy(), latency), \
+        table[:, 2 + len(_SETTINGS):_HEAD].max(axis=0)
+
+
+def _pairwise(pcomm, job, mode, blob_sizes, measurement, MPI):
+    size, rank = pcomm.Get_size(), pcomm.Get_rank()
+    table = np.zeros((size, 6), dtype=np.int64)  # status, kind, count, bytes, unit, blob size
+    if job.error is None:
+        v = _vectors(job, blob_sizes)
+        table[:, 0], table[:, 1], table[:, 2], table[:, 3], table[:, 4], table[:, 5] = 1, job.kind, v[0], v[1], \
+            v[4], v[5]
+    got = np.empty_like(table)
+    if mode == 1:
+        wait(pcomm.Ialltoall(table, got))
+    else:
+        pcomm.Alltoall(table, got)
+    if job.error is None:
+        for src in range(size):
+            status, kind, count, nbytes = (int(x) for x in got[src, :4])
+            expected = int(job.recv.counts[src]) * job.recv.elem_size
+            if status and kind != job.kind:
+                job.error = LocalError("type", f"rank {src} sends {_spec.kind_name(kind)} data, but rank {rank} "
+                                               f"receives {_spec.kind_name(job.kind)} data: every rank must use "
+                                               f"the same type")
+            elif status and nbytes != expected:
+                job.error = LocalError("value", f"rank {src} sends {count} elements ({nbytes} bytes) to rank "
+                                                f"{rank}, but rank {rank} expects {int(job.recv.counts[src])} elements"
+                                                f" ({expected} bytes) from it (recvbuf counts[{src}]): send and "
+                                                f"receive counts must match")
+            if job.error is not None:
+                break
+    n = len(_SETTINGS)
+    vec = np.full(1 + 2 * n + _M, -np.inf)
+    vec[0] = size - rank if job.error is not None else 0
+    if job.error is None:
+        settings = _settings(job, mode)
+        vec[1:1 + n], vec[1 + n:1 + 2 * n] = settings, [-x for x in settings]  # (max, -min): equal when agreed
+    vec[1 + 2 * n:] = measurement if measurement is not None else 0.0
+    out = np.empty_like(vec)
+    start = time.perf_counter()
+    pcomm.Allreduce(vec, out, op=MPI.MAX)
+    latency = time.perf_counter() - start
+    if out[0] > 0:
+        raise_agreed(pcomm, int(size - out[0]), job.error)
+    for i, name in enumerate(_SETTINGS):
+        if out[1 + i] != -out[1 + n + i]:
+            raise build(("value", f"ranks disagree on {name}: it must be the same on every rank"), rank)
+    return Agreement(got[:, 4].copy(), got[:, 5].copy(), latency), out[1 + 2 * n:]
+
+
+def handshake(pcomm, job, state, mode: int, MPI, blob_sizes=None) -> Agreement:
+    """Run the handshake; raise the agreed error on every rank; fold in the last measurements.
+
+    ``mode`` is this call's decision (0 pass-through, 1 compressed, 2 raw); ``blob_sizes`` the
+    bytes this rank will send each peer in a compressed call.
+    """
+    measurement, state.pending = state.pending, None
+    run = _gathered if pcomm.Get_size() <= GATHER_MAX else _pairwise
+    agreement, reduced = run(pcomm, job, mode, blob_sizes, measurement, MPI)
+    state.costs.absorb(reduced)
+    job.units = agreement.units
+    return agreement

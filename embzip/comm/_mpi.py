@@ -1,0 +1,116 @@
+"""Lazy access to mpi4py, and the state embzip caches on each communicator.
+
+Why lazy: ``import embzip`` (and even ``import embzip.comm``) must work where mpi4py is not
+installed; only calling a collective needs it. Why cache on the communicator (an MPI
+attribute): the private duplicate communicator and the cost-model measurements belong to
+that communicator's life, are shared by every wrapper of the same handle, and are freed with it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import BackendUnavailableError
+
+__all__ = ["load", "state_of", "peek_state", "CommState", "wait"]
+
+_MPI = None
+_KEYVAL = None
+
+
+def load():
+    """The ``mpi4py.MPI`` module, imported on first use."""
+    global _MPI
+    if _MPI is None:
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"embzip.comm needs mpi4py (pip install 'embzip[mpi]'); importing it failed: {exc}") from None
+        _MPI = MPI
+    return _MPI
+
+
+class CommState:
+    """What embzip keeps per communicator (identical on every rank where it matters).
+
+    ``comm`` is a private duplicate: embzip's handshakes, payloads and tags can never match a
+    message or collective of the caller's. ``costs`` only changes from values every rank
+    reduced together, so every rank takes the same bypass decision without a vote.
+    """
+
+    def __init__(self, comm):
+        from ._costs import CostState
+
+        MPI = load()
+        # a plain Intracomm: a subclass's Dup (embzip.comm.Comm's) would return the subclass,
+        # whose Alltoallv is the compressed one
+        self.comm = MPI.Intracomm(MPI.Comm.Dup(comm))
+        self.costs = CostState()
+        self.pending = None  # this rank's measurements of the last call, reduced at the next one
+        self.last = None  # CallStats of the last completed call on this rank
+        self.inflight = None  # the pipelined call not yet completed (at most one per communicator)
+
+    def free(self):
+        MPI = load()
+        if self.comm is not None and not MPI.Is_finalized():
+            try:
+                self.comm.Free()
+            except Exception:  # freeing is best effort: MPI may be shutting down
+                pass
+        self.comm = None
+
+
+def _delete(comm, keyval, state):  # MPI attribute delete callback: the user's comm is being freed
+    state.free()
+
+
+def state_of(comm) -> CommState:
+    """The cached :class:`CommState` of ``comm``, created (collectively: Dup) on first use."""
+    MPI = load()
+    global _KEYVAL
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator, found {type(comm).__name__}")
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL")
+    if comm.Is_inter():
+        raise TypeError("embzip.comm supports intracommunicators only, found an intercommunicator")
+    if _KEYVAL is None:
+        _KEYVAL = MPI.Comm.Create_keyval(delete_fn=_delete)
+    state = comm.Get_attr(_KEYVAL)
+    if state is None:
+        state = CommState(comm)
+        comm.Set_attr(_KEYVAL, state)
+    return state
+
+
+def peek_state(comm):
+    """The cached state of ``comm``, or None; never collective (creates nothing)."""
+    MPI = load()
+    if _KEYVAL is None or not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
+        return None
+    return comm.Get_attr(_KEYVAL)
+
+
+#: Seconds a rank busy-polls a request before it starts sleeping between tests.
+SPIN_S = 2e-4
+_MAX_NAP_S = 1e-4
+
+
+def wait(request) -> None:
+    """Complete an MPI request without holding a core for long.
+
+    MPI's blocking calls busy-poll. When ranks share cores (or the host is busy), a rank that
+    finished compressing and waits in a collective would take CPU from ranks still
+    compressing; after a short spin this one naps (<= 0.1 ms) between tests instead.
+    """
+    deadline = time.perf_counter() + SPIN_S
+    while not request.Test():
+        if time.perf_counter() > deadline:
+            break
+    else:
+        return
+    nap = 1e-5
+    while not request.Test():
+        time.sleep(nap)
+        nap = min(2 * nap, _MAX_NAP_S)

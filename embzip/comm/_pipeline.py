@@ -1,0 +1,269 @@
+"""The pipelined, nonblocking call: chunks compressed, sent, received and decoded concurrently.
+
+After the blocking handshake, a background thread (MPI must provide THREAD_MULTIPLE, which
+mpi4py requests by default; otherwise this part runs inside ``Ialltoallv``) does all MPI
+work: it posts an ``Isend`` (tag ``1 + k``) for each chunk k as soon as a second thread has
+compressed it, receives (``Improbe``) and decodes whatever has arrived, and keeps MPI's
+progress going meanwhile, so compression, transfer and decompression overlap. Both sides derive each segment's chunking from agreed
+values (counts, the sender's row width, ``chunk_bytes``), so every rank knows exactly how many
+messages to expect: a rank that fails to compress still sends one empty message per chunk,
+a rank that fails to decode still receives everything, and the final ``Allreduce`` of an
+error flag makes every rank raise. No message is left unmatched, nothing hangs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+
+from . import _protocol, _segment
+from ._collective import agree_to_start, begin, finish, host_flat, raw_exchange
+from ._errors import LocalError
+from ._stats import CallStats
+
+__all__ = ["Request", "ialltoallv", "chunking"]
+
+MAX_CHUNKS = 4096
+_EMPTY = np.zeros(0, dtype=np.uint8)
+
+
+def chunking(count: int, unit: int, itemsize: int, chunk_bytes: int):
+    """[(offset, count)] element ranges of a segment's chunks (whole rows of ``unit`` values)."""
+    if count <= 0:
+        return []
+    rows = count // unit
+    k = max(1, min(rows, -(-count * itemsize // max(chunk_bytes, 1)), MAX_CHUNKS))
+    cuts = [(i * rows // k) * unit for i in range(k + 1)]
+    return [(cuts[i], cuts[i + 1] - cuts[i]) for i in range(k)]
+
+
+class Request:
+    """Handle of a call started by :func:`embzip.comm.Ialltoallv`.
+
+    ``wait()`` blocks until the receive buffer holds the result and returns the
+    :class:`CallStats`; ``test()`` says whether it is done. A failure (on any rank) is raised
+    by ``wait()`` / ``test()`` on every rank.
+    """
+
+    def __init__(self, state, stats: CallStats, start: float):
+        self._state, self._stats, self._start = state, stats, start
+        self._thread = None
+        self._mpi_request = None
+        self._on_done = None
+        self._error = None
+        self._alt = None
+        self._done = False
+
+    @property
+    def stats(self):
+        """The call's :class:`CallStats` once complete (None before)."""
+        return self._stats if self._done else None
+
+    def _complete(self):
+        if self._done:
+            return
+        if self._thread is not None:
+            self._thread.join()
+        if self._mpi_request is not None:
+            start = time.perf_counter()
+            self._mpi_request.Wait()
+            self._stats.transfer_s += time.perf_counter() - start
+            if self._on_done is not None:
+                self._on_done()
+        self._done = True
+        if self._state.inflight is self:
+            self._state.inflight = None
+        finish(self._state, self._stats, self._start, self._alt)
+
+    def wait_quietly(self):
+        """Complete without raising (a later embzip call on the communicator does this)."""
+        self._complete()
+
+    def wait(self) -> CallStats:
+        """Block until complete; return this rank's stats or raise the agreed error."""
+        self._complete()
+        if self._error is not None:
+            raise self._error
+        return self._stats
+
+    def test(self) -> bool:
+        """True when complete (then ``wait()`` returns at once); raises the agreed error."""
+        if not self._done:
+            if self._thread is not None and self._thread.is_alive():
+                return False
+            if self._mpi_request is not None and not self._mpi_request.Test():
+                return False
+            self._complete()
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+class _Pipeline:
+    """The thread's work for one compressed pipelined call."""
+
+    def __init__(self, pcomm, job, decision, stats, MPI):
+        self.pcomm, self.job, self.decision, self.stats, self.MPI = pcomm, job, decision, stats, MPI
+        self.size, self.rank = pcomm.Get_size(), pcomm.Get_rank()
+        s, r = job.send, job.recv
+        itemsize = s.flat.dtype.itemsize
+        self.my_units = my_units = _protocol.chunk_units(job)
+        self.out_chunks = [chunking(int(s.counts[d]), int(my_units[d]), itemsize, job.chunk_bytes)
+                           if d != self.rank else [] for d in range(self.size)]
+        self.in_chunks = [chunking(int(r.counts[src]), int(job.units[src]), itemsize, job.chunk_bytes)
+                          if src != self.rank else [] for src in range(self.size)]
+        self.expected = sum(len(c) for c in self.in_chunks)
+        self.send_host, self.recv_host = host_flat(s, True), host_flat(r, True)
+        self.compress_error = self.decode_error = None  # set by the producer / by this thread
+        self.bad_source = set()
+
+    def run(self, request: Request):
+        start = time.perf_counter()
+        s, r, rank = self.job.send, self.job.recv, self.rank
+        try:
+            if s.counts[rank]:  # own segment: a local copy, exact
+                self.recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]] = \
+                    self.send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]]
+            self._exchange()
+            if r.device:
+                from ._device import to_device
+
+                to_device(self.recv_host, r.flat)
+        except Exception as exc:  # an MPI or internal failure: still reach the agreement
+            failure = LocalError.from_exception(exc, rank, "exchanging chunks")
+        else:
+            failure = None
+        local = self.compress_error or self.decode_error or failure
+        st = self.stats
+        st.transfer_s = max(time.perf_counter() - start - st.compress_s - st.decompress_s, 0.0)
+        st.overlapped = True  # transfer_s is what overlap left over: not a bandwidth measurement
+        try:
+            _protocol.agree(self.pcomm, local, self.MPI, patient=True)
+        except Exception as exc:
+            request._error = exc
+
+    def _exchange(self):
+        MPI, s = self.MPI, self.job.send
+        first = next((d for d in range(self.size) if self.out_chunks[d]), None)
+        if first is not None:  # compile time is not codec time
+            offset, count = self.out_chunks[first][0]
+            region = self.send_host[int(s.displs[first]) + offset:int(s.displs[first]) + offset + count]
+            _segment.warm_up(region, self.job.plan, first, int(self.my_units[first]), self.decision.encoder)
+        # Two threads: this one only talks to MPI (posts sends, probes, receives, decodes), so
+        # MPI keeps making progress (a rendezvous send moves only while MPI is being called)
+        # while the other compresses the next chunk in numba, which releases the GIL.
+        ready = queue.SimpleQueue()
+        producer = threading.Thread(target=self._compress_chunks, args=(ready,), name="embzip-compress")
+        producer.start()
+        sends, keep, producing, nap = [], [], True, 1e-5
+        while producing or self.expected:
+            busy = False
+            while producing:
+                try:
+                    item = ready.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    producing = False
+                    break
+                d, k, blob = item
+                keep.append(blob)
+                sends.append(self.pcomm.Isend([blob, MPI.BYTE], d, tag=1 + k))
+                busy = True
+            busy |= self._poll() > 0
+            if sends:
+                MPI.Request.Testall(sends)  # drives progress of the sends in flight
+            if not busy:  # nothing happened: nap rather than spin (cores are shared)
+                time.sleep(nap)
+                nap = min(2 * nap, 1e-4)
+            else:
+                nap = 1e-5
+        producer.join()
+        while not MPI.Request.Testall(sends):  # receivers drain them; nap meanwhile
+            time.sleep(1e-4)
+
+    def _compress_chunks(self, ready):
+        """Producer thread: compress every chunk in send order; queue (dest, chunk, blob), then None."""
+        s = self.job.send
+        order = [(self.rank + i) % self.size for i in range(1, self.size)]
+        try:
+            for k in range(max((len(c) for c in self.out_chunks), default=0)):
+                for d in order:
+                    if k >= len(self.out_chunks[d]):
+                        continue
+                    blob = _EMPTY
+                    if self.compress_error is None:
+                        offset, count = self.out_chunks[d][k]
+                        seg_start = int(s.displs[d]) + offset
+                        t = time.perf_counter()
+                        try:
+                            blob = _segment.encode(self.send_host[seg_start:seg_start + count], offset,
+                                                   self.job.plan, d, int(self.my_units[d]), self.decision.encoder)
+                            self.stats.sent_bytes += blob.size
+                        except Exception as exc:  # keep sending (empty) messages: receivers count on them
+                            self.compress_error = LocalError.from_exception(exc, self.rank, "compressing")
+                            blob = _EMPTY
+                        self.stats.compress_s += time.perf_counter() - t
+                    ready.put((d, k, blob))
+        finally:
+            ready.put(None)
+
+    def _poll(self) -> int:
+        """Receive and decode every chunk that has arrived; return how many."""
+        MPI, r = self.MPI, self.job.recv
+        handled = 0
+        while self.expected:
+            status = MPI.Status()
+            msg = self.pcomm.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+            if msg is None:
+                return handled
+            src, k, n = status.Get_source(), status.Get_tag() - 1, status.Get_count(MPI.BYTE)
+            blob = np.empty(n, dtype=np.uint8)
+            msg.Recv([blob, MPI.BYTE])
+            self.expected -= 1
+            handled += 1
+            self.stats.recv_bytes += n
+            if n == 0 or src in self.bad_source or self.decode_error is not None:
+                continue  # the sender reports its own failure; after a failure, only drain
+            t = time.perf_counter()
+            try:
+                chunks = self.in_chunks[src]
+                if not 0 <= k < len(chunks):
+                    raise ValueError(f"rank {src} sent chunk {k}, expected chunks 0..{len(chunks) - 1}")
+                seg = self.recv_host[r.displs[src]:r.displs[src] + r.counts[src]]
+                placed = _segment.decode(blob, seg)
+                if placed != chunks[k]:
+                    raise ValueError(f"chunk {k} from rank {src} covers elements {placed}, expected {chunks[k]}")
+            except Exception as exc:
+                self.decode_error = LocalError.from_exception(exc, self.rank, f"decoding chunk {k} from rank {src}")
+                self.decode_error.category = "decode"
+                self.bad_source.add(src)
+            self.stats.decompress_s += time.perf_counter() - t
+        return handled
+
+
+def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
+               bypass="auto", chunk_bytes=512 * 1024) -> Request:
+    """Implementation of :func:`embzip.comm.Ialltoallv` (see there)."""
+    MPI, state, job, decision, stats, start = begin(
+        comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
+    if decision is not None and decision.mode == "compressed":
+        decision.calibrate = False  # the pipeline measures one encoder; the other is calibrated by a blocking call
+    agree_to_start(state, job, decision, stats, MPI)
+    request = Request(state, stats, start)
+    if decision is None or decision.mode == "raw":
+        request._mpi_request, request._on_done = raw_exchange(state.comm, job, MPI, nonblocking=True)
+        stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
+    else:
+        work = _Pipeline(state.comm, job, decision, stats, MPI)
+        if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
+            request._thread = threading.Thread(target=work.run, args=(request,), name="embzip-ialltoallv",
+                                               daemon=False)
+            request._thread.start()
+        else:
+            work.run(request)
+    state.inflight = request
+    return request

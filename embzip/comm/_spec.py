@@ -1,0 +1,225 @@
+"""Parse mpi4py's Alltoallv buffer specifications, the same way mpi4py does.
+
+Accepted forms (counts and displacements in elements of the datatype, as in mpi4py)::
+
+    buf                                 counts inferred: equal split, displacements contiguous
+    [buf, TYPE]                         same, explicit datatype
+    [buf, counts]                       contiguous displacements
+    [buf, (counts, displs)]
+    [buf, counts, TYPE]                 third item must be a datatype (or None), as in mpi4py
+    [buf, (counts, displs), TYPE]
+    [buf, counts, displs, TYPE]
+
+``counts`` / ``displs`` may be None (inferred), one integer (every rank the same count; a
+displacement stride), or one integer per rank. ``TYPE`` is an ``MPI.Datatype``, a typecode
+string (``"f"``, ``"d"``...) or None (taken from the buffer). Unlike MPI, every segment is
+checked to lie inside the buffer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import numpy as np
+
+from . import _device
+
+__all__ = ["Spec", "parse", "FLOAT_KINDS", "kind_name"]
+
+#: Element dtypes the collective compresses, and their wire codes (0: passed through unchanged).
+FLOAT_KINDS = {np.dtype(np.float32): 1, np.dtype(np.float64): 2}
+_KIND_NAMES = {0: "non-float (passed through)", 1: "float32", 2: "float64"}
+# Buffer dtypes that carry untyped bytes: with a float datatype they are read as floats.
+_BYTE_KINDS = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype("S1"), np.dtype("V1"))
+
+
+def kind_name(kind: int) -> str:
+    return _KIND_NAMES.get(int(kind), f"kind {kind}")
+
+
+@dataclasses.dataclass
+class Spec:
+    """One side of the exchange, normalized."""
+
+    buf: object  # the caller's buffer object (what MPI gets on the raw path)
+    flat: object  # 1-D numpy (or cupy) array of `dtype` elements, or None (not viewable)
+    dtype: object  # numpy dtype of one element of the datatype, or None (derived/unknown)
+    datatype: object  # MPI.Datatype
+    counts: np.ndarray  # int64 [size]
+    displs: np.ndarray  # int64 [size]
+    extent: int  # bytes between consecutive elements
+    elem_size: int  # bytes of data in one element (MPI type size)
+    device: bool  # the buffer lives on a GPU
+    row: int  # row width of an N-d C-contiguous buffer, 0 when unknown
+    kind: int = 0  # FLOAT_KINDS code when this side is compressible, else 0
+
+    def mpi_message(self):
+        """This spec in mpi4py's explicit form (datatypes, counts, displacements)."""
+        return [self.buf, (self.counts, self.displs), self.datatype]
+
+
+def _is_datatype(x, MPI) -> bool:
+    return isinstance(x, (MPI.Datatype, str))
+
+
+def _unpack(msg, name: str, MPI):
+    """(buf, counts, displs, type) from any mpi4py form."""
+    if not isinstance(msg, (list, tuple)):
+        return msg, None, None, None
+    n = len(msg)
+    if n == 2:
+        buf, second = msg
+        if _is_datatype(second, MPI):
+            return buf, None, None, second
+        if isinstance(second, tuple):
+            return (buf, *_pair(second, name), None)
+        return buf, second, None, None
+    if n == 3:
+        buf, second, dtype = msg
+        if dtype is not None and not _is_datatype(dtype, MPI):
+            raise TypeError(f"{name}: the third item of [buf, counts, TYPE] must be an MPI datatype, a "
+                            f"typecode or None, found {type(dtype).__name__}; to give displacements use "
+                            f"[buf, counts, displs, TYPE] or [buf, (counts, displs), TYPE]")
+        if isinstance(second, tuple):
+            return (buf, *_pair(second, name), dtype)
+        return buf, second, None, dtype
+    if n == 4:
+        return tuple(msg)
+    raise TypeError(f"{name} must be a buffer (numpy array, bytes-like or GPU array) or a [buf, ...] "
+                    f"specification of 2 to 4 items, found a {type(msg).__name__} of {n} items")
+
+
+def _pair(pair, name: str):
+    if len(pair) != 2:
+        raise ValueError(f"{name}: (counts, displs) must hold 2 items, found {len(pair)}")
+    return pair[0], pair[1]
+
+
+def _host_array(buf, writable: bool, name: str) -> np.ndarray:
+    if isinstance(buf, np.ndarray):
+        arr = buf
+        if arr.dtype.hasobject:
+            raise TypeError(f"{name} has dtype {arr.dtype}: object arrays cannot be sent as a buffer")
+    else:
+        try:
+            view = memoryview(buf)
+        except TypeError:
+            raise TypeError(f"{name} must be a buffer (numpy array, bytes-like or GPU array), "
+                            f"found {type(buf).__name__}") from None
+        if not view.contiguous:
+            raise ValueError(f"{name} is a non-contiguous buffer; pass a contiguous one")
+        try:
+            arr = np.asarray(view)
+        except (TypeError, ValueError, NotImplementedError):
+            arr = np.frombuffer(view.cast("B"), dtype=np.uint8)
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        raise ValueError(f"{name} is a non-contiguous array (shape {arr.shape}, strides {arr.strides}); "
+                         f"MPI needs a contiguous buffer: pass np.ascontiguousarray(...)")
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only; the receive buffer must be writable")
+    return arr
+
+
+def _datatype(dtype_arg, own_dtype, name: str, MPI):
+    if dtype_arg is None:
+        if own_dtype.isnative:  # the predefined type mpi4py itself would pick (MPI.FLOAT for float32)
+            try:
+                return MPI.Datatype.fromcode(own_dtype.char)
+            except (KeyError, ValueError):
+                pass
+        from mpi4py.util import dtlib
+
+        try:
+            return dtlib.from_numpy_dtype(own_dtype)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise TypeError(f"{name}: no MPI datatype matches the buffer's dtype {own_dtype}; pass one ({exc})") from None
+    if isinstance(dtype_arg, str):
+        try:
+            return MPI.Datatype.fromcode(dtype_arg)
+        except (KeyError, ValueError):
+            raise TypeError(f"{name}: {dtype_arg!r} is not an MPI typecode") from None
+    if dtype_arg == MPI.DATATYPE_NULL:
+        raise TypeError(f"{name}: the datatype is MPI.DATATYPE_NULL")
+    return dtype_arg
+
+
+def _element_dtype(datatype):
+    """The numpy dtype of one element of a predefined datatype, else None (derived types)."""
+    try:
+        return np.dtype(datatype.tocode())
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _vector(value, size: int, what: str, name: str):
+    """None, or an int64 vector of ``size`` entries from an int or a sequence."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: {what} must be integers, found a bool")
+    if isinstance(value, numbers.Integral):
+        return np.full(size, int(value), dtype=np.int64)
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0 and size == 0:
+            return np.zeros(0, dtype=np.int64)
+        raise TypeError(f"{name}: {what} must be integers, found dtype {arr.dtype}")
+    if arr.ndim == 0:
+        return np.full(size, int(arr), dtype=np.int64)
+    if arr.shape != (size,):
+        raise ValueError(f"{name}: {what} must have one entry per rank ({size}), found shape {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
+    """Normalize one buffer specification (raises TypeError / ValueError naming the problem)."""
+    buf, counts, displs, dtype_arg = _unpack(msg, name, MPI)
+    device = _device.is_device(buf)
+    if device:
+        flat, own_dtype = _device.device_flat(buf, writable, name)
+        nbytes, row = int(flat.size) * own_dtype.itemsize, 0
+    else:
+        arr = _host_array(buf, writable, name)
+        own_dtype = arr.dtype
+        flat = arr.reshape(-1) if arr.flags.c_contiguous else arr.ravel(order="K")
+        nbytes = arr.nbytes
+        row = arr.shape[-1] if arr.ndim >= 2 and arr.flags.c_contiguous else 0
+    datatype = _datatype(dtype_arg, own_dtype, name, MPI)
+    elem = _element_dtype(datatype)
+    _, extent = datatype.Get_extent()
+    true_lb, true_extent = datatype.Get_true_extent()
+    elem_size = datatype.Get_size()
+    counts = _vector(counts, size, "counts", name)
+    if counts is None:
+        total = nbytes // extent if extent > 0 else 0
+        if extent <= 0 or nbytes % extent or total % max(size, 1):
+            raise ValueError(f"{name}: cannot infer counts: the buffer holds {nbytes} bytes, not a whole number "
+                             f"of {size} equal blocks of {extent}-byte elements; pass counts")
+        counts = np.full(size, total // max(size, 1), dtype=np.int64)
+    if isinstance(displs, numbers.Integral) and not isinstance(displs, bool):
+        displs = np.arange(size, dtype=np.int64) * int(displs)  # mpi4py: an int is a stride
+    else:
+        displs = _vector(displs, size, "displs", name)
+    if displs is None:
+        displs = np.zeros(size, dtype=np.int64)
+        np.cumsum(counts[:-1], out=displs[1:])
+    for what, vec in (("counts", counts), ("displs", displs)):
+        bad = np.flatnonzero(vec < 0)
+        if bad.size:
+            raise ValueError(f"{name}: {what}[{bad[0]}] is {vec[bad[0]]}, must be >= 0")
+    used = counts > 0
+    if used.any():
+        ends = (displs[used] + counts[used] - 1) * extent + true_lb + true_extent
+        worst = int(np.argmax(ends))
+        if ends[worst] > nbytes:
+            d = int(np.flatnonzero(used)[worst])
+            raise ValueError(f"{name}: the segment for rank {d} (displs {displs[d]}, counts {counts[d]}) ends at "
+                             f"byte {int(ends[worst])}, beyond the buffer's {nbytes} bytes")
+    kind = 0
+    if elem is not None and elem in FLOAT_KINDS and (own_dtype == elem or own_dtype in _BYTE_KINDS):
+        kind = FLOAT_KINDS[elem]
+        if own_dtype != elem:  # untyped bytes declared as floats: read them as floats
+            flat, row = flat[:nbytes - nbytes % elem.itemsize].view(elem), 0
+    return Spec(buf=buf, flat=flat, dtype=elem, datatype=datatype, counts=counts, displs=displs,
+                extent=int(extent), elem_size=int(elem_size), device=device, row=int(row), kind=kind)

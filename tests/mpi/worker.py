@@ -1,0 +1,357 @@
+"""MPI test worker: ``mpiexec -n K python tests/mpi/worker.py CASE [CASE ...]``.
+
+Every rank runs the named cases in order and prints ``PASS <case> <rank>`` or
+``FAIL <case> <rank>: <reason>``; the exit code is 1 if any case failed on this rank.
+tests/test_comm.py launches it with 1, 2, 3 and 4 ranks under a timeout (a hang is a failure).
+Cases must work at any rank count. Checks of what must raise live in worker_errors.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a source checkout
+
+from mpi4py import MPI  # noqa: E402
+
+import embzip.comm as ec  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+P, ME = COMM.Get_size(), COMM.Get_rank()
+CASES = {}
+# Float types the compressing cases cover. Each one costs every rank seconds of numba
+# compilation, so the launcher may narrow it for the launches with the most ranks.
+DTYPES = [np.dtype(name).type for name in os.environ.get("EMBZIP_TEST_DTYPES", "float32,float64").split(",")]
+if os.environ.get("EMBZIP_TEST_PAIRWISE") == "1":  # the handshake used above 64 ranks, at this rank count
+    from embzip.comm import _handshake
+
+    _handshake.GATHER_MAX = 0
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def uneven_counts(seed: int, scale: int = 37):
+    """counts[src, dst]: uneven, with zeros (including some self counts), same on every rank."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, size=(P, P)) * scale
+    counts[rng.random((P, P)) < 0.25] = 0
+    return counts
+
+
+def payload(n: int, dtype, seed: int):
+    rng = np.random.default_rng(1000 * seed + ME)
+    return (rng.normal(size=n) * 3).astype(dtype)
+
+
+def reference(smsg, rmsg_builder):
+    """What plain mpi4py Alltoallv puts in a receive buffer built by ``rmsg_builder``."""
+    rmsg = rmsg_builder()
+    COMM.Alltoallv(smsg, rmsg)
+    return rmsg[0] if isinstance(rmsg, list) else rmsg
+
+
+def assert_close(got, ref, bound, what):
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    if got.size:
+        err = float(np.abs(got - ref).max())
+        assert err <= bound, f"{what}: max error {err} > bound {bound}"
+
+
+@case
+def spec_forms():
+    """Every mpi4py buffer-spec form, both dtypes, uneven counts with zeros, vs plain Alltoallv."""
+    counts = uneven_counts(1)
+    sc, rc = counts[ME], counts[:, ME]
+    for dtype in DTYPES:
+        code = np.dtype(dtype).char
+        mpitype = MPI.FLOAT if dtype == np.float32 else MPI.DOUBLE
+        send = payload(int(sc.sum()) + 5, dtype, 2)
+        sdispls = np.concatenate([[0], np.cumsum(sc)[:-1]]).astype(np.int64)
+        rgap = 3  # receive displacements leave gaps that must stay untouched
+        rdispls = (np.concatenate([[0], np.cumsum(rc)[:-1]]) + rgap * np.arange(P)).astype(np.int64)
+        rsize = int(rc.sum()) + rgap * P + 2
+        forms = [
+            ("[buf, counts]", [send, sc], lambda b: [b, rc]),
+            ("[buf, (counts, displs)]", [send, (sc, sdispls)], lambda b: [b, (rc, rdispls)]),
+            ("[buf, counts, TYPE]", [send, sc, mpitype], lambda b: [b, rc, mpitype]),
+            ("[buf, (counts, displs), TYPE]", [send, (sc, sdispls), code], lambda b: [b, (rc, rdispls), code]),
+            ("[buf, counts, displs, TYPE]", [send, sc, sdispls, mpitype], lambda b: [b, rc, rdispls, mpitype]),
+            ("[buf, counts, None, TYPE]", [send, list(sc), None, mpitype], lambda b: [b, list(rc), None, mpitype]),
+        ]
+        for name, smsg, rbuild in forms:
+            ref = reference(smsg, lambda: rbuild(np.full(rsize, -7, dtype)))
+            got = np.full(rsize, -7, dtype)
+            stats = ec.Alltoallv(COMM, smsg, rbuild(got), abs_error=1e-3, strategy="fast", bypass=False)
+            assert_close(got, ref, 1e-3, f"{name} {dtype.__name__}")
+            assert np.array_equal(got[ref == -7], ref[ref == -7]), f"{name}: gaps were overwritten"
+            assert stats.mode == "compressed" and stats.raw_bytes == (sc.sum() - sc[ME]) * send.itemsize
+        # equal-split forms: plain buf, [buf, TYPE], int counts, int (strided) displacements
+        n = 24 * P
+        send = payload(n, dtype, 3)
+        for name, smsg, rmsg in (
+            ("buf", send, None), ("[buf, TYPE]", [send, mpitype], mpitype), ("[buf, int counts]", [send, 24], 24),
+            ("[buf, None, None, TYPE]", [send, None, None, mpitype], mpitype),
+        ):
+            def rb(buf, rmsg=rmsg, name=name):
+                return buf if rmsg is None else ([buf, None, None, rmsg] if "None" in name else [buf, rmsg])
+            ref = reference(smsg, lambda: rb(np.zeros(n, dtype)))
+            got = np.zeros(n, dtype)
+            ec.Alltoallv(COMM, smsg, rb(got), abs_error=1e-3, strategy="fast", bypass=False)
+            assert_close(got, ref, 1e-3, f"{name} {dtype.__name__}")
+        strided = [send, 5, 24, mpitype]  # 5 elements per rank, every 24th: int displs is a stride
+        ref = reference(strided, lambda: [np.zeros(n, dtype), 5, 24, mpitype])
+        got = np.zeros(n, dtype)
+        ec.Alltoallv(COMM, strided, [got, 5, 24, mpitype], abs_error=1e-3, strategy="fast", bypass=False)
+        assert_close(got, ref, 1e-3, f"strided {dtype.__name__}")
+    # bytes-like buffers declared as floats, and 2-D arrays (rows deduplicated)
+    raw = bytearray(payload(8 * P, np.float32, 4).tobytes())
+    out = bytearray(4 * 8 * P)
+    ref = reference([raw, MPI.FLOAT], lambda: [bytearray(4 * 8 * P), MPI.FLOAT])
+    ec.Alltoallv(COMM, [raw, MPI.FLOAT], [out, MPI.FLOAT], abs_error=1e-3, strategy="fast", bypass=False)
+    assert_close(np.frombuffer(out, np.float32), np.frombuffer(ref, np.float32), 1e-3, "bytearray")
+    rows = np.repeat(payload(40 * P, np.float32, 5).reshape(-1, 10), 3, axis=0)
+    ref = reference(rows, lambda: np.zeros_like(rows))
+    got = np.zeros_like(rows)
+    ec.Alltoallv(COMM, rows, got, abs_error=1e-3, strategy="fast", bypass=False)
+    assert_close(got, ref, 1e-3, "2-D rows")
+
+
+@case
+def spec_parsing():
+    """The parser alone (every rank): normalization of each form, and its error messages."""
+    from embzip.comm import _spec
+
+    def parse(msg, writable=False):
+        return _spec.parse(msg, P, writable, "sendbuf", MPI)
+
+    x = np.zeros(6 * P, np.float32)
+    x.flags.writeable = False  # a read-only send buffer is fine
+    plain = parse(x)
+    assert plain.counts.tolist() == [6] * P and plain.displs.tolist() == [6 * i for i in range(P)]
+    assert plain.kind == 1 and plain.datatype == MPI.FLOAT and plain.elem_size == 4
+    assert parse([x, 2, 3, "f"]).displs.tolist() == [3 * i for i in range(P)]  # an int displacement is a stride
+    assert parse([x, ([1] * P, None), MPI.FLOAT]).displs.tolist() == list(range(P))
+    assert parse([np.zeros(2 * P), "d"]).kind == 2 and parse([np.zeros(P, np.int32), MPI.INT]).kind == 0
+    raw = parse([bytearray(8 * P), MPI.FLOAT])
+    assert raw.kind == 1 and raw.flat.dtype == np.float32 and raw.counts.tolist() == [2] * P
+    fortran = parse(np.asfortranarray(np.arange(4.0 * P).reshape(2 * P, 2)))
+    assert fortran.row == 0 and fortran.flat.flags.c_contiguous
+    assert parse(np.zeros((3 * P, 5), np.float32)).row == 5
+    for msg, error, text in [
+        ([x, [1] * P, [0] * P], TypeError, "third item"),
+        ([x, 1, 2, 3, 4], TypeError, "2 to 4 items"),
+        ([x, [1] * (P + 1)], ValueError, f"one entry per rank ({P})"),
+        ([x, [1.5] * P], TypeError, "must be integers"),
+        ([x, [7] * P], ValueError, "beyond the buffer"),
+        ([x, True], TypeError, "bool"),
+        ([x, 1, None, "not-a-code"], TypeError, "typecode"),
+        (np.zeros(6 * P + 1, np.float32) if P > 1 else np.zeros(0, "V3"), (ValueError, TypeError), ""),
+        ("text", TypeError, "must be a buffer"),
+    ]:
+        try:
+            parse(msg)
+        except error as exc:
+            assert text in str(exc), f"{text!r} not in {exc}"
+        else:
+            raise AssertionError(f"{msg!r} parsed")
+    try:
+        parse(np.zeros(4 * P, np.float32)[::2], writable=True)
+    except ValueError as exc:
+        assert "non-contiguous" in str(exc)
+    else:
+        raise AssertionError("a strided receive buffer parsed")
+
+
+@case
+def passthrough():
+    """Non-float types go through unchanged (exactly), in every spec form that carries them."""
+    counts = uneven_counts(6, scale=5)
+    sc, rc = counts[ME], counts[:, ME]
+    for dtype in (np.int32, np.uint8, np.complex64, np.float16):
+        send = (np.arange(int(sc.sum())) * (ME + 1)).astype(dtype)
+        ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), dtype), rc])
+        got = np.zeros(int(rc.sum()), dtype)
+        stats = ec.Alltoallv(COMM, [send, sc], [got, rc], rel_error=0.5)
+        assert np.array_equal(got, ref), f"{dtype.__name__} changed in transit"
+        assert stats.mode == "passthrough" and not stats.bypassed
+    derived = MPI.DOUBLE.Create_contiguous(2).Commit()
+    send = payload(4 * P, np.float64, 7)
+    ref = reference([send, [1] * P, None, derived], lambda: [np.zeros(4 * P), [1] * P, None, derived])
+    got = np.zeros(4 * P)
+    stats = ec.Alltoallv(COMM, [send, [1] * P, None, derived], [got, [1] * P, None, derived], abs_error=0.1)
+    assert np.array_equal(got, ref) and stats.mode == "passthrough", "derived datatype must pass through"
+    derived.Free()
+
+
+@case
+def bounds_rel_and_tables():
+    """rel is per frame; one bound per destination; per-table bounds (1-D and per destination)."""
+    rows, tables, dim = 8, 4, 6
+    width = tables * dim
+    rng = np.random.default_rng(ME)
+    send = (rng.normal(size=(P * rows, width)) * np.array([1, 10, 100, 0.1]).repeat(dim)).astype(np.float32)
+    ref = reference(send, lambda: np.zeros_like(send))
+    got = np.zeros_like(send)
+    ec.Alltoallv(COMM, send, got, rel_error=0.01, strategy="fast", bypass=False)
+    # the receiver holds the exact values too (ref): each source's segment range sets its bound
+    for src in range(P):
+        seg_ref, seg_got = ref[src * rows:(src + 1) * rows], got[src * rows:(src + 1) * rows]
+        assert_close(seg_got, seg_ref, 0.01 * float(seg_ref.max() - seg_ref.min()), f"rel from {src}")
+    per_dest = [1e-3 * (d + 1) for d in range(P)]
+    ec.Alltoallv(COMM, send, got, abs_error=1.0, bounds=per_dest, strategy="fast", bypass=False)
+    for src in range(P):  # rank src compressed my segment with per_dest[ME]
+        assert_close(got[src * rows:(src + 1) * rows], ref[src * rows:(src + 1) * rows], per_dest[ME], "per dest")
+    table_bounds = [1e-4, 1e-2, 1.0, None]
+    layout = ec.TableLayout(dim=dim, bounds=table_bounds)
+    ec.Alltoallv(COMM, send, got, abs_error=1e-3, bounds=layout, strategy="fast", bypass=False)
+    for t, b in enumerate([1e-4, 1e-2, 1.0, 1e-3]):
+        assert_close(got[:, t * dim:(t + 1) * dim], ref[:, t * dim:(t + 1) * dim], b, f"table {t}")
+    grid = np.array([[1e-3 * (d + 1)] * tables for d in range(P)])
+    grid[:, 2] = 0.5
+    ec.Alltoallv(COMM, send, got, abs_error=1e-3, bounds=ec.TableLayout(dim=dim, bounds=grid), strategy="fast",
+                 bypass=False)
+    for t in range(tables):
+        assert_close(got[:, t * dim:(t + 1) * dim], ref[:, t * dim:(t + 1) * dim], grid[ME, t], f"grid table {t}")
+    ec.Alltoallv(COMM, send, got, rel_error=0.01, bounds=ec.TableLayout(dim=dim), strategy="fast", bypass=False)
+    for src in range(P):
+        seg_ref = ref[src * rows:(src + 1) * rows]
+        assert_close(got[src * rows:(src + 1) * rows], seg_ref, 0.01 * float(seg_ref.max() - seg_ref.min()), "rows")
+
+
+@case
+def bypass_and_stats():
+    """Forced raw is exact; auto calibrates (compressed, then raw), then decides alike everywhere."""
+    send = payload(64 * P, np.float32, 8)
+    ref = reference(send, lambda: np.zeros_like(send))
+    got = np.zeros_like(send)
+    stats = ec.Alltoallv(COMM, send, got, abs_error=1e-3, bypass=True)
+    assert np.array_equal(got, ref) and stats.bypassed and stats.sent_bytes == stats.raw_bytes
+    fresh = COMM.Dup()  # a new communicator: a fresh cost model
+    modes = []
+    for _ in range(6):
+        stats = ec.Alltoallv(fresh, send, got, abs_error=1e-3, strategy="fast")
+        assert_close(got, ref, 1e-3, "auto bypass")
+        modes.append((stats.mode, stats.reason))
+    if P > 1:  # (with one rank there is no remote data to measure: the model stays in calibration)
+        # a call decides before its handshake folds in the previous call's measurements: two of each
+        assert modes[:4] == [("compressed", "calibration")] * 2 + [("raw", "calibration")] * 2, modes
+        assert all(reason == "cost model" for _, reason in modes[4:]), modes
+    everyone = COMM.allgather(modes)
+    assert all(m == modes for m in everyone), f"ranks disagree on the bypass: {everyone}"
+    assert ec.last_stats(fresh) is stats and stats.total_s > 0 and stats.handshake_s > 0
+    if P > 1:
+        assert set(stats.model) >= {"bandwidth_Bps", "ratio", "compress_Bps", "decompress_Bps", "pays"}
+    fresh.Free()
+
+
+@case
+def auto_strategy():
+    """strategy='auto' calibrates both encoders on the first call; results stay within the bound."""
+    send = payload(300 * P, np.float32, 9).reshape(-1, 10)
+    ref = reference(send, lambda: np.zeros_like(send))
+    got = np.zeros_like(send)
+    fresh = COMM.Dup()
+    for _ in range(3):
+        stats = ec.Alltoallv(fresh, send, got, rel_error=0.01, bypass=False)
+        assert stats.strategy in ("fast", "compact")
+        assert_close(got, ref, 0.01 * 6 * 3 * 2, "auto strategy")
+    assert len(fresh.Get_attr(ec._mpi._KEYVAL).costs.codec) == (2 if P > 1 else 0)
+    fresh.Free()
+
+
+@case
+def pipelined():
+    """Ialltoallv: chunks, uneven counts with zeros, tables, test(), bypass and pass-through."""
+    counts = uneven_counts(10, scale=60)
+    sc, rc = counts[ME], counts[:, ME]
+    for dtype in DTYPES:
+        send = payload(int(sc.sum()), dtype, 11)
+        ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), dtype), rc])
+        got = np.zeros(int(rc.sum()), dtype)
+        req = ec.Ialltoallv(COMM, [send, sc], [got, rc], abs_error=1e-3, strategy="fast", bypass=False,
+                            chunk_bytes=256)
+        busy = np.ones(1000).sum()  # work while the chunks fly
+        while not req.test():
+            pass
+        stats = req.wait()
+        assert busy == 1000 and stats.mode == "compressed"
+        assert_close(got, ref, 1e-3, f"pipelined {dtype.__name__}")
+    rows = np.random.default_rng(ME).normal(size=(P * 12, 3 * 4)).astype(np.float32)
+    ref = reference(rows, lambda: np.zeros_like(rows))
+    got = np.zeros_like(rows)
+    layout = ec.TableLayout(dim=4, bounds=[1e-3, 1e-1, 1e-2])
+    ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, bounds=layout, strategy="fast", bypass=False,
+                  chunk_bytes=100).wait()
+    for t, b in enumerate([1e-3, 1e-1, 1e-2]):
+        assert_close(got[:, 4 * t:4 * t + 4], ref[:, 4 * t:4 * t + 4], b, f"pipelined table {t}")
+    req = ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, bypass=True)
+    assert req.wait().bypassed and np.array_equal(got, ref)
+    ints = np.arange(5 * P, dtype=np.int64) + ME
+    iref = reference(ints, lambda: np.zeros_like(ints))
+    igot = np.zeros_like(ints)
+    assert ec.Ialltoallv(COMM, ints, igot).wait().mode == "passthrough" and np.array_equal(igot, iref)
+    # a later call on the communicator completes the earlier request first
+    first = ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, strategy="fast", bypass=False, chunk_bytes=100)
+    ec.Alltoallv(COMM, ints, igot)
+    assert first.test() and first.stats is not None
+    assert_close(got, ref, 1e-3, "completed by the next call")
+
+
+@case
+def comm_wrapper():
+    """embzip.comm.Comm: compressed Alltoallv, mpi4py's other methods, defaults kept by Dup."""
+    wrapped = ec.Comm(COMM, abs_error=1e-3, strategy="fast", bypass=False)
+    assert isinstance(wrapped, MPI.Intracomm) and wrapped.Get_size() == P
+    send = payload(16 * P, np.float32, 12)
+    ref = reference(send, lambda: np.zeros_like(send))
+    got = np.zeros_like(send)
+    stats = wrapped.Alltoallv(send, got)
+    assert_close(got, ref, 1e-3, "wrapper")
+    assert stats.mode == "compressed" and wrapped.stats is stats
+    assert wrapped.allreduce(ME) == P * (P - 1) // 2
+    wrapped.Barrier()
+    dup = wrapped.Dup()
+    assert type(dup) is type(wrapped) and dup._embzip["abs_error"] == 1e-3
+    dup.Alltoallv(send, got, abs_error=1e-2)  # per-call override
+    assert_close(got, ref, 1e-2, "override")
+    dup.Ialltoallv(send, got).wait()
+    assert_close(got, ref, 1e-3, "wrapper Ialltoallv")
+    dup.Free()
+
+
+def main(names):
+    # ranks share one stdout, where mpiexec may interleave their lines: each rank also writes
+    # its results to its own file when EMBZIP_MPI_RESULTS names a directory
+    folder = os.environ.get("EMBZIP_MPI_RESULTS")
+    sink = open(os.path.join(folder, f"rank{ME}.txt"), "w") if folder else None
+    failed = 0
+    for name in names:
+        start = time.perf_counter()
+        try:
+            CASES[name]()
+            line = f"PASS {name} {ME} {time.perf_counter() - start:.2f}s"
+        except Exception:
+            failed += 1
+            line = f"FAIL {name} {ME}: " + traceback.format_exc().strip().replace("\n", " | ")
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    from worker_errors import CASES as ERROR_CASES  # noqa: E402  (same directory)
+
+    CASES.update(ERROR_CASES)
+    sys.exit(main(sys.argv[1:] or list(CASES)))

@@ -1,0 +1,162 @@
+"""MPI error cases: whatever goes wrong on one rank, every rank raises the same error; nobody hangs.
+
+Each case makes one rank (or a pair) misbehave, checks that every rank raised the expected
+exception with a message naming the rank and the numbers, that all ranks got the same
+message, and that the communicator still works afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+import embzip
+import embzip.comm as ec
+from embzip.comm import _segment
+
+COMM = MPI.COMM_WORLD
+P, ME = COMM.Get_size(), COMM.Get_rank()
+LAST = P - 1
+CASES = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def expect(call, exc_type, *fragments):
+    """``call()`` must raise ``exc_type`` on this rank with every fragment in the message, and
+    every rank must raise the same message; then a good call must still work."""
+    try:
+        call()
+    except exc_type as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"expected {exc_type.__name__}, nothing was raised")
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    everyone = COMM.allgather(message)
+    assert len(set(everyone)) == 1, f"ranks raised different messages: {everyone}"
+    healthy()
+    return message
+
+
+def healthy():
+    send = np.arange(4 * P, dtype=np.float32) + ME
+    got = np.zeros_like(send)
+    ec.Alltoallv(COMM, send, got, abs_error=1e-3, strategy="fast", bypass=False)
+    ref = np.zeros_like(send)
+    COMM.Alltoallv(send, ref)
+    assert np.abs(got - ref).max() <= 1e-3
+
+
+def good_buffers(n=6):
+    send = np.arange(n * P, dtype=np.float32) * (ME + 1)
+    return send, np.zeros(n * P, dtype=np.float32)
+
+
+@case
+def error_mismatched_counts():
+    send, recv = good_buffers()
+    rc = [6] * P
+    if ME == LAST:
+        rc[0] = 5  # expects one element fewer from rank 0 than rank 0 sends
+    for fn in (ec.Alltoallv, lambda *a, **k: ec.Ialltoallv(*a, **k).wait()):
+        expect(lambda: fn(COMM, [send, [6] * P], [recv, rc], abs_error=1e-3), ec.CommValueError,
+               f"rank 0 sends 6 elements (24 bytes) to rank {LAST}", "expects 5 elements")
+    assert issubclass(ec.CommValueError, ValueError) and issubclass(ec.CommValueError, embzip.EmbzipError)
+
+
+@case
+def error_recv_buffers():
+    send, recv = good_buffers()
+    strided = np.zeros(12 * P, dtype=np.float32)[::2] if ME == 0 else recv
+    msg = expect(lambda: ec.Alltoallv(COMM, send, strided, abs_error=1e-3), ValueError, "rank 0", "non-contiguous")
+    readonly = np.zeros_like(recv)
+    readonly.flags.writeable = ME != LAST
+    expect(lambda: ec.Alltoallv(COMM, send, readonly, abs_error=1e-3), ec.CommValueError, f"rank {LAST}", "read-only")
+    short = np.zeros(6 * P - (ME == LAST), dtype=np.float32)
+    expect(lambda: ec.Alltoallv(COMM, [send, [6] * P], [short, [6] * P], abs_error=1e-3), ValueError,
+           f"rank {LAST}", "beyond the buffer")
+    assert "recvbuf" in msg
+
+
+@case
+def error_types():
+    send, recv = good_buffers()
+    bad = list(send) if ME == 0 else send
+    expect(lambda: ec.Alltoallv(COMM, bad, recv, abs_error=1e-3), ec.CommTypeError, "rank 0", "must be a buffer")
+    expect(lambda: ec.Alltoallv(COMM, send, None if ME == LAST else recv, abs_error=1e-3), ec.CommTypeError,
+           f"rank {LAST}", "NoneType")
+    wide = np.zeros(6 * P, dtype=np.float64) if ME == LAST else recv
+    expect(lambda: ec.Alltoallv(COMM, send, wide, abs_error=1e-3), TypeError, f"rank {LAST}", "float32", "float64")
+    objects = np.empty(6 * P, dtype=object) if ME == 0 else send
+    expect(lambda: ec.Alltoallv(COMM, objects, recv, abs_error=1e-3), TypeError, "rank 0", "object")
+    ints = np.zeros(6 * P, dtype=np.int32)
+    if P > 1:  # rank 0 sends int32 where the others send float32
+        mixed_s, mixed_r = (ints, np.zeros_like(ints)) if ME == 0 else (send, recv)
+        expect(lambda: ec.Alltoallv(COMM, mixed_s, mixed_r, abs_error=1e-3), ec.CommTypeError,
+               "every rank must use the same type")
+    expect(lambda: ec.Alltoallv(COMM, [send, 3, None, "zz"], recv, abs_error=1e-3), TypeError, "typecode")
+
+
+@case
+def error_arguments():
+    send, recv = good_buffers()
+    expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=-1.0 if ME == LAST else 1e-3), ValueError,
+           f"rank {LAST}", "abs_error must be finite and > 0, found -1.0")
+    expect(lambda: ec.Alltoallv(COMM, send, recv), ValueError, "rank 0", "exactly one of abs_error and rel_error")
+    expect(lambda: ec.Alltoallv(COMM, send, recv, rel_error=0.1, bounds=[0.1] * (P + 1)), ValueError,
+           "one bound per destination")
+    expect(lambda: ec.Alltoallv(COMM, send, recv, rel_error=0.1, bounds=ec.TableLayout(dim=4)), ValueError,
+           "not a whole number of rows of 4")
+    expect(lambda: ec.Alltoallv(COMM, [send, [-1] * P], recv, abs_error=1e-3), ValueError, "counts[0] is -1")
+    if P > 1:
+        expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=1e-3, bypass=True if ME == 0 else "auto"),
+               ec.CommValueError, "disagree on bypass")
+        expect(lambda: ec.Ialltoallv(COMM, send, recv, abs_error=1e-3, chunk_bytes=100 + ME).wait(),
+               ec.CommValueError, "disagree on chunk_bytes")
+
+
+def _corrupting(encode):
+    def corrupt(region, offset, plan, d, row, strategy):
+        blob = encode(region, offset, plan, d, row, strategy)
+        frames = int(np.frombuffer(blob[24:32].tobytes(), "<u8")[0])
+        blob[8 * (6 + frames) + 10] ^= 0xFF  # inside the first frame's header: its CRC no longer matches
+        return blob
+    return corrupt
+
+
+def _failing(encode):
+    def fail(*args):
+        raise MemoryError("simulated: out of memory while compressing")
+    return fail
+
+
+def _patched(fn, make, on_rank):
+    """``fn`` run with ``_segment.encode`` replaced on ``on_rank`` only (restored before checks)."""
+    def run(*args, **kwargs):
+        original = _segment.encode
+        if ME == on_rank:
+            _segment.encode = make(original)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _segment.encode = original
+    return run
+
+
+@case
+def error_decode_and_compress():
+    if P == 1:  # no remote segment: nothing is compressed or decoded
+        return
+    send, recv = good_buffers(40)
+    for fn in (ec.Alltoallv, lambda *a, **k: ec.Ialltoallv(*a, chunk_bytes=32, **k).wait()):
+        corrupt = _patched(fn, _corrupting, 0)
+        msg = expect(lambda: corrupt(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False),
+                     ec.CommDecodeError, "from rank 0", "checksum")
+        assert msg.startswith("rank 1 while decoding"), msg
+        fail = _patched(fn, _failing, LAST)
+        expect(lambda: fail(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False), ec.CommError,
+               f"rank {LAST} while compressing", "MemoryError")

@@ -1,0 +1,98 @@
+"""embzip.comm over real MPI: pytest launches ``mpiexec -n K python tests/mpi/worker.py CASES``.
+
+One launch per rank count (1, 2, 3, 4) runs every case (many checks per launch: each launch
+costs process start-up and numba compilation on every rank); each launch runs under a
+timeout, so a deadlock is a failure, not a hung CI. Each case is reported as its own test.
+Skipped, with the reason, when mpi4py or mpiexec is missing (``pip install 'embzip[mpi]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "mpi" / "worker.py"
+RANKS = (1, 2, 3, 4)
+CASES = ["spec_parsing", "spec_forms", "passthrough", "bounds_rel_and_tables", "bypass_and_stats", "auto_strategy", "pipelined",
+         "comm_wrapper", "error_mismatched_counts", "error_recv_buffers", "error_types", "error_arguments",
+         "error_decode_and_compress"]
+# Every rank compiles the numba kernels it uses (several seconds of CPU per kernel family), so
+# the launches with the most ranks skip the most expensive extras: the rANS coder (compiled by
+# strategy="auto") and float64 run with 2 ranks, float32 everywhere (with 1 rank nothing is
+# compressed: a rank's own segment is copied).
+SKIP = {1: {"auto_strategy"}, 3: {"auto_strategy"}, 4: {"auto_strategy"}}
+DTYPES = {2: "float32,float64"}
+PAIRWISE = {3}  # launches that use the Alltoall + Allreduce handshake (embzip uses it above 64 ranks)
+TIMEOUT_S = int(os.environ.get("EMBZIP_MPI_TEST_TIMEOUT", "150"))
+
+
+def _mpiexec():
+    if importlib.util.find_spec("mpi4py") is None:
+        return None, "mpi4py is not installed (pip install 'embzip[mpi]')"
+    local = Path(sys.executable).parent / "mpiexec"  # the venv's MPICH from PyPI comes first
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if found is None:
+        return None, "no mpiexec found (pip install mpich, or put one on PATH)"
+    return found, ""
+
+
+MPIEXEC, WHY = _mpiexec()
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason=WHY or "no MPI")
+_RESULTS = {}
+
+
+def launch(ranks: int, tmp_root: Path):
+    """Run the worker once per rank count (cached): (returncode, output, per-rank result lines)."""
+    if ranks in _RESULTS:
+        return _RESULTS[ranks]
+    cases = [c for c in CASES if c not in SKIP.get(ranks, ())]
+    folder = tmp_root / f"ranks{ranks}"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_MPI_RESULTS=str(folder),
+               EMBZIP_COMM_WARMUP="0",  # the warm-up compiles kernels the cases never use
+               EMBZIP_TEST_DTYPES=DTYPES.get(ranks, "float32"), EMBZIP_TEST_PAIRWISE=str(int(ranks in PAIRWISE)))
+    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), *cases], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank: the session we started
+        out, _ = proc.communicate()
+        code = "timeout"
+        out = f"TIMEOUT after {TIMEOUT_S} s (a hang?)\n{out}"
+    lines = "".join(p.read_text() for p in sorted(folder.glob("rank*.txt")))
+    _RESULTS[ranks] = (code, out, lines)
+    return _RESULTS[ranks]
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("mpi")
+
+
+@pytest.mark.parametrize("ranks", RANKS)
+def test_launch_exits_cleanly(ranks, results_dir):
+    code, out, _ = launch(ranks, results_dir)
+    assert code == 0, f"mpiexec -n {ranks} exited with {code}:\n{out[-4000:]}"
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("ranks", RANKS)
+def test_case(ranks, case, results_dir):
+    if case in SKIP.get(ranks, ()):
+        pytest.skip(f"{case} runs with 2 ranks only (it compiles the rANS coder on every rank)")
+    code, out, lines = launch(ranks, results_dir)
+    passed = {int(r) for r in re.findall(rf"^PASS {case} (\d+) ", lines, flags=re.M)}
+    failures = [line for line in lines.splitlines() if line.startswith(f"FAIL {case} ")]
+    assert not failures, "\n".join(f.replace(" | ", "\n    ") for f in failures)
+    assert passed == set(range(ranks)), f"{case}: passed on ranks {sorted(passed)} of {ranks}:\n{out[-3000:]}"

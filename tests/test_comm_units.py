@@ -1,0 +1,334 @@
+"""embzip.comm pieces that need no MPI: bounds, segment blobs, the cost model, chunking, errors, GPU staging.
+
+The collective itself is tested under real MPI in test_comm.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import embzip
+from embzip.comm import CallStats, CommDecodeError, CommError, CommTypeError, CommValueError, TableLayout
+from embzip.comm import _costs, _device, _errors, _layout, _segment, _stats
+from embzip.comm._pipeline import MAX_CHUNKS, chunking
+
+
+def test_importing_embzip_comm_does_not_import_mpi4py():
+    code = "import sys, embzip, embzip.comm; embzip.comm.TableLayout(dim=4); print('mpi4py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def test_resolve_modes_and_defaults():
+    counts = np.array([12, 0, 24])
+    plan = _layout.resolve(None, 0.01, None, 3, counts)
+    assert plan.mode == "rel" and plan.per_dest.tolist() == [0.01] * 3 and plan.groups(0) is None
+    plan = _layout.resolve(1e-3, None, [None, 0.5, float("nan")], 3, counts)
+    assert plan.mode == "abs" and plan.per_dest.tolist() == [1e-3, 0.5, 1e-3]
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    (dict(abs_error=None, rel_error=None), ValueError, "exactly one"),
+    (dict(abs_error=1.0, rel_error=1.0), ValueError, "exactly one"),
+    (dict(abs_error=-1.0, rel_error=None), ValueError, "finite and > 0"),
+    (dict(abs_error="1", rel_error=None), TypeError, "real number"),
+    (dict(abs_error=1.0, rel_error=None, bounds=[1.0, 2.0]), ValueError, "one bound per destination (3)"),
+    (dict(abs_error=1.0, rel_error=None, bounds=[1.0, 0.0, 1.0]), ValueError, "finite and > 0"),
+    (dict(abs_error=1.0, rel_error=None, bounds="abc"), TypeError, "TableLayout"),
+    (dict(abs_error=1.0, rel_error=None, bounds=TableLayout(dim=5)), ValueError, "rows of 5"),
+    (dict(abs_error=1.0, rel_error=None, bounds=TableLayout(dim=2, bounds=np.ones((2, 3)))), ValueError, "one row per rank"),
+    (dict(abs_error=1.0, rel_error=None, bounds=TableLayout(dim=4, bounds=[1, 1, 1, 1])), ValueError, "4 tables x dim 4"),
+])
+def test_resolve_rejects(kwargs, error, text):
+    with pytest.raises(error, match=None) as info:
+        _layout.resolve(kwargs["abs_error"], kwargs["rel_error"], kwargs.get("bounds"), 3, np.array([12, 0, 24]))
+    assert text in str(info.value)
+
+
+def test_table_layout_groups_by_bound_value():
+    layout = TableLayout(dim=2, bounds=[0.1, None, 0.1, 0.3])
+    assert layout.tables == 4
+    plan = _layout.resolve(0.2, None, layout, 2, np.array([16, 8]))
+    groups = plan.groups(1)
+    assert [(g.tolist(), b) for g, b in groups] == [([0, 2], 0.1), ([1], 0.2), ([3], 0.3)]
+    with pytest.raises(ValueError, match="positive integer"):
+        TableLayout(dim=0)
+    with pytest.raises(TypeError):
+        TableLayout(dim=2, bounds=["x"])
+
+
+# ---------------------------------------------------------------- segment blobs
+
+
+def _plan(mode="abs", value=1e-3, size=2, bounds=None, counts=None):
+    counts = np.array([60, 60] if counts is None else counts)
+    return _layout.resolve(value if mode == "abs" else None, value if mode == "rel" else None, bounds, size, counts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("row", [0, 6, 7])
+def test_blob_roundtrip_within_bound(dtype, row):
+    x = np.random.default_rng(1).normal(size=60).astype(dtype)
+    blob = _segment.encode(x, 0, _plan(), 1, row, "fast")
+    assert blob.size % 8 == 0
+    out = np.full(60, np.nan, dtype)
+    assert _segment.decode(blob, out) == (0, 60)
+    assert np.abs(out.astype(np.float64) - x).max() <= 1e-3
+
+
+def test_blob_tables_each_within_its_bound_and_offsets():
+    rows, tables, dim = 5, 3, 4
+    x = np.random.default_rng(2).normal(size=(rows, tables * dim)).astype(np.float32)
+    layout = TableLayout(dim=dim, bounds=[1e-4, 1e-1, 1e-4])
+    plan = _plan(bounds=layout, counts=[0, x.size])
+    seg = np.zeros(x.size + 24, np.float32)
+    blob = _segment.encode(x.reshape(-1), 24, plan, 1, 0, "compact")
+    assert _segment.decode(blob, seg) == (24, x.size)
+    assert not seg[:24].any()  # nothing outside the blob's region is written
+    got = seg[24:].reshape(rows, tables, dim).astype(np.float64)
+    for t, b in enumerate([1e-4, 1e-1, 1e-4]):
+        assert np.abs(got[:, t] - x.reshape(rows, tables, dim)[:, t]).max() <= b
+
+
+def test_blob_empty_region():
+    blob = _segment.encode(np.zeros(0, np.float32), 0, _plan(), 0, 0, "fast")
+    assert _segment.decode(blob, np.zeros(0, np.float32)) == (0, 0)
+
+
+def test_hostile_blobs_raise_embzip_errors():
+    x = np.random.default_rng(3).normal(size=60).astype(np.float32)
+    blob = _segment.encode(x, 0, _plan(), 1, 0, "fast")
+    out = np.zeros(60, np.float32)
+    with pytest.raises(embzip.FormatError, match="magic"):
+        _segment.decode(np.concatenate([np.zeros(8, np.uint8), blob[8:]]), out)
+    with pytest.raises(embzip.CorruptFrameError):
+        _segment.decode(blob[:-8], out)  # frame lengths no longer add up
+    with pytest.raises(embzip.CorruptFrameError, match="receive segment holds 59"):
+        _segment.decode(blob, np.zeros(59, np.float32))
+    with pytest.raises(embzip.CorruptFrameError, match="float64"):
+        _segment.decode(blob, np.zeros(60, np.float64))  # frame dtype differs from the receive buffer
+    wrong = blob.copy()
+    wrong[24:32] = np.array([9999], "<u8").view(np.uint8)  # absurd frame count
+    with pytest.raises(embzip.CorruptFrameError):
+        _segment.decode(wrong, out)
+
+
+@given(st.data())
+def test_corrupted_blobs_never_escape_as_other_errors(data):
+    x = np.random.default_rng(4).normal(size=(10, 6)).astype(np.float32)
+    plan = _plan(bounds=TableLayout(dim=2, bounds=[1e-3, 1e-2, 1e-3]), counts=[0, 60])
+    blob = _segment.encode(x.reshape(-1), 0, plan, 1, 0, "fast").copy()
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, blob.size - 1))] ^= data.draw(st.integers(1, 255))
+    cut = data.draw(st.integers(0, blob.size))
+    out = np.zeros(64, np.float32)
+    try:
+        offset, count = _segment.decode(blob[:cut] if data.draw(st.booleans()) else blob, out)
+    except embzip.EmbzipError:
+        return
+    assert 0 <= offset and offset + count <= out.size
+
+
+# ---------------------------------------------------------------- cost model
+
+
+def _measured(mode, raw=8e6, wire=1e6, transfer=0.01, spb_c=2e-9, spb_d=1e-9, inv_ratio=0.1, alt=None):
+    vec = np.zeros(len(_stats.MEASUREMENT_FIELDS))
+    vec[:9] = [mode, 1, raw, wire, transfer, 0.0, spb_c, spb_d, inv_ratio]
+    if alt is not None:
+        vec[9:12] = alt
+    return vec
+
+
+def test_cost_model_schedule_and_decisions():
+    state = _costs.CostState()
+    first = state.decide("auto", "auto")
+    assert (first.mode, first.reason, first.calibrate) == ("compressed", "calibration", True)
+    state.absorb(_measured(1, wire=1e5, alt=(0.07, 8e-9, 6e-9)))  # too small to measure bandwidth
+    assert set(state.codec) == {"fast", "compact"} and state.bandwidth is None
+    assert state.decide("auto", "auto").mode == "raw"  # bandwidth still unknown: measure it raw
+    for _ in range(2):  # a 31 MB/s share of a 1 Gbit/s link
+        state.absorb(_measured(2, wire=8e6, transfer=8e6 / 31e6))
+    slow = state.decide("auto", "auto")
+    assert (slow.mode, slow.reason, slow.encoder) == ("compressed", "cost model", "fast")
+    assert slow.model["pays"] and abs(slow.model["bandwidth_Bps"] - 31e6) < 1e3
+    assert state.decide("auto", "compact").encoder == "compact"
+    state.absorb(_measured(2, wire=8e6, transfer=8e6 / 5e9))  # one fast transfer: the median holds
+    assert state.decide("auto", "auto").mode == "compressed"
+    for _ in range(2):  # shared memory from now on: 5 GB/s
+        state.absorb(_measured(2, wire=8e6, transfer=8e6 / 5e9))
+    fast = state.decide("auto", "auto")
+    assert fast.mode == "raw" and not fast.model["pays"]
+    assert state.decide(True, "auto").mode == "raw" and state.decide(False, "auto").mode == "compressed"
+
+
+def test_one_noisy_measurement_does_not_flip_the_encoder():
+    state = _costs.CostState()
+    state.absorb(_measured(2, wire=8e6, transfer=8e6 / 31e6))
+    for _ in range(3):
+        state.absorb(_measured(1, wire=1e5, spb_c=2e-9, alt=(0.07, 8e-9, 6e-9)))
+    state.absorb(_measured(1, wire=1e5, spb_c=5e-7))  # fast was slowed down once, by a neighbour
+    assert state.decide(False, "auto").encoder == "fast"
+
+
+def test_cost_model_probes_with_backoff_and_pure_decide():
+    state = _costs.CostState()
+    state.absorb(_measured(1))
+    state.absorb(_measured(2, wire=8e6, transfer=8e6 / 5e9))
+    for _ in range(3):
+        assert state.decide("auto", "fast").reason == "cost model"  # pure: nothing advances
+    reasons = []
+    for _ in range(_costs.FIRST_PROBE * 3 + 2):
+        decision = state.decide("auto", "fast")
+        state.commit(decision)
+        reasons.append(decision.reason)
+    probes = [i for i, r in enumerate(reasons) if r == "probe"]
+    assert probes[:2] == [_costs.FIRST_PROBE - 1, 3 * _costs.FIRST_PROBE - 1]  # 16, then 32 later
+
+
+def test_auto_strategy_recalibrates_the_other_encoder_with_backoff():
+    state = _costs.CostState()
+    state.absorb(_measured(1, wire=1e5, alt=(0.07, 8e-9, 6e-9)))
+    due = []
+    for i in range(_costs.FIRST_PROBE * 3 + 2):
+        decision = state.decide(False, "auto")
+        state.commit(decision)
+        due.append(decision.calibrate)
+    calls = [i for i, d in enumerate(due) if d]
+    assert calls[:2] == [_costs.FIRST_PROBE - 1, 3 * _costs.FIRST_PROBE - 1]
+
+
+def test_compressed_transfers_do_not_dilute_raw_bandwidth():
+    state = _costs.CostState()
+    state.absorb(_measured(1, wire=1e6, transfer=1e6 / 50e6))  # compressed: latency-heavy, reads low
+    assert state.bandwidth == pytest.approx(50e6) and not state.raw_measured
+    state.absorb(_measured(2, wire=8e6, transfer=8e6 / 2e9))
+    for _ in range(3):
+        state.absorb(_measured(1, wire=1e6, transfer=1e6 / 50e6))
+    assert state.bandwidth == pytest.approx(2e9) and state.raw_measured
+
+
+def test_small_compressed_transfers_do_not_set_bandwidth():
+    state = _costs.CostState()
+    state.absorb(_measured(1, wire=1000, transfer=1.0))
+    assert state.bandwidth is None
+
+
+# ---------------------------------------------------------------- chunks, stats, errors
+
+
+@given(st.integers(0, 10_000), st.integers(1, 50), st.integers(1, 100_000))
+def test_chunking_covers_whole_rows(count, unit, chunk_bytes):
+    count -= count % unit
+    chunks = chunking(count, unit, 4, chunk_bytes)
+    assert len(chunks) <= MAX_CHUNKS and all(c > 0 and c % unit == 0 for _, c in chunks)
+    assert sum(c for _, c in chunks) == count
+    assert all(a[0] + a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+
+
+def test_call_stats_and_measurement():
+    stats = CallStats("compressed", "cost model", "fast", raw_bytes=1000, sent_bytes=100, recv_raw_bytes=500,
+                      compress_s=1e-3, decompress_s=5e-4, transfer_s=2e-3)
+    assert stats.ratio == 10 and not stats.bypassed
+    vec = _stats.measurement(stats, 0.0)
+    assert vec[0] == 1 and vec[6] == pytest.approx(1e-6) and vec[7] == pytest.approx(1e-6) and vec[8] == 0.1
+    assert not _stats.measurement(CallStats("passthrough", "not float"), 0.0).any()
+    assert CallStats("raw", "probe").bypassed
+
+
+def test_error_classes():
+    assert issubclass(CommValueError, ValueError) and issubclass(CommTypeError, TypeError)
+    for cls in (CommValueError, CommTypeError, CommDecodeError):
+        assert issubclass(cls, CommError) and issubclass(cls, embzip.EmbzipError)
+    local = _errors.LocalError.from_exception(BufferError("not writable"), 3)
+    exc = _errors.build(local.payload(), 3)
+    assert isinstance(exc, CommValueError) and exc.rank == 3 and str(exc) == "rank 3: not writable"
+    crash = _errors.LocalError.from_exception(MemoryError("boom"), 1, "compressing")
+    assert crash.payload() == ("comm", "rank 1 while compressing: MemoryError: boom")
+
+
+# ---------------------------------------------------------------- GPU buffers
+
+
+class _FakeDeviceArray:
+    """Just enough of cupy's ndarray for the staging code (a host array behind a CUDA interface)."""
+
+    def __init__(self, host, readonly=False):
+        self.host = host
+        self.__cuda_array_interface__ = {"shape": host.shape, "typestr": host.dtype.str,
+                                         "data": (0, readonly), "version": 3}
+
+    @property
+    def flags(self):
+        return self.host.flags
+
+    strides = property(lambda self: self.host.strides)
+    dtype = property(lambda self: self.host.dtype)
+    shape = property(lambda self: self.host.shape)
+    size = property(lambda self: self.host.size)
+
+    def ravel(self, order="C"):
+        return _FakeDeviceArray(self.host.ravel(order=order))
+
+    def set(self, values):
+        self.host[...] = values
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    module = types.SimpleNamespace(asarray=lambda a: a if isinstance(a, _FakeDeviceArray) else _FakeDeviceArray(a),
+                                   asnumpy=lambda a: a.host.copy())
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    return module
+
+
+def test_device_staging_with_a_fake_cupy(fake_cupy):
+    dev = _FakeDeviceArray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert _device.is_device(dev) and not _device.is_device(np.zeros(3))
+    flat, dtype = _device.device_flat(dev, True, "recvbuf")
+    assert dtype == np.float32 and flat.shape == (12,)
+    host = _device.to_host(flat)
+    assert isinstance(host, np.ndarray) and host.tolist() == list(range(12))
+    _device.to_device(host * 2, flat)
+    assert dev.host.reshape(-1).tolist() == [2 * i for i in range(12)]
+    with pytest.raises(ValueError, match="read-only"):
+        _device.device_flat(_FakeDeviceArray(np.zeros(3), readonly=True), True, "recvbuf")
+    with pytest.raises(ValueError, match="non-contiguous"):
+        _device.device_flat(_FakeDeviceArray(np.zeros((4, 4))[:, ::2]), False, "sendbuf")
+
+
+def test_device_buffer_without_cupy_is_a_type_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(TypeError, match="needs cupy"):
+        _device.device_flat(_FakeDeviceArray(np.zeros(3)), False, "sendbuf")
+
+
+def test_cuda_aware_switch(monkeypatch):
+    monkeypatch.delenv("EMBZIP_CUDA_AWARE_MPI", raising=False)
+    assert not _device.cuda_aware_mpi()
+    monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", "1")
+    assert _device.cuda_aware_mpi()
+
+
+def test_real_cupy_staging_roundtrip():
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed")
+    try:
+        if not cupy.is_available():
+            pytest.skip("cupy is installed but no CUDA device is available")
+    except Exception as exc:  # a CUDA runtime without a device raises here
+        pytest.skip(f"no usable CUDA device: {exc}")
+    dev = cupy.arange(12, dtype=cupy.float32)
+    flat, _ = _device.device_flat(dev, True, "recvbuf")
+    host = _device.to_host(flat)
+    _device.to_device(host + 1, flat)
+    assert cupy.asnumpy(dev).tolist() == [i + 1.0 for i in range(12)]
