@@ -9,6 +9,8 @@ Everything here is a jitted scalar helper; LLVM inlines them into the calling ke
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
@@ -24,6 +26,9 @@ __all__ = [
     "cvtps_epi32",
     "lrint_i64",
     "round_f64_to_f16",
+    "prefetch",
+    "lanes_minmax8",
+    "wide_vectors",
 ]
 
 F32 = np.float32
@@ -138,7 +143,8 @@ def cvtps_epi32(v):
 def lrint_i64(v):
     """glibc ``lrintf`` on x86-64 (returns long): NaN or out of int64 range gives INT64_MIN."""
     r = np.rint(v)
-    if r != r or r >= np.float32(9.223372036854775808e18) or r < np.float32(-9.223372036854775808e18):
+    big = np.float32(9.223372036854775808e18)  # 2**63
+    if r != r or r >= big or r < -big:
         return INT64_MIN
     return np.int64(r)
 
@@ -153,9 +159,117 @@ def round_f64_to_f16(v):
     if v != v or v == 0.0 or np.isinf(v):
         return v
     a = abs(v)
-    m, e = np.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    e = math.frexp(a)[1]  # a = m * 2**e, m in [0.5, 1)
     ulp_exp = max(e - 11, -24)  # half has 11 significant bits; subnormal quantum 2**-24
-    q = np.ldexp(np.rint(np.ldexp(a, -ulp_exp)), ulp_exp)
+    q = math.ldexp(np.rint(math.ldexp(a, -ulp_exp)), ulp_exp)
     if q > 65504.0:
         q = np.inf
     return -q if v < 0 else q
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j):
+    """Hint the CPU to load ``arr[i, j]``'s cache line (``llvm.prefetch``, read, keep in cache).
+
+    FBGEMM's lookup kernels prefetch rows a few indices ahead; without it a pooled lookup over a
+    large table waits on one cache miss per row instead of overlapping them.
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 2):
+        return None
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, value=args[0])
+        idx = [context.cast(builder, v, t, types.intp)
+               for v, t in zip(args[1:], signature.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def lanes_minmax8(typingctx, arr, r, nv):
+    """FBGEMM's AVX2 lane min/max over ``arr[r, 0:nv]`` (``nv`` a multiple of 8), reduced.
+
+    Emits ``<8 x float>`` ``fcmp olt`` + ``select`` -- exactly ``vminps(acc, x)`` (``x`` wins on
+    ties and NaN) -- so the loop runs as vector code; numba would otherwise keep the eight lanes
+    scalar. The lanes are then reduced in order with ``std::min``/``std::max`` semantics
+    starting from +-FLT_MAX, as FBGEMM does. Returns ``(min, max, any_nan)``.
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.float32
+            and arr.layout == "C"):
+        return None
+    sig = types.Tuple((types.float32, types.float32, types.boolean))(arr, r, nv)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, value=args[0])
+        row = context.cast(builder, args[1], signature.args[1], types.intp)
+        n = context.cast(builder, args[2], signature.args[2], types.intp)
+        f32 = ir.FloatType()
+        vty = ir.VectorType(f32, 8)
+        big = float(np.float32(3.4028234663852886e38))
+        vmin = cgutils.alloca_once_value(builder, ir.Constant(vty, [big] * 8))
+        vmax = cgutils.alloca_once_value(builder, ir.Constant(vty, [-big] * 8))
+        bty = ir.VectorType(ir.IntType(1), 8)
+        vnan = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * 8))
+        intp = context.get_value_type(types.intp)
+        nblk = builder.udiv(n, intp(8))
+        with cgutils.for_range(builder, nblk) as loop:
+            col = builder.mul(loop.index, intp(8))
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [row, col],
+                                           wraparound=False)
+            x = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
+            a = builder.load(vmin)
+            builder.store(builder.select(builder.fcmp_ordered("<", a, x), a, x), vmin)
+            b = builder.load(vmax)
+            builder.store(builder.select(builder.fcmp_ordered(">", b, x), b, x), vmax)
+            isnan = builder.fcmp_unordered("uno", x, x)
+            builder.store(builder.or_(builder.load(vnan), isnan), vnan)
+        a = builder.load(vmin)
+        b = builder.load(vmax)
+        mn = ir.Constant(f32, big)
+        mx = ir.Constant(f32, -big)
+        for i in range(8):  # std::min(mn, lane): lane wins only if strictly smaller
+            la = builder.extract_element(a, ir.Constant(ir.IntType(32), i))
+            mn = builder.select(builder.fcmp_ordered("<", la, mn), la, mn)
+            lb = builder.extract_element(b, ir.Constant(ir.IntType(32), i))
+            mx = builder.select(builder.fcmp_ordered("<", mx, lb), lb, mx)
+        nanbits = builder.bitcast(builder.load(vnan), ir.IntType(8))
+        anynan = builder.icmp_unsigned("!=", nanbits, ir.Constant(ir.IntType(8), 0))
+        anynan = context.cast(builder, anynan, types.boolean, types.boolean)
+        return context.make_tuple(builder, signature.return_type, [mn, mx, anynan])
+
+    return sig, codegen
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM use 512-bit vectors in the calling kernel (no code is emitted).
+
+    x86 LLVM prefers 256-bit vectors on AVX-512 CPUs unless a function asks otherwise; FBGEMM's
+    kernels use zmm registers, so the kernels that race them call this first. It changes the
+    instruction selection only, never the arithmetic; on CPUs without AVX-512 it is a no-op.
+    """
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        attrs = builder.function.attributes
+        set.add(attrs, '"prefer-vector-width"="512"')
+        set.add(attrs, '"min-legal-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return sig, codegen

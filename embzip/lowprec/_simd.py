@@ -1,0 +1,187 @@
+"""Vector IR for the pooled-lookup inner loop (numba cannot keep vector accumulators).
+
+FBGEMM's generated kernels keep a block of output columns in vector registers while they walk the
+rows of a bag. numba only vectorizes innermost loops, so the straightforward kernel reloads and
+stores the output row for every table row; this intrinsic emits the FBGEMM loop directly:
+for a block of ``width`` columns, ``acc = fma(splat(s), codes, acc + splat(b))`` over the bag's
+rows, with ``llvm.fma`` on ``<width x float>`` (one rounding per element, exactly as before),
+then one store. The arithmetic and its order are unchanged; only the schedule is.
+"""
+
+from __future__ import annotations
+
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["bag_block"]
+
+_CACHE = {}
+
+
+def _concat(builder, ir, vecs):
+    """Concatenate equal-length vectors (pairwise shufflevector)."""
+    while len(vecs) > 1:
+        nxt = []
+        for i in range(0, len(vecs), 2):
+            a, b = vecs[i], vecs[i + 1]
+            n = a.type.count
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), list(range(2 * n)))
+            nxt.append(builder.shuffle_vector(a, b, mask))
+        vecs = nxt
+    return vecs[0]
+
+
+PREFETCH = 16  # rows ahead, FBGEMM's default prefetch distance
+
+
+def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
+    """Intrinsic ``f(packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem)``.
+
+    Accumulates rows ``indices[t0:t1]`` of a packed ``bits``-bit table into
+    ``out[b, j0:j0 + width]``; ``meta`` is the byte offset of the row's scale/bias. With ``pf``
+    true, each step also prefetches the row ``PREFETCH`` indices ahead (as FBGEMM does), so
+    cache misses overlap instead of queueing; pass it on the first column block only.
+
+    ``masked`` blocks finish a row's last ``rem < width`` columns in one pass: masked loads read
+    only the code bytes that exist (never past the row), all lanes are computed, and a masked
+    store writes the first ``rem``. No column is ever done one at a time.
+    """
+    key = (bits, width, weighted, masked)
+    if key in _CACHE:
+        return _CACHE[key]
+    per_byte = 8 // bits
+
+    @intrinsic
+    def _block(typingctx, packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem):
+        sig = types.void(packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem)
+
+        def codegen(context, builder, signature, args):
+            from llvmlite import ir
+
+            # x86 treats 512-bit vectors as illegal unless a function asks for them; FBGEMM's
+            # JIT uses zmm registers, so ask (a no-op on targets without AVX-512).
+            set.add(builder.function.attributes, '"min-legal-vector-width"="512"')
+            pk_ty, idx_ty, w_ty, out_ty = signature.args[:4]
+            pk, ix, wt, ot = (context.make_array(t)(context, builder, value=v)
+                              for t, v in zip(signature.args[:4], args[:4]))
+            intp = context.get_value_type(types.intp)
+            i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+            i8p = i8.as_pointer()
+            vf = ir.VectorType(f32, width)
+            bb, tt0, tt1, jj0, mm = (context.cast(builder, v, t, types.intp)
+                                     for v, t in zip(args[4:9], signature.args[4:9]))
+            do_pf = context.cast(builder, args[9], signature.args[9], types.boolean)
+            n_rem = context.cast(builder, args[10], signature.args[10], types.intp)
+
+            def item(aryty, ary, idx):
+                return cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+
+            def index_at(t):
+                return context.cast(builder, builder.load(item(idx_ty, ix, [t])), idx_ty.dtype,
+                                    types.intp)
+
+            def splat(x):
+                v = builder.insert_element(ir.Constant(vf, ir.Undefined), x, i32(0))
+                zeros = ir.Constant(ir.VectorType(i32, width), [0] * width)
+                return builder.shuffle_vector(v, v, zeros)
+
+            pf_ty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            pf_fn = cgutils.get_or_insert_function(builder.module, pf_ty, "llvm.prefetch.p0")
+            fma_ty = ir.FunctionType(vf, [vf, vf, vf])
+            fma = cgutils.get_or_insert_function(builder.module, fma_ty, f"llvm.fma.v{width}f32")
+
+            def prefetch(addr):
+                builder.call(pf_fn, [builder.inttoptr(addr, i8p), i32(0), i32(3), i32(1)])
+
+            n_idx = builder.extract_value(ix.shape, 0)
+            last_col = builder.sub(builder.extract_value(pk.shape, 1), intp(1))
+            acc_p = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * width))
+            stride = builder.extract_value(pk.strides, 0)
+            base = builder.ptrtoint(pk.data, intp)
+            nbytes_blk = width // per_byte
+            vb = ir.VectorType(i8, nbytes_blk)
+            code_off = jj0 if bits == 8 else builder.udiv(jj0, intp(per_byte))
+
+            def lanes_below(n, count):  # <count x i1>: lane index < n
+                lanes = ir.Constant(ir.VectorType(intp, count), list(range(count)))
+                nv = builder.insert_element(ir.Constant(ir.VectorType(intp, count), ir.Undefined),
+                                            n, i32(0))
+                nv = builder.shuffle_vector(nv, nv, ir.Constant(ir.VectorType(i32, count),
+                                                                [0] * count))
+                return builder.icmp_signed("<", lanes, nv)
+
+            if masked:
+                valid_bytes = builder.udiv(builder.add(n_rem, intp(per_byte - 1)), intp(per_byte))
+                byte_mask = lanes_below(valid_bytes, nbytes_blk)
+                mask_ty = ir.VectorType(ir.IntType(1), nbytes_blk)
+                ml_ty = ir.FunctionType(vb, [vb.as_pointer(), i32, mask_ty, vb])
+                ml = cgutils.get_or_insert_function(builder.module, ml_ty,
+                                                    f"llvm.masked.load.v{nbytes_blk}i8.p0")
+
+            with cgutils.for_range(builder, builder.sub(tt1, tt0)) as loop:
+                t = builder.add(tt0, loop.index)
+                row = builder.add(base, builder.mul(index_at(t), stride))
+                with builder.if_then(do_pf, likely=True):
+                    ta = builder.add(t, intp(PREFETCH))
+                    last = builder.sub(n_idx, intp(1))
+                    ta = builder.select(builder.icmp_signed("<", ta, n_idx), ta, last)
+                    rowa = builder.add(base, builder.mul(index_at(ta), stride))
+                    # the row's first lines and its last byte (rows of up to 192 bytes: every
+                    # line; FBGEMM also prefetches the whole row)
+                    prefetch(rowa)
+                    prefetch(builder.add(rowa, builder.select(
+                        builder.icmp_signed("<", intp(64), last_col), intp(64), last_col)))
+                    prefetch(builder.add(rowa, builder.select(
+                        builder.icmp_signed("<", intp(128), last_col), intp(128), last_col)))
+                    prefetch(builder.add(rowa, last_col))
+                if bits == 8:
+                    sp = builder.inttoptr(builder.add(row, mm), f32.as_pointer())
+                    s = builder.load(sp, align=1)
+                    bias = builder.load(builder.gep(sp, [i32(1)]), align=1)
+                else:
+                    hp = builder.inttoptr(builder.add(row, mm), ir.HalfType().as_pointer())
+                    s = builder.fpext(builder.load(hp, align=1), f32)
+                    bias = builder.fpext(builder.load(builder.gep(hp, [i32(1)]), align=1), f32)
+                if weighted:
+                    wv = builder.load(item(w_ty, wt, [t]))
+                    s = builder.fmul(s, wv)
+                    bias = builder.fmul(bias, wv)
+                code_p = builder.inttoptr(builder.add(row, code_off), vb.as_pointer())
+                if masked:
+                    raw = builder.call(ml, [code_p, i32(1), byte_mask, ir.Constant(vb, None)])
+                else:
+                    raw = builder.load(code_p, align=1)
+                if bits == 8:
+                    codes = raw
+                else:
+                    fields = []
+                    for k in range(per_byte):
+                        sh = builder.lshr(raw, ir.Constant(vb, [k * bits] * nbytes_blk))
+                        mask = ir.Constant(vb, [(1 << bits) - 1] * nbytes_blk)
+                        fields.append(builder.and_(sh, mask))
+                    cat = _concat(builder, ir, fields)  # field-major: k * nbytes_blk + byte
+                    perm = [k * nbytes_blk + byte
+                            for byte in range(nbytes_blk) for k in range(per_byte)]
+                    codes = builder.shuffle_vector(
+                        cat, cat, ir.Constant(ir.VectorType(i32, width), perm))
+                q = builder.uitofp(codes, vf)
+                acc = builder.load(acc_p)
+                acc = builder.call(fma, [splat(s), q, builder.fadd(acc, splat(bias))])
+                builder.store(acc, acc_p)
+            optr = builder.bitcast(item(out_ty, ot, [bb, jj0]), vf.as_pointer())
+            if masked:
+                mask = lanes_below(n_rem, width)
+                ms_ty = ir.FunctionType(ir.VoidType(),
+                                        [vf, vf.as_pointer(), i32, ir.VectorType(ir.IntType(1), width)])
+                ms = cgutils.get_or_insert_function(builder.module, ms_ty,
+                                                    f"llvm.masked.store.v{width}f32.p0")
+                builder.call(ms, [builder.load(acc_p), optr, i32(4), mask])
+            else:
+                builder.store(builder.load(acc_p), optr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    _CACHE[key] = _block
+    return _block

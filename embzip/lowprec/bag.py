@@ -1,0 +1,209 @@
+"""Pooled lookups over packed rowwise tables (``embedding_bag_*_rowwise_offsets``, sum mode).
+
+FBGEMM's generated kernels accumulate each bag row by row as ``out = fma(s, code, out + b)``
+with ``s = scale * w`` and ``b = bias * w`` (``w`` = per-sample weight, 1 when absent); the
+same order and roundings are used here, so results are bit-identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embzip._jit import kernel, parallel_kernel, prange
+from embzip.lowprec._simd import bag_block
+from embzip.lowprec._validate import check_bits, flag, float_array, int_vector, uint8_matrix
+from embzip.lowprec.rowwise import packed_dim
+
+__all__ = ["embedding_bag_rowwise", "bag_bounds"]
+
+
+@kernel
+def _index_range(idx):
+    # min and max in one pass (numpy needs two): the only O(len(indices)) check we add
+    lo = idx[0]
+    hi = idx[0]
+    for i in range(1, idx.size):
+        v = idx[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+def _make_bag(bits):
+    # Columns go in vector blocks (IR in _simd.py: accumulators stay in registers over the bag's
+    # rows): full 128-wide blocks, then the rest in one block of 64/32/16/8 -- masked when the
+    # rest is not exactly that wide. Every element gets the same out = fma(s, code, out + b)
+    # sequence over the bag's rows in index order, whatever the block.
+    full = {w: (bag_block(bits, w, False), bag_block(bits, w, True)) for w in (128, 64, 32, 16, 8)}
+    part = {w: (bag_block(bits, w, False, True), bag_block(bits, w, True, True))
+            for w in (128, 64, 32, 16, 8)}
+    f128, f128w = full[128]
+    f64, f64w = full[64]
+    f32, f32w = full[32]
+    f16, f16w = full[16]
+    f8, f8w = full[8]
+    m128, m128w = part[128]
+    m64, m64w = part[64]
+    m32, m32w = part[32]
+    m16, m16w = part[16]
+    m8, m8w = part[8]
+
+    @parallel_kernel
+    def bag(packed, indices, starts, ends, weights, has_w, out):
+        nb, d = out.shape
+        meta = d if bits == 8 else packed.shape[1] - 4
+        for b in prange(nb):
+            t0 = starts[b]
+            t1 = ends[b]
+            j0 = 0
+            while j0 + 128 <= d:
+                if has_w:
+                    f128w(packed, indices, weights, out, b, t0, t1, j0, meta, j0 == 0, 128)
+                else:
+                    f128(packed, indices, weights, out, b, t0, t1, j0, meta, j0 == 0, 128)
+                j0 += 128
+            rem = d - j0
+            pf = j0 == 0
+            a = (packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem)
+            if rem == 0:
+                pass
+            elif rem == 64:
+                f64w(*a) if has_w else f64(*a)
+            elif rem == 32:
+                f32w(*a) if has_w else f32(*a)
+            elif rem == 16:
+                f16w(*a) if has_w else f16(*a)
+            elif rem == 8:
+                f8w(*a) if has_w else f8(*a)
+            elif rem > 64:
+                m128w(*a) if has_w else m128(*a)
+            elif rem > 32:
+                m64w(*a) if has_w else m64(*a)
+            elif rem > 16:
+                m32w(*a) if has_w else m32(*a)
+            elif rem > 8:
+                m16w(*a) if has_w else m16(*a)
+            else:
+                m8w(*a) if has_w else m8(*a)
+
+    return bag
+
+
+_BAG = {b: _make_bag(b) for b in (8, 4, 2)}
+
+
+def bag_bounds(offsets, n_indices: int, include_last_offset: bool = False):
+    """Start and end positions of every bag, with torch's offsets semantics checked.
+
+    Without ``include_last_offset`` bag ``i`` is ``indices[offsets[i]:offsets[i+1]]`` and the
+    last bag runs to the end; with it, ``offsets`` has one more entry than there are bags and
+    must end at ``n_indices``. Offsets must start at 0 and be non-decreasing: torch's 8-bit op
+    and its 4/2-bit ops read other offsets differently (the latter as bag lengths), so no
+    answer would match both.
+
+    Examples
+    --------
+    >>> bag_bounds([0, 2, 2], 5)
+    (array([0, 2, 2]), array([2, 2, 5]))
+    """
+    offs = int_vector(offsets, "offsets")
+    if offs.size:
+        if offs[0] != 0:
+            raise ValueError(f"offsets must start at 0, found offsets[0]={int(offs[0])}")
+        steps = np.diff(offs)
+        if steps.size and steps.min() < 0:
+            i = int(np.argmax(steps < 0))
+            raise ValueError(
+                "offsets must be non-decreasing, found "
+                f"offsets[{i}]={int(offs[i])} > offsets[{i + 1}]={int(offs[i + 1])}"
+            )
+        if offs[-1] > n_indices:
+            raise ValueError(
+                f"offsets must not exceed len(indices)={n_indices}, found {int(offs[-1])}"
+            )
+    if include_last_offset:
+        if offs.size == 0:
+            raise ValueError("include_last_offset=True needs at least one offset, found none")
+        if offs[-1] != n_indices:
+            raise ValueError(
+                "with include_last_offset=True the last offset must equal "
+                f"len(indices)={n_indices}, found {int(offs[-1])}"
+            )
+        return offs[:-1].copy(), offs[1:].copy()
+    ends = np.empty_like(offs)
+    ends[:-1] = offs[1:]
+    if offs.size:
+        ends[-1] = n_indices
+    return offs, ends
+
+
+def embedding_bag_rowwise(
+    packed,
+    bits: int,
+    indices,
+    offsets,
+    per_sample_weights=None,
+    include_last_offset: bool = False,
+    dim=None,
+) -> np.ndarray:
+    """Sum-pooled lookup of packed rows, bit-identical to ``embedding_bag_*_rowwise_offsets``.
+
+    Parameters
+    ----------
+    packed : ndarray of uint8, shape (rows, row_bytes)
+        Output of :func:`quantize_rowwise` (or of torch's prepack ops).
+    bits : {8, 4, 2}
+    indices : 1-D integer array
+        Row ids, each in ``[0, rows)``.
+    offsets : 1-D integer array
+        Start of each bag in ``indices`` (torch semantics; see :func:`bag_bounds`).
+    per_sample_weights : 1-D float32 array, optional
+        One weight per index; each row is scaled before it is added.
+    include_last_offset : bool
+        Whether ``offsets`` ends with the end of the last bag.
+    dim : int, optional
+        Embedding dimension (4/2-bit rows may hold fewer values than their bytes allow).
+
+    Returns
+    -------
+    ndarray of float32, shape (bags, dim); empty bags are zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embzip.lowprec import quantize_rowwise
+    >>> p = quantize_rowwise(np.eye(3, dtype=np.float32), bits=8)
+    >>> embedding_bag_rowwise(p, 8, indices=[0, 1, 2, 2], offsets=[0, 1, 1])
+    array([[1., 0., 0.],
+           [0., 0., 0.],
+           [0., 1., 2.]], dtype=float32)
+    """
+    bits = check_bits(bits)
+    p = uint8_matrix(packed, "packed")
+    d = packed_dim(p.shape[1], bits, dim)
+    idx = int_vector(indices, "indices")
+    include_last_offset = flag(include_last_offset, "include_last_offset")
+    if idx.size:
+        lo, hi = _index_range(idx)
+        if lo < 0 or hi >= p.shape[0]:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"indices must be in [0, {p.shape[0]}) for a table of {p.shape[0]} rows, "
+                f"found {bad}"
+            )
+    starts, ends = bag_bounds(offsets, idx.size, include_last_offset)
+    if per_sample_weights is None:
+        w = np.zeros(1, np.float32)  # never read; keeps one kernel signature
+        has_w = False
+    else:
+        w = float_array(per_sample_weights, "per_sample_weights")
+        if w.shape != idx.shape:
+            raise ValueError(
+                f"per_sample_weights must have the shape of indices {idx.shape}, found {w.shape}"
+            )
+        has_w = True
+    out = np.empty((starts.size, d), dtype=np.float32)
+    if out.size == 0:
+        return out
+    _BAG[bits](p, idx, starts, ends, w, has_w, out)
+    return out

@@ -1,0 +1,147 @@
+"""Pooled rowwise lookups: bit-identical to torch's embedding_bag_*_rowwise_offsets (sum)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from embzip.lowprec import bag_bounds, embedding_bag_rowwise, quantize_rowwise
+
+F32 = np.float32
+
+
+def _torch():
+    return pytest.importorskip("torch", reason="torch==2.13.0 is the oracle for bit-exactness")
+
+
+def _ops(torch, bits):
+    q = torch.ops.quantized
+    return {
+        8: (q.embedding_bag_byte_prepack, q.embedding_bag_byte_rowwise_offsets),
+        4: (q.embedding_bag_4bit_prepack, q.embedding_bag_4bit_rowwise_offsets),
+        2: (q.embedding_bag_2bit_prepack, q.embedding_bag_2bit_rowwise_offsets),
+    }[bits]
+
+
+def assert_same_floats(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype == F32
+    na, nb = np.isnan(a), np.isnan(b)
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_array_equal(a.view(np.uint32)[~na], b.view(np.uint32)[~nb])
+
+
+@st.composite
+def lookups(draw):
+    bits = draw(st.sampled_from([8, 4, 2]))
+    per = 1 if bits == 8 else 8 // bits
+    n = draw(st.integers(1, 30))
+    # every vector block width (128, 64, 32, 8) and the scalar tail get exercised
+    d = draw(st.sampled_from([1, 4, 8, 12, 16, 24, 32, 36, 64, 72, 100, 128, 136, 200, 260]))
+    d = max(d - d % per, per)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** draw(st.integers(-20, 20))
+    w = (rng.standard_normal((n, d)) * scale).astype(F32)
+    special = draw(st.sampled_from(["none", "inf", "nan", "constant", "subnormal"]))
+    if special == "inf":
+        w[rng.random((n, d)) < 0.05] = np.inf
+    elif special == "nan":
+        w[rng.random((n, d)) < 0.05] = np.nan
+    elif special == "constant":
+        w[:] = w[:, :1]
+    elif special == "subnormal":
+        w *= F32(1e-39)
+    n_idx = draw(st.integers(0, 60))
+    idx = rng.integers(0, n, n_idx)
+    n_bags = draw(st.integers(1, 10))
+    offsets = np.sort(rng.integers(0, n_idx + 1, n_bags))
+    offsets[0] = 0
+    include_last = draw(st.booleans())
+    if include_last:
+        offsets = np.append(offsets, n_idx)
+    weights = None
+    if draw(st.booleans()):
+        weights = (rng.standard_normal(n_idx) * 10.0 ** draw(st.integers(-3, 3))).astype(F32)
+    itype = draw(st.sampled_from([np.int64, np.int32]))
+    return bits, w, idx.astype(itype), offsets.astype(itype), weights, include_last
+
+
+@given(lookups())
+def test_bag_matches_torch(case):
+    torch = _torch()
+    bits, w, idx, offsets, weights, include_last = case
+    prepack, bag = _ops(torch, bits)
+    packed = prepack(torch.from_numpy(w))
+    want = bag(packed, torch.from_numpy(idx), torch.from_numpy(offsets),
+               per_sample_weights=None if weights is None else torch.from_numpy(weights),
+               include_last_offset=include_last).numpy()
+    got = embedding_bag_rowwise(packed.numpy(), bits, idx, offsets, weights,
+                                include_last_offset=include_last)
+    assert_same_floats(got, want)
+
+
+@given(st.sampled_from([8, 4, 2]), st.integers(1, 40), st.integers(0, 2**31))
+def test_bag_of_one_row_is_the_dequantized_row(bits, d, seed):
+    # no torch needed: a bag holding one row with weight 1 decodes that row exactly
+    # (fma(s, q, 0 + b) is the unpack formula fma(s, q, b))
+    from embzip.lowprec import dequantize_rowwise
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((7, d)).astype(F32)
+    p = quantize_rowwise(w, bits)
+    out = embedding_bag_rowwise(p, bits, np.arange(7), np.arange(7), dim=d)
+    assert_same_floats(out, dequantize_rowwise(p, bits, dim=d))
+
+
+def test_empty_bags_and_no_indices():
+    p = quantize_rowwise(np.ones((3, 8), F32), 8)
+    out = embedding_bag_rowwise(p, 8, [], [0, 0, 0])
+    assert out.shape == (3, 8) and not out.any()
+    assert embedding_bag_rowwise(p, 8, [], []).shape == (0, 8)
+    assert embedding_bag_rowwise(p, 8, [1], [0, 1], include_last_offset=True).shape == (1, 8)
+
+
+def test_bag_bounds_semantics():
+    s, e = bag_bounds([0, 2, 2], 5)
+    assert s.tolist() == [0, 2, 2] and e.tolist() == [2, 2, 5]
+    s, e = bag_bounds([0, 2, 5], 5, include_last_offset=True)
+    assert s.tolist() == [0, 2] and e.tolist() == [2, 5]
+
+
+@pytest.mark.parametrize(
+    ("indices", "offsets", "kwargs", "exc", "match"),
+    [
+        ([0, 3], [0], {}, ValueError, r"indices must be in \[0, 3\) .* found 3"),
+        ([0, -1], [0], {}, ValueError, r"found -1"),
+        ([0, 1, 2], [0, 2, 1], {}, ValueError,
+         r"non-decreasing, found offsets\[1\]=2 > offsets\[2\]=1"),
+        ([0, 1, 2], [1, 2], {}, ValueError, r"start at 0, found offsets\[0\]=1"),
+        ([0, 1, 2], [0, 5], {}, ValueError, r"must not exceed len\(indices\)=3, found 5"),
+        ([0, 1, 2], [0, 2], {"include_last_offset": True}, ValueError,
+         r"last offset must equal len\(indices\)=3, found 2"),
+        ([0, 1, 2], [], {"include_last_offset": True}, ValueError, "at least one offset"),
+        ([0.0, 1.0], [0], {}, TypeError, "indices must be an integer array, found dtype float64"),
+        ([True], [0], {}, TypeError, "found dtype bool"),
+        ([[0, 1]], [0], {}, ValueError, r"indices must be 1-D, found shape \(1, 2\)"),
+        ([0, 1], [0], {"per_sample_weights": np.ones(3, F32)}, ValueError,
+         r"shape of indices \(2,\), found \(3,\)"),
+        ([0, 1], [0], {"per_sample_weights": np.ones(2)}, TypeError, "found dtype float64"),
+        ([0, 1], [0], {"include_last_offset": 1}, TypeError, "must be a bool"),
+    ],
+)
+def test_bad_lookup_arguments(indices, offsets, kwargs, exc, match):
+    p = quantize_rowwise(np.ones((3, 8), F32), 8)
+    with pytest.raises(exc, match=match):
+        embedding_bag_rowwise(p, 8, np.asarray(indices), offsets, **kwargs)
+
+
+def test_bad_table_arguments():
+    p = quantize_rowwise(np.ones((3, 8), F32), 4)
+    with pytest.raises(ValueError, match=r"bits must be one of \(8, 4, 2\), found 3"):
+        embedding_bag_rowwise(p, 3, [0], [0])
+    with pytest.raises(ValueError, match=r"dim=9 does not fit 4-bit rows of 8 bytes"):
+        embedding_bag_rowwise(p, 4, [0], [0], dim=9)
+    with pytest.raises(TypeError, match="uint8"):
+        embedding_bag_rowwise(p.astype(np.int8), 4, [0], [0])
