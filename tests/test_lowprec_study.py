@@ -172,3 +172,13 @@ def test_dlrm_shape_errors():
 def test_import_does_not_pull_torch():
     code = "import sys, embzip.lowprec; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    for name in ("rowwise", "bag", "casts", "linear", "model", "study"):
+        mod = importlib.import_module(f"embzip.lowprec.{name}")
+        result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, f"{name}: {result.failed} docstring examples failed"

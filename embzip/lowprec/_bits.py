@@ -26,7 +26,6 @@ __all__ = [
     "cvtps_epi32",
     "lrint_i64",
     "round_f64_to_f16",
-    "prefetch",
     "lanes_minmax8",
     "wide_vectors",
 ]
@@ -165,36 +164,6 @@ def round_f64_to_f16(v):
     if q > 65504.0:
         q = np.inf
     return -q if v < 0 else q
-
-
-@intrinsic
-def prefetch(typingctx, arr, i, j):
-    """Hint the CPU to load ``arr[i, j]``'s cache line (``llvm.prefetch``, read, keep in cache).
-
-    FBGEMM's lookup kernels prefetch rows a few indices ahead; without it a pooled lookup over a
-    large table waits on one cache miss per row instead of overlapping them.
-    """
-    if not (isinstance(arr, types.Array) and arr.ndim == 2):
-        return None
-    sig = types.void(arr, i, j)
-
-    def codegen(context, builder, signature, args):
-        from llvmlite import ir
-        from numba.core import cgutils
-
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, value=args[0])
-        idx = [context.cast(builder, v, t, types.intp)
-               for v, t in zip(args[1:], signature.args[1:])]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @intrinsic

@@ -96,6 +96,7 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
 
             n_idx = builder.extract_value(ix.shape, 0)
             last_col = builder.sub(builder.extract_value(pk.shape, 1), intp(1))
+            n_lines = builder.add(builder.udiv(last_col, intp(64)), intp(1))
             acc_p = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * width))
             stride = builder.extract_value(pk.strides, 0)
             base = builder.ptrtoint(pk.data, intp)
@@ -124,16 +125,13 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
                 row = builder.add(base, builder.mul(index_at(t), stride))
                 with builder.if_then(do_pf, likely=True):
                     ta = builder.add(t, intp(PREFETCH))
-                    last = builder.sub(n_idx, intp(1))
-                    ta = builder.select(builder.icmp_signed("<", ta, n_idx), ta, last)
+                    ta = builder.select(builder.icmp_signed("<", ta, n_idx), ta,
+                                        builder.sub(n_idx, intp(1)))
                     rowa = builder.add(base, builder.mul(index_at(ta), stride))
-                    # the row's first lines and its last byte (rows of up to 192 bytes: every
-                    # line; FBGEMM also prefetches the whole row)
-                    prefetch(rowa)
-                    prefetch(builder.add(rowa, builder.select(
-                        builder.icmp_signed("<", intp(64), last_col), intp(64), last_col)))
-                    prefetch(builder.add(rowa, builder.select(
-                        builder.icmp_signed("<", intp(128), last_col), intp(128), last_col)))
+                    # every cache line of the row, PREFETCH rows ahead (FBGEMM prefetches rows
+                    # ahead too); later column blocks of the same row then hit the cache
+                    with cgutils.for_range(builder, n_lines) as pl:
+                        prefetch(builder.add(rowa, builder.mul(pl.index, intp(64))))
                     prefetch(builder.add(rowa, last_col))
                 if bits == 8:
                     sp = builder.inttoptr(builder.add(row, mm), f32.as_pointer())
@@ -172,8 +170,8 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
             optr = builder.bitcast(item(out_ty, ot, [bb, jj0]), vf.as_pointer())
             if masked:
                 mask = lanes_below(n_rem, width)
-                ms_ty = ir.FunctionType(ir.VoidType(),
-                                        [vf, vf.as_pointer(), i32, ir.VectorType(ir.IntType(1), width)])
+                bool_v = ir.VectorType(ir.IntType(1), width)
+                ms_ty = ir.FunctionType(ir.VoidType(), [vf, vf.as_pointer(), i32, bool_v])
                 ms = cgutils.get_or_insert_function(builder.module, ms_ty,
                                                     f"llvm.masked.store.v{width}f32.p0")
                 builder.call(ms, [builder.load(acc_p), optr, i32(4), mask])
