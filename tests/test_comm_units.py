@@ -332,3 +332,56 @@ def test_real_cupy_staging_roundtrip():
     host = _device.to_host(flat)
     _device.to_device(host + 1, flat)
     assert cupy.asnumpy(dev).tolist() == [i + 1.0 for i in range(12)]
+
+
+# ---------------------------------------------------------------- argument reuse
+
+
+def _key(send, recv, **kw):
+    from embzip.comm import _reuse
+
+    args = dict(abs_error=None, rel_error=0.01, strategy="auto", bounds=None, bypass="auto", chunk_bytes=0)
+    args.update(kw)
+    return _reuse.key_of(send, recv, *args.values())[0]
+
+
+def test_reuse_key_repeats_only_when_nothing_that_validation_reads_changed():
+    send, recv = np.zeros(12, np.float32), np.zeros(12, np.float32)
+    counts = [3, 3, 3, 3]
+    base = _key([send, counts], [recv, counts])
+    assert base is not None and base == _key([send, counts], [recv, counts])
+    counts[1] = 2  # counts mutated in place
+    assert _key([send, counts], [recv, counts]) != base
+    counts[1] = 3
+    recv.flags.writeable = False  # a receive buffer made read-only
+    assert _key([send, counts], [recv, counts]) != base
+    recv.flags.writeable = True
+    assert _key([send, counts], [recv, np.array(counts)]) != base  # another form of the same counts
+    assert _key([send.copy(), counts], [recv, counts]) != base  # another array, equal contents
+    assert _key([send, counts], [recv, counts], rel_error=0.02) != base
+    assert _key([send, counts], [recv, counts], bypass=1) != _key([send, counts], [recv, counts], bypass=True)
+    layout = TableLayout(dim=3, bounds=[0.01])
+    with_layout = _key(send, recv, bounds=layout)
+    layout.bounds[0] = 0.5  # the layout is frozen, its bounds array is not
+    assert _key(send, recv, bounds=layout) != with_layout
+
+
+@pytest.mark.parametrize("send, bounds", [
+    (b"\x00" * 16, None),  # bytes-like buffers: validated every call
+    (np.zeros(4, np.float32), object()),
+    ([np.zeros(4, np.float32), [1.5, 2.5]], None),  # bad counts: validation reports them
+    (np.zeros(4, dtype=object), None),
+])
+def test_reuse_key_declines_what_it_cannot_compare(send, bounds):
+    assert _key(send, np.zeros(4, np.float32), bounds=bounds) is None
+
+
+def test_reuse_memo_returns_a_copy_so_a_failed_call_cannot_poison_it():
+    from embzip.comm import _protocol, _reuse
+
+    memo = _reuse.Memo()
+    job = _protocol.Job()
+    memo.store(("k",), [], job)
+    again = memo.lookup(("k",))
+    again.error = "compression failed"
+    assert memo.lookup(("k",)).error is None and memo.lookup(("other",)) is None and memo.lookup(None) is None

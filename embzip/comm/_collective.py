@@ -1,10 +1,11 @@
 """The blocking compressed Alltoallv: compress, handshake, exchange frames, decode, agree.
 
 Messages of one compressed call (P ranks, P <= 64): the frames are compressed first (the mode
-is decided from state every rank shares), then one ``Allgather`` of ~17 + 6P doubles per rank
-(errors, settings, counts, blob sizes, measurements), one ``Alltoallv`` of the blobs, and one
-``Allreduce`` of a decode-error flag. A bypassed or non-float call: the ``Allgather``, then a
-plain ``Alltoallv`` of the caller's buffers.
+is decided from state every rank shares), then one ``Iallgather`` of ~18 + 6P doubles per rank
+(errors, settings, counts, blob sizes, measurements), one ``Ialltoallv`` of the blobs, and one
+``Allreduce`` of a decode-error flag. A bypassed or non-float call posts the ``Iallgather``
+and the ``Ialltoallv`` of the caller's buffers together and checks the verdict after both
+(see :mod:`._handshake`): one synchronisation, as a plain ``Alltoallv``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import numpy as np
 
 from ..errors import CorruptFrameError
-from . import _device, _handshake, _mpi, _protocol, _segment
+from . import _device, _handshake, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
@@ -33,8 +34,13 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
     if state.inflight is not None:  # one pipelined call in flight per communicator
         state.inflight.wait_quietly()
     pcomm = state.comm
-    job = _protocol.prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass,
-                            pcomm.Get_size(), pcomm.Get_rank(), MPI, chunk_bytes)
+    key, keep = _reuse.key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
+    job = state.memo.lookup(key)
+    if job is None:
+        job = _protocol.prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass,
+                                pcomm.Get_size(), pcomm.Get_rank(), MPI, chunk_bytes)
+        if job.error is None and key is not None:
+            state.memo.store(key, keep, job)
     decision = None
     if job.error is None and job.kind:
         decision = state.costs.decide(job.bypass, job.strategy)
@@ -47,11 +53,11 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
     return MPI, state, job, decision, stats, start
 
 
-def agree_to_start(state, job, decision, stats, MPI, blob_sizes=None):
+def agree_to_start(state, job, decision, stats, MPI, blob_sizes=None, post_payload=None):
     """The handshake (raises on every rank if any has a problem), then commit the decision."""
     start = time.perf_counter()
     mode = 0 if decision is None else MODE_CODES[decision.mode]
-    agreement = _handshake.handshake(state.comm, job, state, mode, MPI, blob_sizes)
+    agreement = _handshake.handshake(state.comm, job, state, mode, MPI, blob_sizes, post_payload)
     state.costs.commit(decision)
     stats.handshake_s = time.perf_counter() - start
     return agreement
@@ -194,9 +200,22 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
     if decision is not None and decision.mode == "compressed":
         alt = _compressed(state, job, decision, stats, MPI)
     else:
-        agree_to_start(state, job, decision, stats, MPI)
+        finish_copy = []
+
+        def post_payload():
+            request, on_done = raw_exchange(state.comm, job, MPI, nonblocking=True)
+            finish_copy.append(on_done)
+            return request
+
         t = time.perf_counter()
-        raw_exchange(state.comm, job, MPI)
-        stats.transfer_s = time.perf_counter() - t
+        agreement = agree_to_start(state, job, decision, stats, MPI, post_payload=post_payload)
+        if agreement.fused:  # one phase: handshake_s is the part until the handshake completed
+            stats.transfer_s, stats.handshake_s = time.perf_counter() - t, agreement.latency
+            if finish_copy[0] is not None:
+                finish_copy[0]()
+        else:
+            t = time.perf_counter()
+            raw_exchange(state.comm, job, MPI)
+            stats.transfer_s = time.perf_counter() - t
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
     return finish(state, stats, start, alt)

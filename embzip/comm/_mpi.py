@@ -41,6 +41,7 @@ class CommState:
 
     def __init__(self, comm):
         from ._costs import CostState
+        from ._reuse import Memo
 
         MPI = load()
         # a plain Intracomm: a subclass's Dup (embzip.comm.Comm's) would return the subclass,
@@ -50,6 +51,7 @@ class CommState:
         self.pending = None  # this rank's measurements of the last call, reduced at the next one
         self.last = None  # CallStats of the last completed call on this rank
         self.inflight = None  # the pipelined call not yet completed (at most one per communicator)
+        self.memo = Memo()  # the last successful call's arguments and handshake (see _reuse)
 
     def free(self):
         MPI = load()

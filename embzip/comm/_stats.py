@@ -50,6 +50,8 @@ class CallStats:
     handshake_s, compress_s, transfer_s, decompress_s, total_s : float
         Seconds on this rank: agreement collectives, compressing, the payload exchange (for a
         pipelined call: the time not spent compressing or decompressing), decompressing, all.
+        An uncompressed call runs its handshake and exchange together: ``transfer_s`` covers
+        both and ``handshake_s`` is the part until the handshake completed.
     model : dict
         Cost-model inputs the decision used (agreed across ranks): ``bandwidth_Bps``,
         ``ratio``, ``compress_Bps``, ``decompress_Bps``, ``pays``; empty before calibration.

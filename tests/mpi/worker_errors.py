@@ -160,3 +160,58 @@ def error_decode_and_compress():
         fail = _patched(fn, _failing, LAST)
         expect(lambda: fail(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False), ec.CommError,
                f"rank {LAST} while compressing", "MemoryError")
+
+
+@case
+def error_fused_raw_path():
+    """Uncompressed calls post the handshake and the payload together (one synchronisation):
+    errors found only afterwards must still make every rank raise, with no unmatched message.
+    Large counts make MPI use its rendezvous protocol too."""
+    for n in (6, 50_000):
+        send, recv = good_buffers(n)
+        for delta in (-1, +1):  # LAST expects one element fewer (MPI truncates) / more than rank 0 sends
+            rc = [n] * P
+            if ME == LAST:
+                rc[0] = n + delta
+            big = np.zeros(n * P + 1, dtype=np.float32)
+            expect(lambda: ec.Alltoallv(COMM, [send, [n] * P], [big, rc], abs_error=1e-3, bypass=True),
+                   ec.CommValueError, f"rank 0 sends {n} elements", f"expects {n + delta} elements")
+        readonly = np.zeros_like(recv)
+        readonly.flags.writeable = ME != LAST  # LAST cannot post the payload: it sends a filler
+        expect(lambda: ec.Alltoallv(COMM, send, readonly, abs_error=1e-3, bypass=True), ec.CommValueError,
+               f"rank {LAST}", "read-only")
+        if P > 1:  # rank 0 fuses (raw), the others compress: they fill in for rank 0's exchange
+            expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=1e-3, strategy="fast",
+                                        bypass=True if ME == 0 else False),
+                   ec.CommValueError, "disagree on bypass")
+            ints = np.arange(n * P, dtype=np.int32)  # pass-through data, mismatched counts
+            rc = [n] * P
+            if ME == LAST:
+                rc[0] = n - 1
+            expect(lambda: ec.Alltoallv(COMM, [ints, [n] * P], [np.zeros_like(ints), rc], abs_error=1e-3),
+                   ec.CommValueError, "expects")
+        ok = ec.Alltoallv(COMM, send, recv, abs_error=1e-3, bypass=True)  # and the raw path still works
+        ref = np.zeros_like(send)
+        COMM.Alltoallv(send, ref)
+        assert ok.bypassed and np.array_equal(recv, ref)
+
+
+@case
+def error_after_a_repeated_call():
+    """A call repeating the last one's arguments skips re-validation: changes made in place
+    since (counts, the writeable flag) must still be caught on every rank."""
+    send, recv = good_buffers()
+    counts = [6] * P
+    for bypass in (True, False):
+        for _ in range(2):
+            ec.Alltoallv(COMM, [send, counts], [recv, counts], abs_error=1e-3, bypass=bypass)
+        if ME == LAST:
+            counts[0] = 5
+        expect(lambda: ec.Alltoallv(COMM, [send, [6] * P], [recv, counts], abs_error=1e-3, bypass=bypass),
+               ec.CommValueError, "expects 5 elements")
+        counts[0] = 6
+        ec.Alltoallv(COMM, send, recv, abs_error=1e-3, bypass=bypass)
+        recv.flags.writeable = ME != 0
+        expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=1e-3, bypass=bypass), ec.CommValueError,
+               "rank 0", "read-only")
+        recv.flags.writeable = True
