@@ -113,15 +113,23 @@ def _complete(request, payload, failures: list, MPI) -> None:
 
 def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None, memo=None):
     size = pcomm.Get_size()
-    row = np.zeros(row_size(size))
     fused = post_payload is not None and job.error is None and mode != 1
-    if job.error is not None:
-        row[0] = 1
+    # an uncompressed call repeating the last one's arguments repeats its row but for the
+    # measurements (the reused Job shares its Spec objects): skip rebuilding it
+    same = (id(job.send), mode, fused) if job.error is None and blob_sizes is None else None
+    if same is not None and memo is not None and memo.row_key == same:
+        row = memo.row.copy()
     else:
-        row[1] = job.kind
-        row[2] = fused
-        row[_S0:_V0] = _settings(job, mode)
-        row[_V0:-_M] = np.concatenate(_vectors(job, blob_sizes))
+        row = np.zeros(row_size(size))
+        if job.error is not None:
+            row[0] = 1
+        else:
+            row[1] = job.kind
+            row[2] = fused
+            row[_S0:_V0] = _settings(job, mode)
+            row[_V0:-_M] = np.concatenate(_vectors(job, blob_sizes))
+        if same is not None and memo is not None:
+            memo.row_key, memo.row = same, row.copy()
     if measurement is not None:
         row[-_M:] = measurement
     table = np.empty((size, row.size))
@@ -136,10 +144,10 @@ def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None,
     agreed = table[:, :-_M]
     repeat = memo is not None and memo.agreed is not None and np.array_equal(agreed, memo.agreed)
     problem = None if repeat else _verdict(table, size)  # a table already found sound is sound
-    failed = np.flatnonzero(table[:, 0])
-    if (failed.size or problem is not None) and not fused:
+    failed = np.flatnonzero(table[:, 0]) if table[:, 0].any() else ()
+    if (len(failed) or problem is not None) and not fused:
         _filler(pcomm, table, MPI)
-    if failed.size:
+    if len(failed):
         raise_agreed(pcomm, int(failed[0]), job.error)
     if problem is not None:  # computed identically on every rank: raise without communicating
         raise build(problem.payload(), pcomm.Get_rank())

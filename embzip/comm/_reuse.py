@@ -101,10 +101,11 @@ def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chu
 class Memo:
     """The last successful call's argument key and Job, and the handshake it agreed to."""
 
-    __slots__ = ("key", "keep", "job", "agreed")
+    __slots__ = ("key", "keep", "job", "agreed", "row_key", "row")
 
     def __init__(self):
         self.key, self.keep, self.job, self.agreed = None, None, None, None
+        self.row_key, self.row = None, None  # the handshake row of an uncompressed repeat
 
     def lookup(self, key):
         """A copy of the remembered Job (a call may still set its error) when ``key`` matches."""
@@ -112,3 +113,4 @@ class Memo:
 
     def store(self, key, keep, job):
         self.key, self.keep, self.job = key, keep, job
+        self.row_key = self.row = None  # keyed on the old Job's objects: never reuse it for a new one
