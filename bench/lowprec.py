@@ -1,11 +1,11 @@
 """Rowwise quantize / dequantize / bag-lookup throughput: embzip.lowprec versus torch's ops.
 
-    python bench/lowprec.py [--threads N] [--reps 15] [--quick]
+    python bench/lowprec.py [--threads N] [--reps 15] [--stat median|min] [--bits 8 4 2] [--quick]
 
 Both sides run in the same process on the same arrays, each with the same thread count; every
 measurement is warmed up, then the two implementations are timed alternately ``--reps`` times
-and the best time of each is reported (the minimum is the least disturbed by other load). The
-outputs are also compared, so a fast wrong answer cannot slip into the table.
+and the median time of each is reported (``--stat min``: the best, the least disturbed by other
+load). The outputs are also compared, so a fast wrong answer cannot slip into the table.
 
 Columns: GB/s of float32 table data (quantize reads it, dequantize writes it), or million
 looked-up rows per second for the pooled lookups; "x" is embzip / torch (> 1: embzip faster).
@@ -23,6 +23,7 @@ import numpy as np
 
 
 CLOCK = time.perf_counter
+STAT = np.median
 
 
 def _best(fa, fb, reps):
@@ -36,7 +37,7 @@ def _best(fa, fb, reps):
         t = CLOCK()
         fb()
         tb.append(CLOCK() - t)
-    return min(ta), min(tb)
+    return float(STAT(ta)), float(STAT(tb))
 
 
 def _same(a, b):
@@ -55,8 +56,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller arrays, for a smoke run")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: process CPU time (all threads), robust on a shared machine")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="which of the --reps timings to report (interleaved runs)")
+    ap.add_argument("--bits", type=int, nargs="+", choices=(8, 4, 2), default=[8, 4, 2])
     args = ap.parse_args(argv)
-    global CLOCK
+    global CLOCK, STAT
+    STAT = np.median if args.stat == "median" else np.min
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
 
     import numba
@@ -76,14 +81,14 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     scale = 10 if args.quick else 1
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
-          f"numba {numba.__version__}, threads {args.threads}, best of {args.reps}, "
+          f"numba {numba.__version__}, threads {args.threads}, {args.stat} of {args.reps}, "
           f"{args.clock} clock\n")
 
     print(f"{'op':<12}{'bits':>5}{'table':>16}{'torch':>10}{'embzip':>10}{'x':>7}  same")
     for rows, dim in ((400_000 // scale, 64), (200_000 // scale, 128), (80_000 // scale, 300)):
         w = rng.standard_normal((rows, dim)).astype(np.float32)
         tw = torch.from_numpy(w)
-        for bits in (8, 4, 2):
+        for bits in args.bits:
             a, b = _best(lambda: prepack[bits](tw), lambda: quantize_rowwise(w, bits), args.reps)
             p = quantize_rowwise(w, bits)
             same = _same(p, prepack[bits](tw).numpy())
@@ -106,7 +111,7 @@ def main(argv=None):
                 ids = (rng.zipf(1.05, n_bags * pool) - 1) % rows
             else:
                 ids = rng.integers(0, rows, n_bags * pool)
-            for bits in (8, 4, 2):
+            for bits in args.bits:
                 p = quantize_rowwise(w, bits)
                 tp, ti, to = torch.from_numpy(p), torch.from_numpy(ids), torch.from_numpy(offsets)
                 a, b = _best(lambda: bag[bits](tp, ti, to),

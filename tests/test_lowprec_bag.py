@@ -145,3 +145,62 @@ def test_bad_table_arguments():
         embedding_bag_rowwise(p, 4, [0], [0], dim=9)
     with pytest.raises(TypeError, match="uint8"):
         embedding_bag_rowwise(p.astype(np.int8), 4, [0], [0])
+
+
+@pytest.mark.parametrize("d", [3, 9, 17, 40, 100, 300, 390, 1030])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_8bit_dims_and_table_alignments_match_torch(d, weighted):
+    # 8-bit lookups run a kernel compiled per dimension (column blocks that overlap at the row's
+    # end, several passes over a bag above 384 columns, the generic kernel above 1024) and
+    # prefetch according to the table's alignment: all must give torch's bits.
+    torch = _torch()
+    rng = np.random.default_rng(d)
+    n, n_idx = 40, 300
+    w = (rng.standard_normal((n, d)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(F32)
+    want_p = torch.ops.quantized.embedding_bag_byte_prepack(torch.from_numpy(w)).numpy()
+    idx = rng.integers(0, n, n_idx)
+    offsets = np.sort(rng.integers(0, n_idx + 1, 25))
+    offsets[0] = 0
+    psw = rng.standard_normal(n_idx).astype(F32) if weighted else None
+    want = torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+        torch.from_numpy(want_p), torch.from_numpy(idx), torch.from_numpy(offsets),
+        per_sample_weights=None if psw is None else torch.from_numpy(psw)).numpy()
+    for shift in (0, 1, 4, 8, 36):  # table starting at different offsets within a cache line
+        buf = np.zeros(want_p.size + 64, np.uint8)
+        p = buf[shift:shift + want_p.size].reshape(want_p.shape)
+        p[:] = quantize_rowwise(w, 8)
+        got = embedding_bag_rowwise(p, 8, idx, offsets, per_sample_weights=psw)
+        assert_same_floats(got, want)
+
+
+def test_prefetch_alignment_rule_is_exact():
+    # _ends_past_prefetch says whether some row can end in a cache line that prefetching every
+    # 64 bytes from the row's start misses; check it against every row of every alignment.
+    from embzip.lowprec.bag import _ends_past_prefetch
+
+    class Fake:
+        def __init__(self, row_bytes, base):
+            self.shape = (1, row_bytes)
+            self.ctypes = type("C", (), {"data": base})()
+
+    for row_bytes in range(9, 330):
+        for base in range(64):
+            miss = False
+            for i in range(64):
+                start = base + i * row_bytes
+                need = set(range(start // 64, (start + row_bytes - 1) // 64 + 1))
+                got = {(start + off) // 64 for off in range(0, row_bytes, 64)}
+                miss |= not need <= got
+            assert _ends_past_prefetch(Fake(row_bytes, base)) == miss, (row_bytes, base)
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**40), 3, 2**40])
+@pytest.mark.parametrize("where", [0, 40_000, 69_999])
+def test_out_of_range_index_found_in_long_index_lists(bad, where):
+    # long index lists are checked on all numba threads (each thread a slice): a bad index is
+    # found wherever it is, with the same message as the serial check
+    p = quantize_rowwise(np.ones((3, 8), F32), 8)
+    idx = np.zeros(70_000, np.int64)
+    idx[where] = bad
+    with pytest.raises(ValueError, match=rf"indices must be in \[0, 3\) .* found {bad}$"):
+        embedding_bag_rowwise(p, 8, idx, [0])

@@ -210,3 +210,27 @@ def test_float16_tables_are_widened_exactly():
         quantize_rowwise(w, 4),
         torch.ops.quantized.embedding_bag_4bit_prepack(torch.from_numpy(w.astype(F32))).numpy(),
     )
+
+
+@pytest.mark.parametrize("d", [8, 16, 17, 63, 64, 65, 200, 300])
+def test_signed_zero_and_nan_extremes_match_torch(d):
+    # 8-bit prepack finds min/max in any order first and redoes rows in FBGEMM's lane order
+    # only when the order can show: a NaN, or a zero min/max (-0.0 vs +0.0 ties).
+    torch = _torch()
+    rng = np.random.default_rng(d)
+    rows = []
+    for _ in range(40):
+        r = np.abs(rng.standard_normal(d)).astype(F32) + F32(0.5)
+        kind = rng.integers(0, 4)
+        cols = rng.choice(d, size=min(d, int(rng.integers(1, 5))), replace=False)
+        r[cols] = rng.choice(np.array([0.0, -0.0], F32), cols.size)
+        if kind == 1:  # zero max
+            r = np.where(r == 0, r, -r)
+        elif kind == 2:  # a NaN somewhere, zero min
+            r[rng.integers(0, d)] = np.nan
+        elif kind == 3:  # no zero at all: the fast path
+            r = rng.standard_normal(d).astype(F32)
+        rows.append(r)
+    w = np.stack(rows)
+    want = torch.ops.quantized.embedding_bag_byte_prepack(torch.from_numpy(w)).numpy()
+    np.testing.assert_array_equal(quantize_rowwise(w, 8), want)

@@ -28,6 +28,7 @@ __all__ = [
     "round_f64_to_f16",
     "lanes_minmax8",
     "wide_vectors",
+    "minmax_unordered",
 ]
 
 F32 = np.float32
@@ -240,5 +241,105 @@ def wide_vectors(typingctx):
         set.add(attrs, '"prefer-vector-width"="512"')
         set.add(attrs, '"min-legal-vector-width"="512"')
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def minmax_unordered(typingctx, arr, r, n):
+    """min and max of ``arr[r, 0:n]`` in no particular order, and whether it holds a NaN.
+
+    FBGEMM's single 8-lane ``vminps`` chain (``lanes_minmax8``) is bound by the latency of one
+    dependent instruction per 8 values; here four independent 16-lane accumulators run side by
+    side. The result agrees with FBGEMM's whenever the row has no NaN and its min (max) is not
+    a zero: min and max are then the same values whatever the order, and only ``-0.0``/``+0.0``
+    ties (or NaN) could make the order visible. Callers fall back to ``lanes_minmax8`` in those
+    cases. Values start from +-FLT_MAX as FBGEMM's lanes do (an all-+inf row has min FLT_MAX).
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.float32
+            and arr.layout == "C"):
+        return None
+    sig = types.Tuple((types.float32, types.float32, types.boolean))(arr, r, n)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        set.add(builder.function.attributes, '"min-legal-vector-width"="512"')
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, value=args[0])
+        row = context.cast(builder, args[1], signature.args[1], types.intp)
+        cnt = context.cast(builder, args[2], signature.args[2], types.intp)
+        intp = context.get_value_type(types.intp)
+        f32 = ir.FloatType()
+        big = float(np.float32(3.4028234663852886e38))
+        W, K = 16, 4
+        vty = ir.VectorType(f32, W)
+        bty = ir.VectorType(ir.IntType(1), W)
+        base = cgutils.get_item_pointer(context, builder, aryty, ary, [row, intp(0)],
+                                        wraparound=False)
+
+        def vmin(a, x):
+            return builder.select(builder.fcmp_ordered("<", a, x), a, x)
+
+        def vmax(a, x):
+            return builder.select(builder.fcmp_ordered(">", a, x), a, x)
+
+        def load(col, width):
+            p = builder.gep(base, [col])
+            return builder.load(builder.bitcast(p, ir.VectorType(f32, width).as_pointer()),
+                                align=4)
+
+        mins = [cgutils.alloca_once_value(builder, ir.Constant(vty, [big] * W)) for _ in range(K)]
+        maxs = [cgutils.alloca_once_value(builder, ir.Constant(vty, [-big] * W))
+                for _ in range(K)]
+        nan = cgutils.alloca_once_value(builder, ir.Constant(bty, [0] * W))
+
+        def step(x, k):
+            builder.store(vmin(builder.load(mins[k]), x), mins[k])
+            builder.store(vmax(builder.load(maxs[k]), x), maxs[k])
+            builder.store(builder.or_(builder.load(nan), builder.fcmp_unordered("uno", x, x)),
+                          nan)
+
+        big_blocks = builder.udiv(cnt, intp(W * K))
+        with cgutils.for_range(builder, big_blocks) as loop:
+            col0 = builder.mul(loop.index, intp(W * K))
+            for k in range(K):
+                step(load(builder.add(col0, intp(W * k)), W), k)
+        done = builder.mul(big_blocks, intp(W * K))
+        small = builder.udiv(builder.sub(cnt, done), intp(W))
+        with cgutils.for_range(builder, small) as loop:
+            step(load(builder.add(done, builder.mul(loop.index, intp(W))), W), 0)
+        done = builder.add(done, builder.mul(small, intp(W)))
+        a, b = builder.load(mins[0]), builder.load(maxs[0])
+        for k in range(1, K):
+            a, b = vmin(a, builder.load(mins[k])), vmax(b, builder.load(maxs[k]))
+        mn_p = cgutils.alloca_once_value(builder, ir.Constant(f32, big))
+        mx_p = cgutils.alloca_once_value(builder, ir.Constant(f32, -big))
+        nan_s = cgutils.alloca_once_value(builder, ir.Constant(ir.IntType(1), 0))
+        width = W
+        while width > 1:  # halve: lanes i and i + width/2
+            width //= 2
+            lo = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width)))
+            hi = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width)))
+            a = vmin(builder.shuffle_vector(a, a, lo), builder.shuffle_vector(a, a, hi))
+            b = vmax(builder.shuffle_vector(b, b, lo), builder.shuffle_vector(b, b, hi))
+        i0 = ir.Constant(ir.IntType(32), 0)
+        builder.store(builder.extract_element(a, i0), mn_p)
+        builder.store(builder.extract_element(b, i0), mx_p)
+        with cgutils.for_range(builder, builder.sub(cnt, done)) as loop:  # scalar tail
+            x = builder.load(builder.gep(base, [builder.add(done, loop.index)]))
+            m = builder.load(mn_p)
+            builder.store(builder.select(builder.fcmp_ordered("<", m, x), m, x), mn_p)
+            m = builder.load(mx_p)
+            builder.store(builder.select(builder.fcmp_ordered(">", m, x), m, x), mx_p)
+            builder.store(builder.or_(builder.load(nan_s), builder.fcmp_unordered("uno", x, x)),
+                          nan_s)
+        nanbits = builder.bitcast(builder.load(nan), ir.IntType(W))
+        anynan = builder.or_(builder.icmp_unsigned("!=", nanbits, ir.Constant(ir.IntType(W), 0)),
+                             builder.load(nan_s))
+        anynan = context.cast(builder, anynan, types.boolean, types.boolean)
+        return context.make_tuple(builder, signature.return_type,
+                                  [builder.load(mn_p), builder.load(mx_p), anynan])
 
     return sig, codegen

@@ -27,6 +27,7 @@ from embzip.lowprec._bits import (
     fma32,
     lanes_minmax8,
     lrint_i64,
+    minmax_unordered,
     wide_vectors,
 )
 
@@ -120,7 +121,11 @@ def quantize8_kernel(w, out):
     nv = (d // 8) * 8
     for r in prange(n):
         wide_vectors()  # inside the loop: prange outlines its body into its own function
-        mn, mx, anynan = row_minmax(w, r, d)
+        # min/max without FBGEMM's lane order first (4x shorter dependency chains); the order
+        # is only visible with a NaN or a zero min/max (signed-zero ties), so redo those rows
+        mn, mx, anynan = minmax_unordered(w, r, d)
+        if anynan or mn == ZERO or mx == ZERO:
+            mn, mx, anynan = row_minmax(w, r, d)
         rng = mx - mn
         scale = rng / F255
         inv = F255 / (rng + EPS8)

@@ -6,6 +6,10 @@ stores the output row for every table row; this intrinsic emits the FBGEMM loop 
 for a block of ``width`` columns, ``acc = fma(splat(s), codes, acc + splat(b))`` over the bag's
 rows, with ``llvm.fma`` on ``<width x float>`` (one rounding per element, exactly as before),
 then one store. The arithmetic and its order are unchanged; only the schedule is.
+
+``bag_block`` serves any dimension (runtime column blocks, masked tails); ``bag8_rows`` is the
+8-bit lookup compiled for one embedding dimension, as FBGEMM's JIT does (constant stride, blocks
+and prefetch lines: no per-row dispatch or masks), which is what makes it faster than torch's.
 """
 
 from __future__ import annotations
@@ -183,3 +187,163 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
 
     _CACHE[key] = _block
     return _block
+
+
+_CACHE8 = {}
+
+ZMM = 16  # float32 lanes in one AVX-512 register
+MAX_ACC = 24  # accumulator registers per pass over a bag's rows (of 32 zmm; FBGEMM's limit too)
+
+
+def _blocks8(dim: int):
+    """Column blocks ``(start, width)`` covering ``dim`` columns with no masks.
+
+    Full 16-wide blocks, then one more block ending exactly at ``dim`` that overlaps the last
+    full one (both compute the same columns identically, so the overlap is harmless); rows
+    narrower than 8 use one exact ``dim``-wide block.
+    """
+    if dim < 8:
+        return [(0, dim)]
+    if dim < ZMM:
+        return [(0, 8)] + ([(dim - 8, 8)] if dim > 8 else [])
+    blocks = [(c, ZMM) for c in range(0, dim - ZMM + 1, ZMM)]
+    rem = dim % ZMM
+    if rem:
+        w = 8 if rem <= 8 else ZMM
+        blocks.append((dim - w, w))
+    return blocks
+
+
+def bag8_rows(dim: int, weighted: bool):
+    """Intrinsic ``f(packed, indices, weights, out, b, t0, t1, pf_last)`` for 8-bit rows of ``dim``.
+
+    The whole bag ``indices[t0:t1]`` is pooled into ``out[b, :]`` by code specialized for one
+    embedding dimension, as FBGEMM's JIT does: the row stride (``dim + 8``), the column blocks,
+    the scale/bias offset and the cache lines to prefetch are compile-time constants, so a row
+    costs one index load, its prefetches, and per 16 columns one ``vpmovzxbd``, ``vcvtdq2ps``,
+    ``vaddps``, ``vfmadd231ps`` -- the same ``acc = fma(s, code, acc + b)`` as everywhere else.
+    Rows wider than ``MAX_ACC`` registers are done in several passes over the bag.
+
+    Prefetches go to the row's start and every 64 bytes after it; ``pf_last`` adds one for the
+    row's last byte, which the caller asks for only when, given the table's alignment, a row can
+    end in a line those miss (an always-redundant prefetch costs ~10% on 64-wide rows).
+    ``packed`` must be C-contiguous with ``dim + 8`` columns, indices in range (the wrapper
+    checks both).
+    """
+    key = (dim, weighted)
+    if key in _CACHE8:
+        return _CACHE8[key]
+    row_bytes = dim + 8
+    blocks = _blocks8(dim)
+    passes = [blocks[i:i + MAX_ACC] for i in range(0, len(blocks), MAX_ACC)]
+    lines = list(range(0, row_bytes, 64))
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        set.add(builder.function.attributes, '"min-legal-vector-width"="512"')
+        pk_ty, idx_ty, w_ty, out_ty = signature.args[:4]
+        pk, ix, wt, ot = (context.make_array(t)(context, builder, value=v)
+                          for t, v in zip(signature.args[:4], args[:4]))
+        intp = context.get_value_type(types.intp)
+        i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+        i8p = i8.as_pointer()
+        bb, tt0, tt1 = (context.cast(builder, v, t, types.intp)
+                        for v, t in zip(args[4:7], signature.args[4:7]))
+        pf_last = context.cast(builder, args[-1], signature.args[-1], types.boolean)
+
+        def item(aryty, ary, idx):
+            return cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+
+        def index_at(t):
+            return context.cast(builder, builder.load(item(idx_ty, ix, [t])), idx_ty.dtype,
+                                types.intp)
+
+        def splat(x, width):
+            vt = ir.VectorType(f32, width)
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, i32(0))
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, width),
+                                                            [0] * width))
+
+        pf_ty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        pf_fn = cgutils.get_or_insert_function(builder.module, pf_ty, "llvm.prefetch.p0")
+
+        def fma_fn(width):
+            vt = ir.VectorType(f32, width)
+            return cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{width}f32")
+
+        n_idx = builder.extract_value(ix.shape, 0)
+        base = builder.ptrtoint(pk.data, intp)
+        out_row = builder.ptrtoint(item(out_ty, ot, [bb, intp(0)]), intp)
+
+        def prefetch(addr):
+            builder.call(pf_fn, [builder.inttoptr(addr, i8p), i32(0), i32(3), i32(1)])
+
+        def step(t, group, accs, do_pf):
+            row = builder.add(base, builder.mul(index_at(t), intp(row_bytes)))
+            if do_pf:  # the row PREFETCH indices ahead, every line of it
+                rowa = builder.add(base, builder.mul(index_at(builder.add(t, intp(PREFETCH))),
+                                                     intp(row_bytes)))
+                for off in lines:
+                    prefetch(builder.add(rowa, intp(off)))
+                with builder.if_then(pf_last):
+                    prefetch(builder.add(rowa, intp(row_bytes - 1)))
+            sp = builder.inttoptr(builder.add(row, intp(dim)), f32.as_pointer())
+            s = builder.load(sp, align=1)
+            bias = builder.load(builder.gep(sp, [i32(1)]), align=1)
+            if weighted:
+                wv = builder.load(item(w_ty, wt, [t]))
+                s = builder.fmul(s, wv)
+                bias = builder.fmul(bias, wv)
+            for (col, w), acc_p in zip(group, accs):
+                vb = ir.VectorType(i8, w)
+                code_p = builder.inttoptr(builder.add(row, intp(col)), vb.as_pointer())
+                q = builder.uitofp(builder.load(code_p, align=1), ir.VectorType(f32, w))
+                acc = builder.fadd(builder.load(acc_p), splat(bias, w))
+                builder.store(builder.call(fma_fn(w), [splat(s, w), q, acc]), acc_p)
+
+        def new_accs(group):
+            return [cgutils.alloca_once_value(
+                builder, ir.Constant(ir.VectorType(f32, w), [0.0] * w)) for _, w in group]
+
+        def store(group, accs, orow):
+            for (col, w), acc_p in zip(group, accs):
+                optr = builder.inttoptr(builder.add(orow, intp(4 * col)),
+                                        ir.VectorType(f32, w).as_pointer())
+                builder.store(builder.load(acc_p), optr, align=4)
+
+        def smin(a, b_):
+            return builder.select(builder.icmp_signed("<", a, b_), a, b_)
+
+        def smax(a, b_):
+            return builder.select(builder.icmp_signed("<", a, b_), b_, a)
+
+        # rows t with t + PREFETCH < len(indices) prefetch, the few after them do not: two
+        # loops instead of a clamp on every row
+        lim = builder.sub(n_idx, intp(PREFETCH))
+
+        def run(ts, te, group, accs):
+            mid = smax(smin(lim, te), ts)
+            with cgutils.for_range(builder, builder.sub(mid, ts)) as loop:
+                step(builder.add(ts, loop.index), group, accs, True)
+            with cgutils.for_range(builder, builder.sub(te, mid)) as loop:
+                step(builder.add(mid, loop.index), group, accs, False)
+
+        for k, group in enumerate(passes):
+            accs = new_accs(group)
+            if k == 0:
+                run(tt0, tt1, group, accs)
+            else:
+                with cgutils.for_range(builder, builder.sub(tt1, tt0)) as loop:
+                    step(builder.add(tt0, loop.index), group, accs, False)
+            store(group, accs, out_row)
+        return context.get_dummy_value()
+
+
+    @intrinsic
+    def _rows(typingctx, packed, indices, weights, out, b, t0, t1, pf_last):
+        return types.void(packed, indices, weights, out, b, t0, t1, pf_last), codegen
+
+    _CACHE8[key] = _rows
+    return _rows

@@ -7,10 +7,13 @@ same order and roundings are used here, so results are bit-identical.
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 
 from embzip._jit import kernel, parallel_kernel, prange
-from embzip.lowprec._simd import bag_block
+from embzip.lowprec._simd import bag8_rows, bag_block
 from embzip.lowprec._validate import check_bits, flag, float_array, int_vector, uint8_matrix
 from embzip.lowprec.rowwise import packed_dim
 
@@ -18,15 +21,47 @@ __all__ = ["embedding_bag_rowwise", "bag_bounds"]
 
 
 @kernel
-def _index_range(idx):
-    # min and max in one pass (numpy needs two): the only O(len(indices)) check we add
-    lo = idx[0]
-    hi = idx[0]
-    for i in range(1, idx.size):
-        v = idx[i]
-        lo = min(lo, v)
-        hi = max(hi, v)
-    return lo, hi
+def _index_umax(idx):
+    # the largest index read as unsigned: a negative one wraps above every row count, so one
+    # unsigned max (a single vectorized pass) checks both bounds at once
+    hi = np.uint64(0)
+    for i in range(idx.size):
+        hi = max(hi, np.uint64(idx[i]))
+    return hi
+
+
+@parallel_kernel
+def _index_umax_parts(idx, part):
+    # _index_umax over part.size slices of idx, one per thread
+    n, k = idx.size, part.size
+    for c in prange(k):
+        hi = np.uint64(0)
+        for i in range(c * n // k, (c + 1) * n // k):
+            hi = max(hi, np.uint64(idx[i]))
+        part[c] = hi
+
+
+#: From this many indices up, the bounds check runs on all numba threads: the lookup after it is
+#: parallel, and a serial check in front of it would cost ~10% of a 2-thread lookup.
+PARALLEL_CHECK_MIN = 1 << 16
+
+
+def _indices_in_range(idx, rows: int) -> bool:
+    threads = numba.get_num_threads()
+    if idx.size >= PARALLEL_CHECK_MIN and threads > 1:
+        part = np.empty(threads, np.uint64)
+        _index_umax_parts(idx, part)
+        return part.max() < np.uint64(rows)
+    return _index_umax(idx) < np.uint64(rows)
+
+
+@kernel
+def _first_decrease(offs):
+    # first i with offs[i] > offs[i + 1], or -1 (one pass; np.diff would allocate)
+    for i in range(offs.size - 1):
+        if offs[i + 1] < offs[i]:
+            return i
+    return -1
 
 
 def _make_bag(bits):
@@ -91,6 +126,45 @@ def _make_bag(bits):
 
 _BAG = {b: _make_bag(b) for b in (8, 4, 2)}
 
+#: 8-bit tables up to this dimension get a kernel compiled for their dimension (below).
+MAX_SPECIALIZED_DIM = 1024
+_BAG8 = {}
+
+
+def _bag8_for(dim):
+    """The 8-bit bag kernel specialized for ``dim`` (compiled on first use, then cached).
+
+    FBGEMM JIT-compiles one lookup kernel per embedding dimension; this is the same idea: with
+    the dimension a constant, the row stride, the column blocks (no masks, no dispatch) and the
+    lines to prefetch are fixed, and a row costs little more than its vector arithmetic (see
+    ``_simd.bag8_rows``). Results are identical to the generic kernel's.
+    """
+    k = _BAG8.get(dim)
+    if k is not None:
+        return k
+    rows, rows_w = bag8_rows(dim, False), bag8_rows(dim, True)
+
+    @parallel_kernel
+    def bag8(packed, indices, starts, ends, weights, has_w, pf_last, out):
+        for b in prange(out.shape[0]):
+            if has_w:
+                rows_w(packed, indices, weights, out, b, starts[b], ends[b], pf_last)
+            else:
+                rows(packed, indices, weights, out, b, starts[b], ends[b], pf_last)
+
+    _BAG8[dim] = bag8
+    return bag8
+
+
+def _ends_past_prefetch(packed) -> bool:
+    """Whether a row of ``packed`` can end in a cache line that prefetching every 64 bytes from
+    its start misses: rows start at ``base + i * row_bytes``, so their offsets within a line are
+    ``base % 64`` plus multiples of ``gcd(row_bytes, 64)``."""
+    row_bytes = packed.shape[1]
+    g = math.gcd(row_bytes, 64)
+    latest_start = 64 - g + packed.ctypes.data % g
+    return latest_start + row_bytes - 1 >= 64 * -(-row_bytes // 64)
+
 
 def bag_bounds(offsets, n_indices: int, include_last_offset: bool = False):
     """Start and end positions of every bag, with torch's offsets semantics checked.
@@ -110,9 +184,8 @@ def bag_bounds(offsets, n_indices: int, include_last_offset: bool = False):
     if offs.size:
         if offs[0] != 0:
             raise ValueError(f"offsets must start at 0, found offsets[0]={int(offs[0])}")
-        steps = np.diff(offs)
-        if steps.size and steps.min() < 0:
-            i = int(np.argmax(steps < 0))
+        i = _first_decrease(offs)
+        if i >= 0:
             raise ValueError(
                 "offsets must be non-decreasing, found "
                 f"offsets[{i}]={int(offs[i])} > offsets[{i + 1}]={int(offs[i + 1])}"
@@ -183,14 +256,12 @@ def embedding_bag_rowwise(
     d = packed_dim(p.shape[1], bits, dim)
     idx = int_vector(indices, "indices")
     include_last_offset = flag(include_last_offset, "include_last_offset")
-    if idx.size:
-        lo, hi = _index_range(idx)
-        if lo < 0 or hi >= p.shape[0]:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"indices must be in [0, {p.shape[0]}) for a table of {p.shape[0]} rows, "
-                f"found {bad}"
-            )
+    if idx.size and not _indices_in_range(idx, p.shape[0]):
+        bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+        raise ValueError(
+            f"indices must be in [0, {p.shape[0]}) for a table of {p.shape[0]} rows, "
+            f"found {bad}"
+        )
     starts, ends = bag_bounds(offsets, idx.size, include_last_offset)
     if per_sample_weights is None:
         w = np.zeros(1, np.float32)  # never read; keeps one kernel signature
@@ -205,5 +276,8 @@ def embedding_bag_rowwise(
     out = np.empty((starts.size, d), dtype=np.float32)
     if out.size == 0:
         return out
-    _BAG[bits](p, idx, starts, ends, w, has_w, out)
+    if bits == 8 and 0 < d <= MAX_SPECIALIZED_DIM:
+        _bag8_for(d)(p, idx, starts, ends, w, has_w, _ends_past_prefetch(p), out)
+    else:
+        _BAG[bits](p, idx, starts, ends, w, has_w, out)
     return out
