@@ -14,7 +14,7 @@ from ._jit import threads_for
 from .errors import EmbzipError
 from .format import parse_frame, read_header
 from .format.header import as_frame_bytes
-from .format.ids import ErrorMode, Flags, SectionKind, Strategy
+from .format.ids import DTypeId, ErrorMode, Flags, SectionKind, Strategy
 
 __all__ = ["compress", "decompress", "inspect", "FrameInfo"]
 
@@ -47,7 +47,7 @@ def _as_float_array(data) -> np.ndarray:
     return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
 
 
-def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto"):
+def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto", dedup=None):
     """Compress a float array with a hard per-element error bound.
 
     Parameters
@@ -64,6 +64,12 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto"):
     strategy : {"auto", "fast", "compact"}
         ``fast`` bit-packs the codes, ``compact`` entropy-codes them (rANS), ``auto`` picks
         per stream by size (see :mod:`embzip.costmodel`).
+    dedup : bool, optional
+        Whether to store repeated rows (of 2-D and higher arrays) once. ``None`` (default):
+        decided from a sample of the rows (a large array is quantized in part first, to see
+        whether any row repeats); ``True``: always look (embedding lookups, where repeats are
+        the rule), skipping the sample; ``False``: never. The bound holds either way, and
+        every decoder reads every choice.
 
     Returns
     -------
@@ -84,20 +90,23 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto"):
     """
     if (abs_error is None) == (rel_error is None):
         raise ValueError(f"give exactly one of abs_error and rel_error, found abs_error={abs_error!r}, rel_error={rel_error!r}")
+    if dedup is not None and not isinstance(dedup, (bool, np.bool_)):
+        raise TypeError(f"dedup must be None, True or False, found {dedup!r}")
     if strategy not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}, found {strategy!r}")
     if abs_error is not None:
         _check_bound("abs_error", abs_error)
     else:
         _check_bound("rel_error", rel_error)
-    data = _interop.as_numpy(data)  # issue 7: a CPU torch tensor, zero-copy
-    if _backend.is_device(data):  # CUDA backend (embzip/_backend.py): the frame stays on the GPU
-        return _backend.compress(data, abs_error, rel_error, _STRATEGIES[strategy], _resolve_bound)
+    if type(data) is not np.ndarray:  # numpy arrays (the common case) skip both duck-type checks
+        data = _interop.as_numpy(data)  # issue 7: a CPU torch tensor, zero-copy
+        if _backend.is_device(data):  # CUDA backend (embzip/_backend.py): the frame stays on the GPU
+            return _backend.compress(data, abs_error, rel_error, _STRATEGIES[strategy], _resolve_bound, dedup=dedup)
     values = _as_float_array(data)
     span = _codec.quantize.finite_range(values) if rel_error is not None else None
     mode, given, bound, constant = _resolve_bound(abs_error, rel_error, span)
     with threads_for(values.nbytes):
-        return _codec.encode_array(values, mode, given, bound, _STRATEGIES[strategy], constant)
+        return _codec.encode_array(values, mode, given, bound, _STRATEGIES[strategy], constant, dedup_hint=dedup)
 
 
 def _resolve_bound(abs_error, rel_error, span):
@@ -184,8 +193,11 @@ def _allocate(header, dtype) -> np.ndarray:
                           "more than can be allocated here") from None
 
 
+_NATIVE = {dtype_id: dtype_id.numpy.newbyteorder("=") for dtype_id in DTypeId}  # newbyteorder: ~0.5 us
+
+
 def _decode(header, buf, out):
-    dtype = header.dtype.numpy.newbyteorder("=")
+    dtype = _NATIVE[header.dtype]
     if out is None:
         return _codec.decode_into(header, buf, _allocate(header, dtype))
     if not isinstance(out, np.ndarray):

@@ -152,7 +152,7 @@ def _device_flat(obj, what: str):
 # ---------------------------------------------------------------------- public verbs
 
 
-def compress(data, abs_error, rel_error, strategy, resolve_bound, bandwidth=None):
+def compress(data, abs_error, rel_error, strategy, resolve_bound, bandwidth=None, dedup=None):
     """Compress a device array; ``resolve_bound(abs_error, rel_error, span)`` is _api's."""
     pipeline = _pipeline()
     flat, shape, dtype, _ = _device_flat(data, "data")
@@ -160,7 +160,7 @@ def compress(data, abs_error, rel_error, strategy, resolve_bound, bandwidth=None
         raise TypeError(f"expected a float32 or float64 array, found dtype {dtype}")
     span = pipeline.finite_range(flat) if rel_error is not None else None
     mode, given, bound, constant = resolve_bound(abs_error, rel_error, span)
-    frame = pipeline.encode_array(flat, shape, mode, given, bound, strategy, constant, bandwidth)
+    frame = pipeline.encode_array(flat, shape, mode, given, bound, strategy, constant, bandwidth, dedup_hint=dedup)
     return _as_kind(frame, _kind(data))
 
 

@@ -6,12 +6,11 @@ place that decides which sections a frame gets.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
 from . import costmodel
-from ._jit import threads_for
+from ._jit import for_size, threads_for
 from .errors import CorruptFrameError
 from .cpu import bitpack as bitpack_kernels
 from .cpu import fused
@@ -39,10 +38,16 @@ def _encode_stream(stream: np.ndarray, strategy: Strategy, bandwidth):
     return Encoder.BITPACK, bitpack.encode(stream, widths=widths)
 
 
+def _with(base: FrameHeader, flags: Flags, step: float, sections: tuple) -> FrameHeader:
+    """``base`` with these fields: dataclasses.replace costs ~5 us (it introspects the fields)."""
+    return FrameHeader(base.dtype, base.shape, base.error_mode, base.strategy, flags, base.error_value,
+                       base.abs_error, step, sections)
+
+
 def _raw_frame(values: np.ndarray, header: FrameHeader) -> np.ndarray:
     raw = values.astype(values.dtype.newbyteorder("<"), copy=False).reshape(-1)
     section = Section(SectionKind.RAW, Encoder.RAW, raw.size, raw.nbytes)
-    header = dataclasses.replace(header, flags=Flags.NONE, step=0.0, sections=(section,))
+    header = _with(header, Flags.NONE, 0.0, (section,))
     return pack_frame(header, [raw.view(np.uint8)])
 
 
@@ -72,7 +77,7 @@ def _dedup_candidate(values: np.ndarray, step, abs_error: float) -> bool:
 
 
 def encode_array(values: np.ndarray, error_mode: ErrorMode, error_value: float, abs_error: float,
-                 strategy: Strategy, constant=None, bandwidth=None) -> np.ndarray:
+                 strategy: Strategy, constant=None, bandwidth=None, dedup_hint=None) -> np.ndarray:
     """Compress a C-contiguous float32/float64 array into a frame (uint8)."""
     dtype_id = DTypeId.from_numpy(values.dtype)
     base = FrameHeader(dtype_id, tuple(values.shape), error_mode, int(strategy), Flags.NONE,
@@ -80,7 +85,7 @@ def encode_array(values: np.ndarray, error_mode: ErrorMode, error_value: float, 
     step = quantize.choose_step(abs_error, values.dtype, constant)
     if values.size == 0 or step is None:
         return _raw_frame(values, base)
-    if _dedup_candidate(values, step, abs_error):
+    if dedup.wanted(dedup_hint, values.shape, lambda: _dedup_candidate(values, step, abs_error)):
         return _encode_materialized(values, base, step, strategy, bandwidth, try_dedup=True)
     if strategy == Strategy.FAST:
         return _encode_fast(values, base, step)
@@ -102,6 +107,7 @@ def _encode_fast(values: np.ndarray, base: FrameHeader, step) -> np.ndarray:
     inv_step, bound = 1.0 / float(step), float(base.abs_error)
     plan_blocks, pack_blocks = ((fused.plan_blocks_f32, fused.pack_blocks_f32) if flat.dtype == np.float32
                                 else (fused.plan_blocks_f64, fused.pack_blocks_f64))
+    plan_blocks, pack_blocks = for_size(plan_blocks, flat.nbytes), for_size(pack_blocks, flat.nbytes)
     widths = np.empty(full + (1 if tail.size else 0), dtype=np.uint8)
     block_outliers = np.empty(full, dtype=np.int64)
     plan_blocks(body, inv_step, step, bound, widths[:full], block_outliers)
@@ -117,7 +123,7 @@ def _encode_fast(values: np.ndarray, base: FrameHeader, step) -> np.ndarray:
                      Section(SectionKind.OUTLIER_VALUES, Encoder.RAW, outlier_count, outlier_count * flat.itemsize)]
     if _too_big(sum(s.length for s in sections), len(sections), values):
         return _raw_frame(values, base)
-    header = dataclasses.replace(base, step=float(step), sections=tuple(sections))
+    header = _with(base, base.flags, float(step), tuple(sections))
     frame = allocate_frame(header)
     offsets = section_offsets(header)
     section = frame[offsets[0]:offsets[0] + codes_size]
@@ -155,9 +161,10 @@ def _encode_materialized(values: np.ndarray, base: FrameHeader, step, strategy: 
         found = dedup.deduplicate(codes.reshape(-1, cols), mask.reshape(-1, cols))
         if found.unique_count < found.refs.size:
             flags, refs, keep = Flags.DEDUP, found.refs, found.unique_rows
-            codes = codes.reshape(-1, cols)[keep].reshape(-1)
-            mask = mask.reshape(-1, cols)[keep].reshape(-1)
-            flat = flat.reshape(-1, cols)[keep].reshape(-1)
+            codes = np.take(codes.reshape(-1, cols), keep, axis=0).reshape(-1)
+            if quantized.outlier_count:  # the mask and values serve only the outlier sections
+                mask = np.take(mask.reshape(-1, cols), keep, axis=0).reshape(-1)
+                flat = np.take(flat.reshape(-1, cols), keep, axis=0).reshape(-1)
     encoder, section = _encode_stream(codes, strategy, bandwidth)
     sections.append(Section(SectionKind.CODES, encoder, codes.size, section.size))
     payloads.append(section)
@@ -171,7 +178,7 @@ def _encode_materialized(values: np.ndarray, base: FrameHeader, step, strategy: 
         payloads += outlier_payloads
     if _too_big(sum(p.size for p in payloads), len(sections), values):
         return _raw_frame(values, base)
-    header = dataclasses.replace(base, flags=flags, step=float(step), sections=tuple(sections))
+    header = _with(base, flags, float(step), tuple(sections))
     return pack_frame(header, payloads)
 
 
@@ -205,7 +212,7 @@ def decode_into(header: FrameHeader, buf: np.ndarray, out: np.ndarray) -> np.nda
         return out
     step = out.dtype.type(header.step)
     codes_sec = header.section(SectionKind.CODES)
-    if not header.flags & Flags.DEDUP:
+    if header.flags != Flags.DEDUP:  # validated: 0 or DEDUP (IntFlag's & costs ~1 us)
         _decode_codes(buf, codes_sec, step, flat)
         outliers = _outliers(buf, header, flat.size)
         if outliers is not None:

@@ -59,7 +59,10 @@ def crc32c(data, crc: int = 0) -> int:
     >>> crc32c(b"56789", crc32c(b"1234")) == crc32c(b"123456789")
     True
     """
-    buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    if type(data) is np.ndarray and data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous:
+        buf = data  # the frames' own case: skip the memoryview round trip (~1 us a call)
+    else:
+        buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
     if buf.size < 2 * _CHUNK:
         return int(crc32c_update(np.uint32(crc), buf, CRC_TABLES))
     crcs = np.empty(-(-buf.size // _CHUNK), dtype=np.uint32)

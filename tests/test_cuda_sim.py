@@ -102,6 +102,14 @@ else:
         x[::7] = 0.5  # repeats the sample sees
         check_parity(x, abs_error=1e-2, strategy="fast")
 
+    @pytest.mark.parametrize("dedup", [True, False])
+    def test_parity_dedup_option(dedup):
+        """dedup=True / False skip the sample on both backends alike (same frame)."""
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(4200, 3)).astype(np.float32)
+        x[4100:] = x[:100]  # repeats only outside the sampled runs' reach of each other
+        check_parity(x, abs_error=1e-2, strategy="fast", dedup=dedup)
+
     def test_parity_special_layouts():
         """0-d, empty, constant (rel bound 0), all-NaN, huge bound, float64."""
         check_parity(np.float32(1.25).reshape(()), abs_error=0.1)

@@ -35,6 +35,23 @@ def block_widths(values, block_size, widths):
         widths[b] = width
 
 
+@kernel
+def block_word_offsets(widths, word_offsets):
+    """``word_offsets[b + 1] = word_offsets[b] + LANES * widths[b]`` for the first
+    ``word_offsets.size - 1`` blocks (``word_offsets[0] = 0``); return the largest of all
+    ``widths`` (for the caller's validation). One call instead of four numpy ops: the
+    geometry of a section is needed on every encode and decode, small frames included."""
+    word_offsets[0] = 0
+    total = np.int64(0)
+    for b in range(word_offsets.size - 1):
+        total += np.int64(widths[b]) * LANES
+        word_offsets[b + 1] = total
+    largest = 0
+    for b in range(widths.size):
+        largest = max(largest, np.int64(widths[b]))
+    return largest
+
+
 @kernel(inline="always")
 def pack_one_block(codes, width, base, words):
     """Pack the 256 values of ``codes`` with ``width`` bits into ``words[base:base + 8*width]``."""

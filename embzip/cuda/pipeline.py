@@ -22,7 +22,7 @@ from ..format.header import PAYLOAD_CRC_OFFSET, header_bytes, header_length_for
 from ..format.ids import DTypeId, Encoder, ErrorMode, Flags, SectionKind, Strategy
 from ..stages import quantize as host_quantize
 from ..stages import rans as host_rans
-from ..stages.dedup import SAMPLE_ROWS, sample_rows
+from ..stages.dedup import SAMPLE_ROWS, sample_rows, wanted as dedup_wanted
 from . import bitpack as kb
 from . import checksum as kc
 from . import dedup as kd
@@ -140,14 +140,14 @@ def _dedup_candidate(flat, shape, step, abs_error: float) -> bool:
 
 
 def encode_array(flat, shape, error_mode: ErrorMode, error_value: float, abs_error: float,
-                 strategy: Strategy, constant=None, bandwidth=None):
+                 strategy: Strategy, constant=None, bandwidth=None, dedup_hint=None):
     """Compress a 1-D C-contiguous float32/float64 device array of logical ``shape``."""
     base = FrameHeader(DTypeId.from_numpy(flat.dtype), tuple(shape), error_mode, int(strategy), Flags.NONE,
                        float(error_value), float(abs_error), 0.0, ())
     step = host_quantize.choose_step(abs_error, flat.dtype, constant)
     if flat.shape[0] == 0 or step is None:
         return _raw_frame(flat, base)
-    if _dedup_candidate(flat, shape, step, abs_error):
+    if dedup_wanted(dedup_hint, shape, lambda: _dedup_candidate(flat, shape, step, abs_error)):
         return _encode_materialized(flat, shape, base, step, strategy, bandwidth, try_dedup=True)
     if strategy == Strategy.FAST:
         return _encode_fast(flat, base, step)

@@ -19,7 +19,7 @@ class DTypeId(enum.IntEnum):
 
     @property
     def numpy(self) -> np.dtype:
-        return np.dtype("<f4") if self is DTypeId.FLOAT32 else np.dtype("<f8")
+        return _NUMPY_DTYPES[self]  # built once: np.dtype("<f4") costs ~0.3 us, several times a frame
 
     @classmethod
     def from_numpy(cls, dtype) -> "DTypeId":
@@ -29,6 +29,9 @@ class DTypeId(enum.IntEnum):
         if dtype == np.float64:
             return cls.FLOAT64
         raise TypeError(f"expected a float32 or float64 array, found dtype {dtype}")
+
+
+_NUMPY_DTYPES = {DTypeId.FLOAT32: np.dtype("<f4"), DTypeId.FLOAT64: np.dtype("<f8")}
 
 
 class ErrorMode(enum.IntEnum):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
+from .._jit import for_size
 from ..cpu import dedup as kernels
 from ..errors import CorruptFrameError
 
-__all__ = ["Deduplicated", "deduplicate", "resolve", "expand", "sample_rows", "SAMPLE_ROWS"]
+__all__ = ["Deduplicated", "deduplicate", "resolve", "expand", "sample_rows", "wanted", "SAMPLE_ROWS"]
 
 #: Up to this many rows, deduplication is always tried; above, only when a sample of that
 #: many rows (SAMPLE_RUNS runs of consecutive rows, evenly spread, so that repeats both near
@@ -28,6 +30,16 @@ def sample_rows(rows: int) -> np.ndarray:
     return (starts[:, None] + np.arange(run)).reshape(-1)
 
 
+def wanted(dedup, shape, sample) -> bool:
+    """Whether to look for repeated rows: ``dedup`` True / False decides (a caller that knows
+    its data, e.g. embedding lookups, skips the sampling); None asks ``sample()``. Both
+    backends decide here, so that they produce the same frame."""
+    if dedup is None:
+        return sample()
+    rows = math.prod(shape[:-1]) if len(shape) >= 2 else 0
+    return bool(dedup) and rows >= 2 and shape[-1] > 0
+
+
 @dataclasses.dataclass
 class Deduplicated:
     refs: np.ndarray  # uint32 per row: 0 = next new unique row, k = unique row k - 1
@@ -43,7 +55,7 @@ def deduplicate(codes: np.ndarray, outlier_mask: np.ndarray) -> Deduplicated:
     rows = codes.shape[0]
     hashes = np.empty(rows, dtype=np.uint64)
     has_outlier = np.empty(rows, dtype=np.uint8)
-    kernels.row_hashes(codes, outlier_mask, hashes, has_outlier)
+    for_size(kernels.row_hashes, codes.nbytes)(codes, outlier_mask, hashes, has_outlier)
     table = np.full(1 << max(1, (2 * rows - 1).bit_length()), -1, dtype=np.int64)
     refs = np.empty(rows, dtype=np.uint32)
     unique_rows = np.empty(rows, dtype=np.int64)
@@ -63,5 +75,5 @@ def resolve(refs: np.ndarray, unique_count: int) -> np.ndarray:
 
 def expand(unique_values: np.ndarray, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Fill ``out`` (rows x cols) with the unique rows each row refers to."""
-    kernels.expand_rows(unique_values, row_ids, out)
+    for_size(kernels.expand_rows, out.nbytes)(unique_values, row_ids, out)
     return out

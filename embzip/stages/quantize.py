@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
+from .._jit import for_size
 from ..cpu import quantize as kernels
 
 __all__ = ["Quantized", "choose_step", "quantize", "dequantize", "finite_range"]
@@ -39,8 +41,11 @@ def finite_range(values: np.ndarray):
     """(min, max) of the finite values as Python floats, or None when there are none."""
     if values.size == 0:
         return None
-    lo, hi = float(np.min(values)), float(np.max(values))
-    if np.isfinite(lo) and np.isfinite(hi):
+    # The ufuncs' reduce directly: np.min/np.max add ~3 us of dispatch each, a third of
+    # their cost on a 100 KB array. Any NaN propagates, so finite results mean no NaN/Inf.
+    flat = values.reshape(-1)
+    lo, hi = float(np.minimum.reduce(flat)), float(np.maximum.reduce(flat))
+    if math.isfinite(lo) and math.isfinite(hi):
         return lo, hi
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -61,14 +66,14 @@ def quantize(values: np.ndarray, step, abs_error: float) -> Quantized:
     """Quantize a contiguous 1-D float array with ``step`` (a scalar of the values' dtype)."""
     codes = np.empty(values.size, dtype=np.uint32)
     mask = np.empty(values.size, dtype=np.uint8)
-    kernel = kernels.quantize_f32 if values.dtype == np.float32 else kernels.quantize_f64
+    kernel = for_size(kernels.quantize_f32 if values.dtype == np.float32 else kernels.quantize_f64, values.nbytes)
     kernel(values, 1.0 / float(step), step, float(abs_error), codes, mask)
     return Quantized(codes, mask, int(np.count_nonzero(mask)))
 
 
 def dequantize(codes: np.ndarray, step, out: np.ndarray) -> np.ndarray:
     """``out = dtype(unzigzag(codes)) * step`` (1-D, out's dtype)."""
-    kernel = kernels.dequantize_f32 if out.dtype == np.float32 else kernels.dequantize_f64
+    kernel = for_size(kernels.dequantize_f32 if out.dtype == np.float32 else kernels.dequantize_f64, out.nbytes)
     kernel(codes, step, out)
     return out
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embzip._jit import for_size
 from embzip.cpu import rans as _k
 from embzip.cpu import rans_table as _t
 from embzip.errors import CorruptFrameError
@@ -127,7 +128,7 @@ def _histogram(symbols: np.ndarray, chunk_size: int, direct_bits: int) -> Symbol
     sub_counts = np.zeros((groups, _k.SUB_HISTOGRAMS, alphabet_size(direct_bits)), np.int64)
     raw_bits = np.empty(chunk_count, np.int64)
     if chunk_count:
-        _k.chunk_histograms(symbols, chunk_size, direct_bits, sub_counts, raw_bits)
+        for_size(_k.chunk_histograms, symbols.nbytes)(symbols, chunk_size, direct_bits, sub_counts, raw_bits)
     token_counts = sub_counts.sum(axis=(0, 1), dtype=np.int64)
     constant = None
     present = np.flatnonzero(token_counts)
@@ -296,7 +297,7 @@ def _encode(
     raw_offsets = np.zeros(chunks + 1, np.int64)
     np.cumsum(raw_bytes, out=raw_offsets[1:])
     raw = np.empty(int(raw_offsets[-1]), np.uint8)
-    _k.encode_chunks(
+    for_size(_k.encode_chunks, symbols.nbytes)(
         symbols, chunk_size, direct_bits, enc_table, states, words, word_starts,
         hist.chunk_raw_bits, raw, raw_offsets,
     )  # fmt: skip
@@ -310,7 +311,7 @@ def _encode(
     out = np.empty(payload_start + int(chunk_bytes.sum()), np.uint8)
     out[: header.size] = header
     _t.write_varints(directory, out, header.size)
-    _k.assemble_chunks(words, word_starts, raw, raw_offsets, out, offsets)
+    for_size(_k.assemble_chunks, out.nbytes)(words, word_starts, raw, raw_offsets, out, offsets)
     return out
 
 
@@ -472,6 +473,7 @@ def _decode_rans(section: np.ndarray, count: int, out: np.ndarray | None, step=N
         kernel, step = _k.decode_chunks, 0.0
     else:
         kernel = _k.decode_dequantize_f32 if step.dtype == np.float32 else _k.decode_dequantize_f64
+    kernel = for_size(kernel, out.nbytes)
     kernel(section, bounds, chunk_size, direct_bits, scale_bits, table, states, step, out, errors)
     failed = np.flatnonzero(errors[:, 0])
     if failed.size:
