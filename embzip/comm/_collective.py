@@ -19,7 +19,8 @@ from . import _device, _handshake, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
-__all__ = ["alltoallv", "begin", "agree_to_start", "raw_exchange", "host_flat", "remote_bytes", "finish"]
+__all__ = ["alltoallv", "begin", "agree_to_start", "raw_exchange", "host_flat", "codec_flat", "put_back",
+           "blob_placement", "remote_bytes", "finish"]
 
 
 def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes=0):
@@ -76,6 +77,34 @@ def host_flat(spec, preserve: bool):
     return _device.to_host(spec.flat) if preserve else np.empty(spec.flat.shape, dtype=spec.flat.dtype)
 
 
+def codec_flat(spec):
+    """Where this side's segments are encoded from / decoded into: the GPU buffer itself when
+    the CUDA backend runs here (see :mod:`._device`), else ``spec.flat`` or its host staging copy."""
+    if _device.codec_on_device(spec):
+        return spec.flat
+    return host_flat(spec, True)  # a staged GPU buffer keeps what is not received
+
+
+def blob_placement(send_flat) -> dict:
+    """``encode``'s keyword for blobs of ``send_flat``'s segments: on the device for a CUDA-aware
+    MPI when the segments are on the device (empty otherwise: host blobs, the default)."""
+    return {"on_device": True} if _device.is_device(send_flat) and _device.cuda_aware_mpi() else {}
+
+
+def put_back(spec, flat) -> None:
+    """After decoding into ``codec_flat(spec)``: copy a host staging buffer back to the GPU."""
+    if spec.device and not _device.is_device(flat):
+        _device.to_device(flat, spec.flat)
+
+
+def _own_segment(job, rank: int, send_flat, recv_flat) -> None:
+    """Copy this rank's own segment (exact), wherever the two buffers live."""
+    s, r = job.send, job.recv
+    if s.counts[rank]:
+        _device.copy(recv_flat[r.displs[rank]:r.displs[rank] + r.counts[rank]],
+                     send_flat[s.displs[rank]:s.displs[rank] + s.counts[rank]])
+
+
 def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
     """Plain (I)Alltoallv of the caller's buffers; GPU buffers staged unless MPI is CUDA-aware.
 
@@ -120,7 +149,7 @@ def _calibrate(segments, plan, row, encoder: str) -> np.ndarray:
     blobs = [_segment.encode(seg, 0, plan, d, row, other) for d, seg in segments]
     mid = time.perf_counter()
     for (_, seg), blob in zip(segments, blobs):
-        _segment.decode(blob, np.empty_like(seg))
+        _segment.decode(blob, _device.empty_like(seg))
     end = time.perf_counter()
     return np.array([sum(b.size for b in blobs) / raw, (mid - start) / raw, (end - mid) / raw])
 
@@ -132,9 +161,12 @@ def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
 
 
 def _compress_all(job, decision, stats, rank: int, size: int):
-    """Compress every remote segment (before the handshake); returns (blobs, alt calibration)."""
+    """Compress every remote segment (before the handshake); returns (send flat, blobs, alt calibration).
+
+    GPU segments are compressed on the GPU; their blobs stay there for a CUDA-aware MPI."""
     s = job.send
-    send_host = host_flat(s, True)
+    send_host = codec_flat(s)
+    on_device = blob_placement(send_host)
     blobs, alt = {}, None
     segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(size)
                 if d != rank and s.counts[d] > 0]
@@ -143,7 +175,7 @@ def _compress_all(job, decision, stats, rank: int, size: int):
     start = time.perf_counter()
     try:
         for d, seg in segments:
-            blobs[d] = _segment.encode(seg, 0, job.plan, d, s.row, decision.encoder)
+            blobs[d] = _segment.encode(seg, 0, job.plan, d, s.row, decision.encoder, **on_device)
         stats.compress_s = time.perf_counter() - start
         if decision.calibrate:
             alt = _calibrate(segments, job.plan, s.row, decision.encoder)
@@ -154,26 +186,30 @@ def _compress_all(job, decision, stats, rank: int, size: int):
 
 def _compressed(state, job, decision, stats, MPI):
     pcomm = state.comm
-    s, r = job.send, job.recv
+    r = job.recv
     size, rank = pcomm.Get_size(), pcomm.Get_rank()
     send_host, blobs, alt = _compress_all(job, decision, stats, rank, size)
     sizes = np.array([blobs[d].size if d in blobs else 0 for d in range(size)], dtype=np.int64)
     rsizes = agree_to_start(state, job, decision, stats, MPI, sizes).blob_sizes
     sdispls, rdispls = _exclusive_cumsum(sizes), _exclusive_cumsum(rsizes)
-    sendbytes = np.empty(int(sizes.sum()), dtype=np.uint8)
+    device_blobs = any(_device.is_device(b) for b in blobs.values())
+    sendbytes = _device.empty(int(sizes.sum()), np.uint8, like=send_host) if device_blobs else \
+        np.empty(int(sizes.sum()), dtype=np.uint8)
     for d, blob in blobs.items():
-        sendbytes[sdispls[d]:sdispls[d] + blob.size] = blob
-    recvbytes = np.empty(int(rsizes.sum()), dtype=np.uint8)
+        _device.copy(sendbytes[sdispls[d]:sdispls[d] + blob.size], blob)
+    recv_host = codec_flat(r)  # the GPU buffer itself, or a host copy that keeps what is not received
+    if _device.is_device(recv_host) and _device.cuda_aware_mpi() and rsizes.sum():  # frames land on the GPU
+        recvbytes = _device.empty(int(rsizes.sum()), np.uint8, like=recv_host)
+    else:
+        recvbytes = np.empty(int(rsizes.sum()), dtype=np.uint8)
     start = time.perf_counter()
     _mpi.wait(pcomm.Ialltoallv([sendbytes, (sizes, sdispls), MPI.BYTE], [recvbytes, (rsizes, rdispls), MPI.BYTE]))
     stats.transfer_s = time.perf_counter() - start
     stats.sent_bytes, stats.recv_bytes = int(sizes.sum()), int(rsizes.sum())
-    recv_host = host_flat(r, True)  # a GPU buffer keeps what is not received
     start = time.perf_counter()
-    if s.counts[rank]:  # own segment: a local copy, exact
-        recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]] = send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]]
     src, local = None, None
     try:
+        _own_segment(job, rank, send_host, recv_host)  # a local copy, exact
         for src in range(size):
             if src == rank or not (r.counts[src] or rsizes[src]):
                 continue
@@ -184,8 +220,7 @@ def _compressed(state, job, decision, stats, MPI):
     except Exception as exc:
         local = LocalError.from_exception(exc, rank, f"decoding the segment from rank {src}")
         local.category = "decode"
-    if r.device:
-        _device.to_device(recv_host, r.flat)
+    put_back(r, recv_host)
     stats.decompress_s = time.perf_counter() - start
     _protocol.agree(pcomm, local, MPI, patient=True)
     return alt

@@ -1,54 +1,151 @@
-"""GPU (cupy) buffers: detection, flat views, and staging through host memory.
+"""GPU buffers: detection, flat views, copies, and the device column gather/scatter.
 
-embzip's codec runs on the host here, so a device segment is copied to the host
-(``cupy.asnumpy``), compressed there, and decoded frames are copied back into the device
-receive buffer. Raw transfers (the bypass, non-float data) hand device buffers straight to
-MPI when it is CUDA-aware, else stage them through host buffers too. Nothing imports cupy
-unless a buffer with ``__cuda_array_interface__`` shows up.
+A device buffer is anything with ``__cuda_array_interface__`` (cupy, torch CUDA tensors,
+numba device arrays) or a numba device array (also the CUDA simulator's). Its flat view is a
+cupy array when the buffer is cupy (or cupy is what imports here), else a numba device array
+(``numba.cuda.as_cuda_array``, zero-copy).
+
+Compressed calls encode each destination's segment on the GPU with embzip's CUDA backend
+(``embzip.compress`` of a device view: frames byte-identical to the CPU's), so only frames
+cross PCIe: with ``EMBZIP_CUDA_AWARE_MPI=1`` the blobs stay on the device and MPI gets device
+pointers; otherwise they are assembled on the host (frames copied down) and sent from there.
+Receivers decode each frame on the GPU straight into the device receive buffer
+(``embzip.decompress(frame, out=device_view)``; a host frame is uploaded first). Per-table
+layouts gather and scatter the columns of a frame's tables with the small kernels below.
+When the CUDA backend cannot run here (numba-cuda missing, no GPU), device segments are
+staged through the host raw and the CPU codec runs, as before. Raw transfers (the bypass,
+non-float data) hand device buffers straight to MPI when it is CUDA-aware, else stage them
+through host buffers. Nothing imports cupy or numba.cuda unless a device buffer shows up.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
-__all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi"]
+from .. import _backend
+
+__all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "codec_on_device",
+           "empty", "empty_like", "copy", "gather_columns", "scatter_columns", "LOCK"]
+
+#: Serializes the GPU codec calls of one process: the pipelined call encodes in one thread and
+#: decodes in another, and both would queue on the same default stream anyway; the simulator's
+#: kernel launches are not thread-safe at all.
+LOCK = threading.RLock()
 
 
 def is_device(obj) -> bool:
-    """True for a CUDA array (cupy, numba.cuda, torch.cuda...): it has ``__cuda_array_interface__``."""
-    return hasattr(obj, "__cuda_array_interface__")
+    """True for a CUDA array (cupy, numba.cuda, torch.cuda...): it has ``__cuda_array_interface__``
+    or is a numba device array (the simulator's have no interface)."""
+    return _backend.is_device(obj)
 
 
-def _cupy():
+def _cupy_module():
     try:
         import cupy
     except ImportError:
-        raise TypeError("a GPU buffer was given, and embzip.comm needs cupy to handle it: pip install cupy-cuda12x") from None
+        return None
     return cupy
 
 
+def _numba_cuda():
+    """numba.cuda when it can run kernels here (a GPU or the simulator), else None."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return None
+    try:
+        return cuda if cuda.is_available() else None
+    except Exception:  # a broken driver install
+        return None
+
+
+def _is_numba(arr) -> bool:
+    return getattr(arr, "__cuda_ndarray__", False) is True
+
+
 def device_flat(buf, writable: bool, name: str):
-    """A 1-D cupy view of a contiguous device buffer, and its own dtype."""
-    cupy = _cupy()
-    readonly = bool(buf.__cuda_array_interface__.get("data", (0, False))[1])
+    """A 1-D device view (cupy or numba) of a contiguous device buffer, and its own dtype."""
+    desc = _backend._interface(buf)
+    readonly = bool(desc.get("data", (0, False))[1])
     if writable and readonly:
         raise ValueError(f"{name} is a read-only GPU buffer; the receive buffer must be writable")
-    arr = cupy.asarray(buf)
-    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
-        raise ValueError(f"{name} is a non-contiguous GPU array (strides {arr.strides}); pass a contiguous one")
-    return arr.ravel(order="K" if not arr.flags.c_contiguous else "C"), arr.dtype
+    cupy = _cupy_module() if not _is_numba(buf) else None
+    if cupy is not None:
+        arr = cupy.asarray(buf)
+        if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+            raise ValueError(f"{name} is a non-contiguous GPU array (strides {arr.strides}); pass a contiguous one")
+        return arr.ravel(order="K" if not arr.flags.c_contiguous else "C"), arr.dtype
+    cuda = _numba_cuda()
+    if cuda is None:
+        raise TypeError("a GPU buffer was given, and embzip.comm needs cupy or numba-cuda (with a GPU) to "
+                        "handle it: pip install cupy-cuda12x, or 'embzip[cuda]'")
+    arr = buf if _is_numba(buf) else cuda.as_cuda_array(buf)
+    dtype = np.dtype(desc["typestr"])
+    shape = tuple(int(n) for n in desc["shape"])
+    strides = desc.get("strides")
+    if strides is not None and len(shape) > 0:
+        c = tuple(int(np.prod(shape[d + 1:], dtype=np.int64)) * dtype.itemsize for d in range(len(shape)))
+        f = tuple(int(np.prod(shape[:d], dtype=np.int64)) * dtype.itemsize for d in range(len(shape)))
+        live = [i for i, n in enumerate(shape) if n > 1]
+        if not (all(strides[i] == c[i] for i in live) or all(strides[i] == f[i] for i in live)):
+            raise ValueError(f"{name} is a non-contiguous GPU array (strides {tuple(strides)}); pass a contiguous one")
+        if live and not all(strides[i] == c[i] for i in live):  # F order: memory order is the reverse
+            arr = arr.T
+    return arr.reshape(int(np.prod(shape, dtype=np.int64))), dtype
+
+
+def codec_on_device(spec) -> bool:
+    """Whether this side's compressed segments are encoded / decoded by the CUDA backend."""
+    return bool(spec.device) and _numba_cuda() is not None
 
 
 def to_host(device_array) -> np.ndarray:
     """Copy a device array into a new host numpy array."""
-    return _cupy().asnumpy(device_array)
+    if hasattr(device_array, "copy_to_host"):
+        return device_array.copy_to_host()
+    return _cupy_module().asnumpy(device_array)
 
 
 def to_device(host: np.ndarray, device_view) -> None:
     """Copy ``host`` into the (contiguous) device view."""
-    device_view.set(np.ascontiguousarray(host).reshape(device_view.shape))
+    host = np.ascontiguousarray(host).reshape(device_view.shape)
+    if hasattr(device_view, "copy_to_device"):
+        device_view.copy_to_device(host)
+    else:
+        device_view.set(host)
+
+
+def empty(n: int, dtype, like=None):
+    """A new 1-D device array (cupy when ``like`` is cupy, else numba)."""
+    if like is not None and not _is_numba(like) and _cupy_module() is not None:
+        return _cupy_module().empty(int(n), dtype=dtype)
+    return _numba_cuda().device_array(int(n), dtype=dtype)
+
+
+def empty_like(arr):
+    """Scratch of ``arr``'s size and dtype on the same side (host or device)."""
+    if not is_device(arr):
+        return np.empty_like(arr)
+    return empty(arr.size, arr.dtype, like=arr)
+
+
+def copy(dst, src) -> None:
+    """``dst[...] = src`` for equal-size 1-D arrays, each on the host or a device."""
+    if not is_device(dst):
+        dst[...] = to_host(src) if is_device(src) else src
+    elif not is_device(src):
+        to_device(src, dst)
+    elif _is_numba(dst) and _is_numba(src):
+        if dst.size:
+            dst.copy_to_device(src)
+    elif not _is_numba(dst) and not _is_numba(src):
+        dst[...] = src
+    else:  # a cupy side and a numba side: let the GPU copy through the interface
+        if dst.size:
+            _copy_kernel()(src, dst)
 
 
 def cuda_aware_mpi() -> bool:
@@ -58,3 +155,40 @@ def cuda_aware_mpi() -> bool:
     unset means False: staging through host memory always works, a wrong True crashes.
     """
     return os.environ.get("EMBZIP_CUDA_AWARE_MPI", "0") == "1"
+
+
+# ------------------------------------------------------------ column gather / scatter (._device_kernels)
+
+def _launch(name: str, n: int):
+    from ..cuda._launch import THREADS, blocks
+
+    from . import _device_kernels
+    return getattr(_device_kernels, name)[blocks(n), THREADS]
+
+
+def _copy_kernel():
+    def run(src, dst):
+        _launch("copy", int(dst.size))(src, dst)
+    return run
+
+
+def _index(idx: np.ndarray):
+    return _numba_cuda().to_device(np.ascontiguousarray(idx, dtype=np.int64))
+
+
+def gather_columns(region, idx: np.ndarray, tables: int, dim: int):
+    """The columns of tables ``idx`` of a device region (rows x tables x dim), as a new device
+    array of shape (rows * len(idx), dim): what ``cube[:, idx, :]`` gives on the host."""
+    rows = int(region.size) // (tables * dim)
+    out = _numba_cuda().device_array(rows * idx.size * dim, dtype=region.dtype)
+    if out.size:
+        _launch("gather", int(out.size))(region, _index(idx), tables, dim, out)
+    return out.reshape(rows * idx.size, dim)
+
+
+def scatter_columns(values, region, idx: np.ndarray, tables: int, dim: int) -> None:
+    """Write ``values`` (rows * len(idx) x dim, C order, on the device) into the columns of
+    tables ``idx`` of a device region (rows x tables x dim)."""
+    flat = values.reshape(int(values.size))
+    if flat.size:
+        _launch("scatter", int(flat.size))(flat, _index(idx), tables, dim, region)

@@ -9,6 +9,10 @@ values (counts, the sender's row width, ``chunk_bytes``), so every rank knows ex
 messages to expect: a rank that fails to compress still sends one empty message per chunk,
 a rank that fails to decode still receives everything, and the final ``Allreduce`` of an
 error flag makes every rank raise. No message is left unmatched, nothing hangs.
+
+GPU buffers: chunks are compressed on the GPU and decoded on the GPU into the receive buffer
+(see :mod:`._device`); the chunk messages are device buffers with a CUDA-aware MPI, else host
+buffers that hold only the compressed bytes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import time
 
 import numpy as np
 
-from . import _protocol, _segment
-from ._collective import agree_to_start, begin, finish, host_flat, raw_exchange
+from . import _device, _protocol, _segment
+from ._collective import agree_to_start, begin, blob_placement, codec_flat, finish, put_back, raw_exchange
 from ._errors import LocalError
 from ._stats import CallStats
 
@@ -116,7 +120,10 @@ class _Pipeline:
         self.in_chunks = [chunking(int(r.counts[src]), int(job.units[src]), itemsize, job.chunk_bytes)
                           if src != self.rank else [] for src in range(self.size)]
         self.expected = sum(len(c) for c in self.in_chunks)
-        self.send_host, self.recv_host = host_flat(s, True), host_flat(r, True)
+        # GPU buffers themselves when the CUDA backend runs here, else host arrays (see codec_flat)
+        self.send_host, self.recv_host = codec_flat(s), codec_flat(r)
+        self.blob_kw = blob_placement(self.send_host)
+        self.recv_on_device = _device.is_device(self.recv_host) and _device.cuda_aware_mpi()
         self.compress_error = self.decode_error = None  # set by the producer / by this thread
         self.bad_source = set()
 
@@ -125,13 +132,10 @@ class _Pipeline:
         s, r, rank = self.job.send, self.job.recv, self.rank
         try:
             if s.counts[rank]:  # own segment: a local copy, exact
-                self.recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]] = \
-                    self.send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]]
+                _device.copy(self.recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]],
+                             self.send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]])
             self._exchange()
-            if r.device:
-                from ._device import to_device
-
-                to_device(self.recv_host, r.flat)
+            put_back(r, self.recv_host)
         except Exception as exc:  # an MPI or internal failure: still reach the agreement
             failure = LocalError.from_exception(exc, rank, "exchanging chunks")
         else:
@@ -201,7 +205,8 @@ class _Pipeline:
                         t = time.perf_counter()
                         try:
                             blob = _segment.encode(self.send_host[seg_start:seg_start + count], offset,
-                                                   self.job.plan, d, int(self.my_units[d]), self.decision.encoder)
+                                                   self.job.plan, d, int(self.my_units[d]), self.decision.encoder,
+                                                   **self.blob_kw)
                             self.stats.sent_bytes += blob.size
                         except Exception as exc:  # keep sending (empty) messages: receivers count on them
                             self.compress_error = LocalError.from_exception(exc, self.rank, "compressing")
@@ -221,7 +226,8 @@ class _Pipeline:
             if msg is None:
                 return handled
             src, k, n = status.Get_source(), status.Get_tag() - 1, status.Get_count(MPI.BYTE)
-            blob = np.empty(n, dtype=np.uint8)
+            on_device = self.recv_on_device and n > 0
+            blob = _device.empty(n, np.uint8, like=self.recv_host) if on_device else np.empty(n, dtype=np.uint8)
             msg.Recv([blob, MPI.BYTE])
             self.expected -= 1
             handled += 1

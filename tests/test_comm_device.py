@@ -1,0 +1,195 @@
+"""embzip.comm with GPU buffers, under the numba-cuda simulator (no GPU needed).
+
+Like tests/test_cuda_sim.py, the simulator must be on before numba is imported, so the test
+functions of the main process re-run this file in a subprocess with ``NUMBA_ENABLE_CUDASIM=1``
+(segment-level tests), and launch ``mpiexec -n 2`` with the simulator on for the MPI case
+(tests/mpi/worker_device.py). Simulated device arrays are numba's; cupy paths need a real GPU
+(tests/test_comm_units.py::test_real_cupy_staging_roundtrip and the cupy case below skip
+without one).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IN_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = int(os.environ.get("EMBZIP_MPI_TEST_TIMEOUT", "150"))
+
+
+if not IN_SIMULATOR:
+    def _need_numba_cuda():
+        pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install 'embzip[cuda]')")
+
+    def test_segments_under_the_simulator():
+        """Run this file's simulator tests in a subprocess with the simulator switched on."""
+        _need_numba_cuda()
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore::RuntimeWarning")
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                                 str(Path(__file__).resolve())], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"simulator tests failed:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
+
+    def test_mpi_two_ranks_device_buffers_under_the_simulator():
+        """2 ranks, simulated GPUs: device/device, device/host and host/device exchanges match
+        the host-only exchange bit for bit (blocking, per-table groups, pipelined)."""
+        _need_numba_cuda()
+        if importlib.util.find_spec("mpi4py") is None:
+            pytest.skip("mpi4py is not installed (pip install 'embzip[mpi]')")
+        local = Path(sys.executable).parent / "mpiexec"
+        mpiexec = str(local) if local.exists() else shutil.which("mpiexec")
+        if mpiexec is None:
+            pytest.skip("no mpiexec found (pip install mpich, or put one on PATH)")
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   EMBZIP_COMM_WARMUP="0", PYTHONWARNINGS="ignore::RuntimeWarning")
+        env.pop("EMBZIP_CUDA_AWARE_MPI", None)  # simulated device arrays are host memory MPI cannot see
+        proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, str(ROOT / "tests" / "mpi" / "worker_device.py")],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks: the session we started
+            out, _ = proc.communicate()
+            pytest.fail(f"TIMEOUT after {TIMEOUT_S} s (a hang?)\n{out[-6000:]}")
+        assert proc.returncode == 0, out[-8000:]
+        assert out.count("DEVICE-OK") == 2, out[-8000:]
+
+    def test_cupy_segments_on_a_real_gpu():
+        """cupy in, cupy blobs out: the same bytes as the CPU's (needs cupy and a GPU)."""
+        cupy = pytest.importorskip("cupy", reason="cupy is not installed (cupy paths need a real GPU)")
+        try:
+            if not cupy.is_available():
+                pytest.skip("cupy is installed but no CUDA device is available")
+        except Exception as exc:
+            pytest.skip(f"no usable CUDA device: {exc}")
+        from embzip.comm import _device, _layout, _segment
+
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal(4 * 3 * 8).astype(np.float32)
+        plan = _layout.resolve(None, 0.01, _layout.TableLayout(dim=8, bounds=[0.01, 0.05, 0.01]), 2,
+                               np.array([x.size, x.size]))
+        dev = cupy.asarray(x)
+        flat, _ = _device.device_flat(dev, False, "sendbuf")
+        host_blob = _segment.encode(x, 0, plan, 1, 0, "fast")
+        assert _segment.encode(flat, 0, plan, 1, 0, "fast").tobytes() == host_blob.tobytes()
+        dev_blob = _segment.encode(flat, 0, plan, 1, 0, "fast", on_device=True)
+        assert cupy.asnumpy(dev_blob).tobytes() == host_blob.tobytes()
+        out = cupy.zeros_like(dev)
+        _segment.decode(dev_blob, out)
+        expected = np.empty_like(x)
+        _segment.decode(host_blob, expected)
+        assert cupy.asnumpy(out).view(np.uint32).tolist() == expected.view(np.uint32).tolist()
+
+else:
+    import warnings
+
+    from numba import cuda
+
+    from embzip.comm import _device, _layout, _segment
+    from embzip.errors import EmbzipError
+
+    warnings.simplefilter("ignore", RuntimeWarning)
+
+    def _plan(mode="abs", value=1e-3, bounds=None, counts=(96, 96)):
+        return _layout.resolve(value if mode == "abs" else None, value if mode == "rel" else None, bounds, 2,
+                               np.array(counts))
+
+    def _bits(a):
+        return np.ascontiguousarray(a).view(np.uint8).tobytes()
+
+    def _data(n, dtype=np.float32, seed=0):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal(n).astype(dtype)
+        x[3] = np.nan
+        x[5] = -0.0
+        x[7] = np.inf
+        return x
+
+    CASES = [  # (plan, row hint, dtype)
+        (_plan(), 0, np.float32),
+        (_plan("rel", 0.01), 8, np.float64),
+        (_plan("rel", 0.02, bounds=_layout.TableLayout(dim=4)), 0, np.float32),
+        (_plan("abs", 1e-2, bounds=_layout.TableLayout(dim=4, bounds=[0.01, 0.1, 0.01])), 0, np.float32),
+        (_plan("rel", 0.01, bounds=_layout.TableLayout(dim=4, bounds=[0.01, 0.05, 0.2])), 0, np.float64),
+    ]
+
+    def test_device_flat_views():
+        x = np.arange(24, dtype=np.float32).reshape(4, 6)
+        flat, dtype = _device.device_flat(cuda.to_device(x), True, "recvbuf")
+        assert dtype == np.float32 and flat.shape == (24,) and _device.is_device(flat)
+        assert _device.to_host(flat).tolist() == x.reshape(-1).tolist()
+        fflat, _ = _device.device_flat(cuda.to_device(np.asfortranarray(x)), False, "sendbuf")
+        assert _device.to_host(fflat).tolist() == x.reshape(-1, order="F").tolist()  # memory order
+        with pytest.raises(ValueError, match="non-contiguous"):
+            _device.device_flat(cuda.to_device(np.zeros((4, 6), np.float32))[:, ::2], False, "sendbuf")
+        _device.to_device(np.ones(24, np.float32), flat)
+        _device.copy(flat[:4], np.full(4, 2, np.float32))
+        other = _device.empty(4, np.float32)
+        _device.copy(other, flat[:4])
+        assert _device.to_host(other).tolist() == [2.0] * 4
+
+    @pytest.mark.parametrize("case", range(len(CASES)))
+    def test_device_blob_is_the_cpu_blob(case):
+        """A device segment's blob (host- or device-assembled) has the CPU blob's bytes, and
+        every pairing of blob and segment side decodes to the same bits."""
+        plan, row, dtype = CASES[case]
+        x = _data(96, dtype, seed=case)
+        cpu_blob = _segment.encode(x, 0, plan, 1, row, "fast")
+        dev = cuda.to_device(x)
+        host_blob = _segment.encode(dev, 0, plan, 1, row, "fast")
+        assert isinstance(host_blob, np.ndarray) and host_blob.tobytes() == cpu_blob.tobytes()
+        dev_blob = _segment.encode(dev, 0, plan, 1, row, "fast", on_device=True)
+        assert _device.is_device(dev_blob) and _device.to_host(dev_blob).tobytes() == cpu_blob.tobytes()
+        expected = np.zeros_like(x)
+        assert _segment.decode(cpu_blob, expected) == (0, 96)
+        for blob in (cpu_blob, dev_blob):
+            out = cuda.to_device(np.zeros_like(x))
+            assert _segment.decode(blob, out) == (0, 96)
+            assert _bits(out.copy_to_host()) == _bits(expected)
+        host_out = np.zeros_like(x)
+        _segment.decode(dev_blob, host_out)  # device blob, host segment: decoded on the host
+        assert _bits(host_out) == _bits(expected)
+
+    def test_chunk_blob_lands_at_its_offset():
+        plan = _plan("rel", 0.01, bounds=_layout.TableLayout(dim=4, bounds=[0.01, 0.1, 0.01]), counts=(72, 72))
+        x = _data(72, seed=3)
+        seg = cuda.to_device(np.full(72, 7, np.float32))
+        blob = _segment.encode(cuda.to_device(x[24:48]), 24, plan, 0, 0, "compact")
+        assert blob.tobytes() == _segment.encode(x[24:48], 24, plan, 0, 0, "compact").tobytes()
+        assert _segment.decode(blob, seg) == (24, 24)
+        host = seg.copy_to_host()
+        expected = np.zeros(24, np.float32)
+        _segment.decode(_segment.encode(x[24:48], 0, plan, 0, 0, "compact"), expected)
+        assert (host[:24] == 7).all() and (host[48:] == 7).all() and _bits(host[24:48]) == _bits(expected)
+
+    def test_hostile_device_blobs_raise_before_writing():
+        x = _data(96)
+        blob = _segment.encode(cuda.to_device(x), 0, _plan(), 1, 0, "fast", on_device=True)
+        seg = cuda.to_device(np.full(96, 5, np.float32))
+        with pytest.raises(EmbzipError):
+            _segment.decode(blob[:blob.size - 8], seg)
+        bad = blob.copy_to_host()
+        bad[8 * 7 + 10] ^= 0xFF  # inside the frame's header
+        with pytest.raises(EmbzipError):
+            _segment.decode(cuda.to_device(bad), seg)
+        with pytest.raises(EmbzipError):
+            _segment.decode(blob, cuda.to_device(np.zeros(95, np.float32)))  # does not fit
+        assert (seg.copy_to_host() == 5).all()
+
+    def test_warm_up_and_scratch_on_the_device():
+        plan = CASES[3][0]
+        x = cuda.to_device(_data(96))
+        _segment.warm_up(x, plan, 1, 0, "fast")
+        scratch = _device.empty_like(x)
+        assert _device.is_device(scratch) and scratch.shape == (96,)
