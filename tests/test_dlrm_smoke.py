@@ -3,13 +3,16 @@
     mpiexec -n 2 python examples/dlrm/train.py --iterations 12 --compress forward+backward --policy dual
 
 Asserts: exit 0, the final ``auc=<float> logloss=<float>`` line parses, frames crossed MPI
-compressed (0 < sent bytes < raw bytes, forward and backward), and the training loss went down.
+compressed (0 < sent bytes < raw bytes, forward and backward), the training loss went down, and
+the ``result`` line carries the per-iteration loss and time (experiment.py plots them).
+``test_experiment_report`` renders experiment.py's tables and plots from made-up runs (no MPI).
 Numba compiles the codec in every process (tens of seconds on a loaded 2-core machine): the
 test fills numba's on-disk cache from one process first (EMBZIP_NUMBA_CACHE=1, in a private
 NUMBA_CACHE_DIR), so the two ranks only read it and never write it concurrently.
 """
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -22,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "examples", "dlrm", "train.py")
 
 _missing = [m for m in ("mpi4py", "torch", "recbole", "numba") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(_missing), reason=f"DLRM smoke test needs {', '.join(_missing)} "
-                                "(pip install mpi4py mpich torch==2.13.0; pip install --no-deps recbole==1.2.1)")
+needs_stack = pytest.mark.skipif(bool(_missing), reason=f"DLRM smoke test needs {', '.join(_missing)} "
+                                 "(pip install mpi4py mpich torch==2.13.0; pip install --no-deps recbole==1.2.1)")
 
 
 def _mpiexec():
@@ -44,6 +47,7 @@ def env(tmp_path_factory):
     return e
 
 
+@needs_stack
 def test_dlrm_two_ranks_compressed(env):
     cmd = [_mpiexec(), "-n", "2", sys.executable, TRAIN, "--iterations", "12", "--batch-size", "64",
            "--compress", "forward+backward", "--policy", "dual", "--lr", "0.01", "--log-every", "4",
@@ -71,3 +75,37 @@ def test_dlrm_two_ranks_compressed(env):
     first, final = float(loss["train_loss_first"]), float(loss["train_loss_last"])
     print(f"train loss first={first} last={final}")
     assert final < first, f"training loss did not go down: {first} -> {final}"
+
+    res = json.loads(re.search(r"^result (.*)$", out, re.M).group(1))
+    assert len(res["losses"]) == len(res["iter_times"]) == 12
+    assert res["compute_s"] >= 0 and all(t > 0 for t in res["iter_times"])
+
+
+def test_experiment_report(tmp_path, monkeypatch):
+    """experiment.py's report: one table per link, speedup against the same link, json, two PNGs."""
+    monkeypatch.syspath_prepend(os.path.dirname(TRAIN))
+    import experiment
+
+    args = experiment.parse_args(["--links", "unshaped", "--seeds", "0", "1", "--out", str(tmp_path)])
+    args.links = ["unshaped", "1gbit"]  # parse_args wants root for a shaped link; report does not
+    runs = []
+    for link, slow in (("unshaped", 1.0), ("1gbit", 3.0)):
+        for seed in (0, 1):
+            for i, (name, _) in enumerate(experiment.CONFIGS):
+                fwd, bwd = 0.02 * slow / (2 if i else 1), 0.02 * slow / (2 if i == 3 else 1)
+                r = dict(config=name, link=link, seed=seed, auc=0.78 + 0.001 * seed, logloss=0.56, iterations=8,
+                         a2a_fwd_s=fwd, a2a_bwd_s=bwd, compute_s=0.05, iter_s=0.05 + fwd + bwd,
+                         fwd_raw=8e6, fwd_sent=8e6 / (4 if i else 1), bwd_raw=8e6, bwd_sent=8e6 / (4 if i == 3 else 1),
+                         losses=[0.7 - 0.01 * k for k in range(8)], iter_times=[0.1] * 8)
+                if link != "unshaped":
+                    r["link_bytes"] = 1e7
+                runs.append(r)
+    md = experiment.report(runs, args)
+    assert md.count("| uncompressed |") == 2 and "link MB" in md
+    shaped = md.split("## 1gbit")[1]
+    assert "| 1.00x |" in shaped and f"| {0.17 / 0.11:.2f}x |" in shaped  # fwd+bwd dual: 170 ms -> 110 ms
+    data = json.loads((tmp_path / "dlrm.json").read_text())
+    assert len(data["runs"]) == 16
+    if importlib.util.find_spec("matplotlib") is not None:
+        for png in ("dlrm_loss.png", "dlrm_time.png"):
+            assert (tmp_path / png).stat().st_size > 1000

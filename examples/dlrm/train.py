@@ -13,7 +13,8 @@
   summed with ``MPI.Allreduce`` on numpy views of the torch gradients.
 
 The output ends with a ``stats`` line (all-to-all bytes and seconds), a ``result {json}``
-line and, last, ``auc=<float> logloss=<float>`` on the test split.
+line (also the training loss and the wall time, slowest rank, of every iteration: ``losses``,
+``iter_times``) and, last, ``auc=<float> logloss=<float>`` on the test split.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def main(argv=None):
     counts = [b] * P
     rng = np.random.default_rng(args.seed + 1)  # same stream on every rank: same global batches
     perm, ptr = rng.permutation(len(ds.train)), 0
-    losses, t_start, t_iter = [], time.perf_counter(), 0.0
+    losses, iter_times, t_start, t_iter = [], [], time.perf_counter(), 0.0
     for it in range(args.iterations):
         t0 = time.perf_counter()
         if ptr + B > len(perm):
@@ -253,6 +254,7 @@ def main(argv=None):
         opt.step()
         loss = world.allreduce(float(loss_sum.item())) / B
         losses.append(loss)
+        iter_times.append(time.perf_counter() - t0)
         if it == min(args.timing_skip, args.iterations - 1) - 1:  # drop the first-call setup from the timings
             for ex in (ex_fwd, ex_bwd):
                 ex.totals["fwd_s"] = ex.totals["bwd_s"] = 0.0
@@ -293,12 +295,17 @@ def main(argv=None):
             if key.startswith(name):
                 op = MPI.MAX if key.endswith("_s") else MPI.SUM  # seconds: slowest rank; counts: all ranks
                 totals[key] = world.allreduce(v, op=op)
+    iter_times = np.array(iter_times, dtype=np.float64)
+    world.Allreduce(MPI.IN_PLACE, iter_times, op=MPI.MAX)  # per iteration: the slowest rank
     timed = args.iterations - min(args.timing_skip, args.iterations - 1)
     iter_s = world.allreduce(t_iter, op=MPI.MAX) / timed
     result = dict(ranks=P, compress=args.compress, policy=args.policy, seed=args.seed, iterations=args.iterations,
                   batch_per_rank=b, auc=auc, logloss=ll, train_loss_first=first, train_loss_last=last,
                   iter_s=iter_s, a2a_fwd_s=totals["fwd_s"] / timed, a2a_bwd_s=totals["bwd_s"] / timed,
-                  timed_iterations=timed,
+                  timed_iterations=timed, dim=args.dim, lr=args.lr,
+                  compute_s=max(iter_s - (totals["fwd_s"] + totals["bwd_s"]) / timed, 0.0),
+                  losses=[round(v, 6) for v in losses],  # training loss of every iteration (global batch)
+                  iter_times=[round(v, 6) for v in iter_times.tolist()],
                   **{k: int(v) for k, v in totals.items() if not k.endswith("_s")})
     say(f"train_loss_first={first:.5f} train_loss_last={last:.5f}")
     say(f"stats fwd_raw_bytes={int(totals['fwd_raw'])} fwd_sent_bytes={int(totals['fwd_sent'])} "
@@ -312,4 +319,16 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:  # one failing rank must not leave the others waiting in a collective
+        if "mpi4py.MPI" in sys.modules:
+            import traceback
+
+            from mpi4py import MPI
+
+            if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+                traceback.print_exc()
+                sys.stderr.flush()
+                MPI.COMM_WORLD.Abort(1)
+        raise
