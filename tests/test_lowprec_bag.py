@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -197,10 +199,111 @@ def test_prefetch_alignment_rule_is_exact():
 @pytest.mark.parametrize("bad", [-1, -(2**40), 3, 2**40])
 @pytest.mark.parametrize("where", [0, 40_000, 69_999])
 def test_out_of_range_index_found_in_long_index_lists(bad, where):
-    # long index lists are checked on all numba threads (each thread a slice): a bad index is
-    # found wherever it is, with the same message as the serial check
+    # long index lists are looked up on all numba threads (each thread its bags, each keeping the
+    # largest index it saw): a bad index is found wherever it is, with the usual message
     p = quantize_rowwise(np.ones((3, 8), F32), 8)
     idx = np.zeros(70_000, np.int64)
     idx[where] = bad
     with pytest.raises(ValueError, match=rf"indices must be in \[0, 3\) .* found {bad}$"):
         embedding_bag_rowwise(p, 8, idx, [0])
+
+
+I64 = np.iinfo(np.int64)
+BAD_IDS = [-1, -2, -(2**40), I64.min, 7, 8, 2**40, I64.max]
+
+
+@pytest.mark.parametrize(
+    ("bits", "d"),
+    # 8-bit: per-dimension kernels (< 8, < 16, overlapping last block, several passes over a bag
+    # above 384 columns) and the generic kernel above 1024; 4/2-bit: masked and full blocks
+    [(8, 3), (8, 9), (8, 17), (8, 64), (8, 128), (8, 300), (8, 390), (8, 1030),
+     (4, 8), (4, 100), (4, 130), (2, 8), (2, 100), (2, 130)],
+)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_out_of_range_ids_raise_for_every_kernel(bits, d, weighted):
+    # The kernels read rows at min(uint64(i), rows - 1) and report the largest uint64(i) they saw;
+    # the wrapper raises from that after the lookup. Every kernel must report every bad id --
+    # first, last, alone in a bag, in the prefetch window -- and never read outside the table:
+    # the table sits right after, then right before, an inaccessible page, so a read past either
+    # end would crash the test run.
+    rng = np.random.default_rng(d)
+    packed = quantize_rowwise(rng.standard_normal((7, d)).astype(F32), bits)
+    for at_end in (False, True):
+        _bad_ids_raise(_guarded(packed, at_end), bits, d, weighted, rng)
+
+
+def _guarded(packed, at_end):
+    """A copy of ``packed`` starting right after, or ending right before, a PROT_NONE page."""
+    import ctypes
+    import mmap
+
+    if not sys.platform.startswith("linux"):
+        return packed
+    page = mmap.PAGESIZE
+    size = -(-packed.nbytes // page) * page + 2 * page
+    buf = mmap.mmap(-1, size)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(addr, page, 0) == 0
+    assert libc.mprotect(addr + size - page, page, 0) == 0
+    start = size - page - packed.nbytes if at_end else page
+    table = np.frombuffer(buf, np.uint8, packed.nbytes, start).reshape(packed.shape)
+    table[:] = packed
+    return table
+
+
+def _bad_ids_raise(table, bits, d, weighted, rng):
+    n_idx = 60
+    good = rng.integers(0, 7, n_idx)
+    offsets = np.array([0, 1, 20, 20, 59], np.int64)
+    psw = rng.standard_normal(n_idx).astype(F32) if weighted else None
+    want = embedding_bag_rowwise(table, bits, good, offsets, per_sample_weights=psw, dim=d)
+    for bad in BAD_IDS:
+        for where in (0, 1, 5, 19, 44, 58, 59):
+            idx = good.copy()
+            idx[where] = bad
+            with pytest.raises(ValueError, match=rf"indices must be in \[0, 7\) .* found {bad}$"):
+                embedding_bag_rowwise(table, bits, idx, offsets, per_sample_weights=psw, dim=d)
+    got = embedding_bag_rowwise(table, bits, good, offsets, per_sample_weights=psw, dim=d)
+    assert_same_floats(got, want)
+
+
+def test_largest_and_smallest_bad_ids_reported_as_before():
+    # with several bad ids the message names the most negative one, else the largest
+    p = quantize_rowwise(np.ones((3, 16), F32), 8)
+    for idx, bad in (([5, -1, 9, -4], -4), ([5, 0, 9, 3], 9), ([0, 3], 3)):
+        with pytest.raises(ValueError, match=rf"found {bad}$"):
+            embedding_bag_rowwise(p, 8, np.asarray(idx), [0, 2])
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_bad_ids_checked_where_the_lookup_reads_none(bits):
+    # no bags, zero-width rows, or a table with no rows: the kernel would not see the ids (or
+    # could not clamp them), so they are checked on their own, as before
+    p = quantize_rowwise(np.ones((3, 8), F32), bits)
+    for offsets, kw in (([], {}), ([0], {"include_last_offset": True})):
+        with pytest.raises(ValueError, match=r"indices must be in \[0, 3\) .* found 3$"):
+            embedding_bag_rowwise(p, bits, np.array([3]), offsets, **kw)
+    empty = quantize_rowwise(np.ones((0, 8), F32), bits)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 0\) .* found 0$"):
+        embedding_bag_rowwise(empty, bits, np.array([0]), [0])
+    assert not embedding_bag_rowwise(empty, bits, np.zeros(0, np.int64), [0, 0]).any()
+    if bits == 8:
+        flat = quantize_rowwise(np.ones((3, 0), F32), 8)
+        with pytest.raises(ValueError, match=r"found -1$"):
+            embedding_bag_rowwise(flat, 8, np.array([0, -1]), [0])
+
+
+@pytest.mark.parametrize(
+    ("offsets", "kwargs"),
+    [([1], {}), ([0, 2, 1], {}), ([0, 9], {}), ([0, 1], {"include_last_offset": True}),
+     ([0.5], {}), ([0], {"per_sample_weights": np.ones(2)}),
+     ([0], {"per_sample_weights": np.ones(5, F32)})],
+)
+def test_bad_ids_reported_before_bad_offsets_or_weights(offsets, kwargs):
+    # the id check moved after the lookup; when offsets or weights are bad too, the id error
+    # still comes first, as when ids were checked before everything else
+    p = quantize_rowwise(np.ones((3, 8), F32), 8)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 3\) .* found 3$"):
+        embedding_bag_rowwise(p, 8, np.array([0, 3, 1]), offsets, **kwargs)

@@ -10,6 +10,14 @@ then one store. The arithmetic and its order are unchanged; only the schedule is
 ``bag_block`` serves any dimension (runtime column blocks, masked tails); ``bag8_rows`` is the
 8-bit lookup compiled for one embedding dimension, as FBGEMM's JIT does (constant stride, blocks
 and prefetch lines: no per-row dispatch or masks), which is what makes it faster than torch's.
+
+Index safety: both read row ``min(uint64(i), rows - 1)`` for an index ``i`` and return the
+largest ``uint64(i)`` they saw. The clamp is branchless (a negative index wraps above every row
+count and is clamped too), so no index can make them read outside the table, and they decide
+nothing: the caller compares the returned maximum with the row count and discards the output
+(raising its usual error) when an index was out of range. This replaces a separate pass over the
+indices before the lookup (torch likewise checks inside its lookup loop). Callers must not pass
+a table with no rows.
 """
 
 from __future__ import annotations
@@ -39,8 +47,16 @@ def _concat(builder, ir, vecs):
 PREFETCH = 16  # rows ahead, FBGEMM's default prefetch distance
 
 
+def _umin(builder, a, b):
+    return builder.select(builder.icmp_unsigned("<", a, b), a, b)
+
+
+def _umax(builder, a, b):
+    return builder.select(builder.icmp_unsigned("<", a, b), b, a)
+
+
 def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
-    """Intrinsic ``f(packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem)``.
+    """Intrinsic ``f(packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem) -> uint64``.
 
     Accumulates rows ``indices[t0:t1]`` of a packed ``bits``-bit table into
     ``out[b, j0:j0 + width]``; ``meta`` is the byte offset of the row's scale/bias. With ``pf``
@@ -50,6 +66,9 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
     ``masked`` blocks finish a row's last ``rem < width`` columns in one pass: masked loads read
     only the code bytes that exist (never past the row), all lanes are computed, and a masked
     store writes the first ``rem``. No column is ever done one at a time.
+
+    Returns the largest index of the bag read as unsigned; rows are read at indices clamped to
+    the table (see the module docstring).
     """
     key = (bits, width, weighted, masked)
     if key in _CACHE:
@@ -58,7 +77,7 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
 
     @intrinsic
     def _block(typingctx, packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem):
-        sig = types.void(packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem)
+        sig = types.uint64(packed, indices, weights, out, b, t0, t1, j0, meta, pf, rem)
 
         def codegen(context, builder, signature, args):
             from llvmlite import ir
@@ -99,6 +118,8 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
                 builder.call(pf_fn, [builder.inttoptr(addr, i8p), i32(0), i32(3), i32(1)])
 
             n_idx = builder.extract_value(ix.shape, 0)
+            last_row = builder.sub(builder.extract_value(pk.shape, 0), intp(1))
+            hi_p = cgutils.alloca_once_value(builder, intp(0))
             last_col = builder.sub(builder.extract_value(pk.shape, 1), intp(1))
             n_lines = builder.add(builder.udiv(last_col, intp(64)), intp(1))
             acc_p = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * width))
@@ -126,12 +147,15 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
 
             with cgutils.for_range(builder, builder.sub(tt1, tt0)) as loop:
                 t = builder.add(tt0, loop.index)
-                row = builder.add(base, builder.mul(index_at(t), stride))
+                i = index_at(t)
+                builder.store(_umax(builder, builder.load(hi_p), i), hi_p)
+                row = builder.add(base, builder.mul(_umin(builder, i, last_row), stride))
                 with builder.if_then(do_pf, likely=True):
                     ta = builder.add(t, intp(PREFETCH))
                     ta = builder.select(builder.icmp_signed("<", ta, n_idx), ta,
                                         builder.sub(n_idx, intp(1)))
-                    rowa = builder.add(base, builder.mul(index_at(ta), stride))
+                    rowa = builder.add(base, builder.mul(
+                        _umin(builder, index_at(ta), last_row), stride))
                     # every cache line of the row, PREFETCH rows ahead (FBGEMM prefetches rows
                     # ahead too); later column blocks of the same row then hit the cache
                     with cgutils.for_range(builder, n_lines) as pl:
@@ -181,7 +205,7 @@ def bag_block(bits: int, width: int, weighted: bool, masked: bool = False):
                 builder.call(ms, [builder.load(acc_p), optr, i32(4), mask])
             else:
                 builder.store(builder.load(acc_p), optr, align=4)
-            return context.get_dummy_value()
+            return builder.load(hi_p)
 
         return sig, codegen
 
@@ -215,7 +239,7 @@ def _blocks8(dim: int):
 
 
 def bag8_rows(dim: int, weighted: bool):
-    """Intrinsic ``f(packed, indices, weights, out, b, t0, t1, pf_last)`` for 8-bit rows of ``dim``.
+    """Intrinsic ``f(packed, indices, weights, out, b, t0, t1, pf_last) -> uint64`` for ``dim``.
 
     The whole bag ``indices[t0:t1]`` is pooled into ``out[b, :]`` by code specialized for one
     embedding dimension, as FBGEMM's JIT does: the row stride (``dim + 8``), the column blocks,
@@ -227,8 +251,9 @@ def bag8_rows(dim: int, weighted: bool):
     Prefetches go to the row's start and every 64 bytes after it; ``pf_last`` adds one for the
     row's last byte, which the caller asks for only when, given the table's alignment, a row can
     end in a line those miss (an always-redundant prefetch costs ~10% on 64-wide rows).
-    ``packed`` must be C-contiguous with ``dim + 8`` columns, indices in range (the wrapper
-    checks both).
+    ``packed`` must be C-contiguous with ``dim + 8`` columns and at least one row (the wrapper
+    checks both). Returns the bag's largest index read as unsigned; rows are read at indices
+    clamped to the table, prefetches too (see the module docstring).
     """
     key = (dim, weighted)
     if key in _CACHE8:
@@ -274,17 +299,22 @@ def bag8_rows(dim: int, weighted: bool):
                 builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{width}f32")
 
         n_idx = builder.extract_value(ix.shape, 0)
+        last_row = builder.sub(builder.extract_value(pk.shape, 0), intp(1))
+        hi_p = cgutils.alloca_once_value(builder, intp(0))
         base = builder.ptrtoint(pk.data, intp)
         out_row = builder.ptrtoint(item(out_ty, ot, [bb, intp(0)]), intp)
 
         def prefetch(addr):
             builder.call(pf_fn, [builder.inttoptr(addr, i8p), i32(0), i32(3), i32(1)])
 
-        def step(t, group, accs, do_pf):
-            row = builder.add(base, builder.mul(index_at(t), intp(row_bytes)))
+        def step(t, group, accs, do_pf, track):
+            i = index_at(t)
+            if track:  # the first pass over the bag sees every index
+                builder.store(_umax(builder, builder.load(hi_p), i), hi_p)
+            row = builder.add(base, builder.mul(_umin(builder, i, last_row), intp(row_bytes)))
             if do_pf:  # the row PREFETCH indices ahead, every line of it
-                rowa = builder.add(base, builder.mul(index_at(builder.add(t, intp(PREFETCH))),
-                                                     intp(row_bytes)))
+                ia = _umin(builder, index_at(builder.add(t, intp(PREFETCH))), last_row)
+                rowa = builder.add(base, builder.mul(ia, intp(row_bytes)))
                 for off in lines:
                     prefetch(builder.add(rowa, intp(off)))
                 with builder.if_then(pf_last):
@@ -326,9 +356,9 @@ def bag8_rows(dim: int, weighted: bool):
         def run(ts, te, group, accs):
             mid = smax(smin(lim, te), ts)
             with cgutils.for_range(builder, builder.sub(mid, ts)) as loop:
-                step(builder.add(ts, loop.index), group, accs, True)
+                step(builder.add(ts, loop.index), group, accs, True, True)
             with cgutils.for_range(builder, builder.sub(te, mid)) as loop:
-                step(builder.add(mid, loop.index), group, accs, False)
+                step(builder.add(mid, loop.index), group, accs, False, True)
 
         for k, group in enumerate(passes):
             accs = new_accs(group)
@@ -336,14 +366,14 @@ def bag8_rows(dim: int, weighted: bool):
                 run(tt0, tt1, group, accs)
             else:
                 with cgutils.for_range(builder, builder.sub(tt1, tt0)) as loop:
-                    step(builder.add(tt0, loop.index), group, accs, False)
+                    step(builder.add(tt0, loop.index), group, accs, False, False)
             store(group, accs, out_row)
-        return context.get_dummy_value()
+        return builder.load(hi_p)
 
 
     @intrinsic
     def _rows(typingctx, packed, indices, weights, out, b, t0, t1, pf_last):
-        return types.void(packed, indices, weights, out, b, t0, t1, pf_last), codegen
+        return types.uint64(packed, indices, weights, out, b, t0, t1, pf_last), codegen
 
     _CACHE8[key] = _rows
     return _rows
