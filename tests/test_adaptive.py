@@ -175,6 +175,21 @@ def test_json_round_trip(p):
     assert np.array_equal(q.bounds(0), p.bounds(0))
 
 
+@settings(max_examples=200, deadline=None)
+@given(policies(), st.floats(min_value=1e-3, max_value=1e3), iters)
+def test_scaled_policy_scales_every_bound(p, factor, i):
+    q = p.scaled(factor)
+    assert q.tables.assignment == p.tables.assignment and q.schedule == p.schedule and q.mode == p.mode
+    assert np.allclose(q.bounds(i), p.bounds(i) * factor, rtol=1e-9, atol=0)
+    assert Policy.from_json(q.to_json()) == q
+
+
+@pytest.mark.parametrize("factor", [0, -1.0, float("nan"), float("inf"), "0.1"])
+def test_scaled_policy_bad_factor(factor):
+    with pytest.raises((TypeError, ValueError)):
+        Policy.fixed(2).scaled(factor)
+
+
 def test_fixed_and_dual():
     f = Policy.fixed(4, rel=0.02)
     assert f.bounds(0).tolist() == [0.02] * 4 and f.bounds(10**6).tolist() == [0.02] * 4

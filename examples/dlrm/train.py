@@ -8,7 +8,9 @@
   through ``embzip.comm.Alltoallv`` with per-table error bounds from an
   :class:`embzip.adaptive.Policy` (``--policy fixed``: one bound; ``dual``: table classes by
   size x step-decay schedule). ``--compress forward+backward`` also compresses the backward
-  all-to-all of the embedding-vector gradients.
+  all-to-all of the embedding-vector gradients, with the policy's bounds scaled by ``--bwd-scale``
+  (default 0.1: a gradient's range is set by a few large entries, and the forward bounds would
+  zero most of the rest).
 * Bottom / top MLPs are data parallel: each rank runs its ``b`` samples and the gradients are
   summed with ``MPI.Allreduce`` on numpy views of the torch gradients.
 
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--rel", type=float, default=0.03, help="bound of --policy fixed (fraction of the range)")
     p.add_argument("--by", choices=["size", "frequency"], default="size", help="table classes of --policy dual")
     p.add_argument("--horizon", type=int, default=65536, help="iterations of the dual policy's step decay")
+    p.add_argument("--bwd-scale", type=float, default=0.1,
+                   help="the backward all-to-all's bounds are the policy's times this factor: gradients "
+                        "need tighter bounds (measured: 1 -> AUC -0.0065, 0.3 -> -0.0012, 0.1 -> -0.0004)")
     p.add_argument("--strategy", choices=["auto", "fast", "compact"], default="auto")
     p.add_argument("--bypass", choices=["auto", "never", "always"], default="auto",
                    help="embzip's cost-model bypass: auto, never (always compress), always (always raw)")
@@ -58,6 +63,8 @@ def parse_args(argv=None):
     for name in ("iterations", "batch_size", "dim", "eval_batch", "log_every", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < args.bwd_scale < float("inf"):
+        p.error(f"--bwd-scale must be finite and > 0, found {args.bwd_scale}")
     return args
 
 
@@ -212,7 +219,7 @@ def main(argv=None):
     # separate communicators: the forward, backward and test exchanges each get their own
     # cost-model state in embzip (their data differ)
     ex_fwd = Exchange(world.Dup(), T, args.dim, policy, args.compress, args)
-    ex_bwd = Exchange(world.Dup(), T, args.dim, policy, args.compress, args)
+    ex_bwd = Exchange(world.Dup(), T, args.dim, policy.scaled(args.bwd_scale), args.compress, args)
     ex_eval = Exchange(world.Dup(), T, args.dim, policy, args.compress, args)
     fwd_c = args.compress != "none"
     bwd_c = args.compress == "forward+backward"
