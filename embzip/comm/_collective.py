@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ..errors import CorruptFrameError
-from . import _device, _handshake, _mpi, _protocol, _reuse, _segment
+from . import _device, _express, _handshake, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
@@ -229,6 +229,9 @@ def _compressed(state, job, decision, stats, MPI):
 def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
               bypass="auto") -> CallStats:
     """Implementation of :func:`embzip.comm.Alltoallv` (see there)."""
+    stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
+    if stats is not None:
+        return stats
     MPI, state, job, decision, stats, start = begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy,
                                                     bounds, bypass)
     alt = None
@@ -248,6 +251,9 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
             stats.transfer_s, stats.handshake_s = time.perf_counter() - t, agreement.latency
             if finish_copy[0] is not None:
                 finish_copy[0]()
+            else:  # host buffers: a repeat of this call can take the express lane
+                _express.open_lane(state, job, 0 if decision is None else MODE_CODES[decision.mode], stats,
+                                   (sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass))
         else:
             t = time.perf_counter()
             raw_exchange(state.comm, job, MPI)

@@ -19,7 +19,6 @@ up to every 1024 while nothing changes.
 from __future__ import annotations
 
 import collections
-import statistics
 
 import numpy as np
 
@@ -50,7 +49,12 @@ class Decision:
 
 
 def _median(values):
-    return statistics.median(values) if values else None
+    """Median of a short window (None when empty); plain Python: it runs on every call."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
 class CostState:
@@ -60,6 +64,7 @@ class CostState:
         # bytes/s one rank gets in an all-to-all, measured by raw and by compressed transfers
         self.bandwidths = {2: collections.deque(maxlen=WINDOW), 1: collections.deque(maxlen=WINDOW)}
         self.codecs = {}  # "fast"/"compact" -> deque of (inv_ratio, compress s/byte, decompress s/byte)
+        self._codec = {}  # medians of ``codecs``, recomputed when a measurement arrives
         self.decision = None  # the model's last choice
         self.since_probe, self.interval = 0, FIRST_PROBE
         self.since_calibration, self.calibration_interval = 0, FIRST_PROBE
@@ -77,11 +82,12 @@ class CostState:
     @property
     def codec(self):
         """Encoder -> (inv_ratio, compress s/byte, decompress s/byte), each the median of its window."""
-        return {e: tuple(statistics.median(m[i] for m in window) for i in range(3))
-                for e, window in self.codecs.items()}
+        return self._codec
 
     def _record(self, encoder: str, values) -> None:
         self.codecs.setdefault(encoder, collections.deque(maxlen=WINDOW)).append(tuple(float(v) for v in values))
+        self._codec = {e: tuple(_median([m[i] for m in window]) for i in range(3))
+                       for e, window in self.codecs.items()}
 
     def absorb(self, reduced: np.ndarray) -> None:
         """Fold in the previous call's measurements (already MAX-reduced over ranks)."""

@@ -32,13 +32,14 @@ from ._mpi import wait
 from ._protocol import BYPASS_CODES, chunk_units, raise_agreed
 from ._stats import MEASUREMENT_FIELDS
 
-__all__ = ["handshake", "Agreement", "GATHER_MAX"]
+__all__ = ["handshake", "Agreement", "GATHER_MAX", "build_row", "conclude", "row_size", "MEASURED"]
 
 GATHER_MAX = 64
 _SETTINGS = ("bypass", "chunk_bytes", "mode")  # every rank must pass (or decide) alike
 _NAMES = {"bypass": {v: repr(k) for k, v in BYPASS_CODES.items()}, "mode": {0: "pass-through", 1: "compressed",
                                                                           2: "raw"}}
 _M = len(MEASUREMENT_FIELDS)
+MEASURED = _M  #: the last MEASURED columns of a row are measurements; the rest is what is agreed
 # A gathered row: error flag, kind, fused flag, settings, 6 per-peer vectors, measurements.
 # Measurements come last so that the rest (what the verdict depends on) is one prefix.
 _S0 = 3  # first settings column
@@ -111,6 +112,19 @@ def _complete(request, payload, failures: list, MPI) -> None:
         failures.append(exc)
 
 
+def build_row(job, mode: int, fused: bool, blob_sizes, size: int) -> np.ndarray:
+    """This rank's gathered row, measurements left zero."""
+    row = np.zeros(row_size(size))
+    if job.error is not None:
+        row[0] = 1
+    else:
+        row[1] = job.kind
+        row[2] = fused
+        row[_S0:_V0] = _settings(job, mode)
+        row[_V0:-_M] = np.concatenate(_vectors(job, blob_sizes))
+    return row
+
+
 def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None, memo=None):
     size = pcomm.Get_size()
     fused = post_payload is not None and job.error is None and mode != 1
@@ -120,14 +134,7 @@ def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None,
     if same is not None and memo is not None and memo.row_key == same:
         row = memo.row.copy()
     else:
-        row = np.zeros(row_size(size))
-        if job.error is not None:
-            row[0] = 1
-        else:
-            row[1] = job.kind
-            row[2] = fused
-            row[_S0:_V0] = _settings(job, mode)
-            row[_V0:-_M] = np.concatenate(_vectors(job, blob_sizes))
+        row = build_row(job, mode, fused, blob_sizes, size)
         if same is not None and memo is not None:
             memo.row_key, memo.row = same, row.copy()
     if measurement is not None:
@@ -141,6 +148,13 @@ def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None,
     else:
         wait(request)  # spins briefly, then naps: ranks still compressing need the shared cores
     latency = time.perf_counter() - start
+    return conclude(pcomm, job, table, fused, failures, memo, MPI, latency)
+
+
+def conclude(pcomm, job, table, fused: bool, failures: list, memo, MPI, latency: float):
+    """After the gather (and a fused payload): raise the agreed error on every rank, or return
+    (Agreement, the MAX-reduced measurements). ``failures``: MPI errors of a fused payload."""
+    size = pcomm.Get_size()
     agreed = table[:, :-_M]
     repeat = memo is not None and memo.agreed is not None and np.array_equal(agreed, memo.agreed)
     problem = None if repeat else _verdict(table, size)  # a table already found sound is sound

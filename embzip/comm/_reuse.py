@@ -46,7 +46,7 @@ def _buffer(value, keep: list):
     if not isinstance(value, np.ndarray) or value.dtype.hasobject:
         raise _Skip
     keep.append(value)  # alive while cached: its id cannot be taken by another array
-    return ("a", id(value), value.flags.writeable)
+    return ("a", id(value), value.flags.writeable, value.dtype.str, value.shape)
 
 
 def _part(value, keep: list):
@@ -101,10 +101,11 @@ def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chu
 class Memo:
     """The last successful call's argument key and Job, and the handshake it agreed to."""
 
-    __slots__ = ("key", "keep", "job", "agreed", "row_key", "row")
+    __slots__ = ("key", "keep", "job", "agreed", "row_key", "row", "lane")
 
     def __init__(self):
         self.key, self.keep, self.job, self.agreed = None, None, None, None
+        self.lane = None  # the express lane of this key's uncompressed repeats (see _express)
         self.row_key, self.row = None, None  # the handshake row of an uncompressed repeat
 
     def lookup(self, key):
@@ -113,4 +114,5 @@ class Memo:
 
     def store(self, key, keep, job):
         self.key, self.keep, self.job = key, keep, job
+        self.lane = None  # its objects are kept alive by the old key only
         self.row_key = self.row = None  # keyed on the old Job's objects: never reuse it for a new one

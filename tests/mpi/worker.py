@@ -28,7 +28,8 @@ CASES = {}
 # Float types the compressing cases cover. Each one costs every rank seconds of numba
 # compilation, so the launcher may narrow it for the launches with the most ranks.
 DTYPES = [np.dtype(name).type for name in os.environ.get("EMBZIP_TEST_DTYPES", "float32,float64").split(",")]
-if os.environ.get("EMBZIP_TEST_PAIRWISE") == "1":  # the handshake used above 64 ranks, at this rank count
+PAIRWISE = os.environ.get("EMBZIP_TEST_PAIRWISE") == "1"
+if PAIRWISE:  # the handshake used above 64 ranks, at this rank count
     from embzip.comm import _handshake
 
     _handshake.GATHER_MAX = 0
@@ -251,6 +252,54 @@ def bypass_and_stats():
     assert ec.last_stats(fresh) is stats and stats.total_s > 0 and stats.handshake_s > 0
     if P > 1:
         assert set(stats.model) >= {"bandwidth_Bps", "ratio", "compress_Bps", "decompress_Bps", "pays"}
+    fresh.Free()
+
+
+@case
+def express_lane():
+    """Repeats of an uncompressed call take the express lane (see embzip/comm/_express.py):
+    exact results while the buffers' contents change, the same statistics as the full path,
+    and back to the full path when an argument changes."""
+    from embzip.comm import _express, _mpi
+
+    counts = uneven_counts(21, scale=9)
+    sc, rc = counts[ME], counts[:, ME]
+    fresh = COMM.Dup()
+    lanes = {"calls": 0}
+    real = _express.try_call
+
+    def counting(*args):
+        got = real(*args)
+        lanes["calls"] += got is not None
+        return got
+
+    _express.try_call = counting
+    try:
+        for dtype, kwargs in ((np.float32, dict(abs_error=1e-3, bypass=True)), (np.int32, dict(rel_error=0.1))):
+            send, got = np.zeros(int(sc.sum()), dtype), np.zeros(int(rc.sum()), dtype)
+            before = lanes["calls"]
+            for step in range(4):
+                send[:] = payload(send.size, np.float64, 30 + step) * 100  # new contents, same buffer
+                ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), dtype), rc])
+                stats = ec.Alltoallv(fresh, [send, sc], [got, rc], **kwargs)
+                assert np.array_equal(got, ref), f"{dtype.__name__} step {step}: not exact"
+                assert stats.sent_bytes == stats.raw_bytes == int((sc.sum() - sc[ME]) * send.itemsize)
+                assert stats.recv_bytes == int((rc.sum() - rc[ME]) * send.itemsize)
+                assert stats.mode == ("raw" if dtype is np.float32 else "passthrough") and stats.total_s > 0
+            used = lanes["calls"] - before
+            # the first call opens the lane, the other three take it; the pairwise handshake
+            # (above 64 ranks) never fuses, so it has no lane
+            expected = 0 if PAIRWISE else 3
+            assert used == expected, f"{dtype.__name__}: {used} calls took the express lane, expected {expected}"
+            assert (_mpi.peek_state(fresh).memo.lane is None) == PAIRWISE
+        # another bound: a new key, the full path, a new lane
+        before = lanes["calls"]
+        send, got = payload(int(sc.sum()), np.float32, 40), np.zeros(int(rc.sum()), np.float32)
+        for _ in range(2):
+            ec.Alltoallv(fresh, [send, sc], [got, rc], abs_error=2e-3, bypass=True)
+        assert lanes["calls"] - before == (0 if PAIRWISE else 1)
+    finally:
+        _express.try_call = real
     fresh.Free()
 
 
