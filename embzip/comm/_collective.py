@@ -129,14 +129,10 @@ def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
     return None, None
 
 
-def finish(state, stats, start, alt=None, waited_s=0.0):
-    """Record a completed call: total time, last stats, the measurement for the next call.
-
-    ``waited_s``: the part of ``stats.transfer_s`` spent before every rank had joined (a fused
-    call's handshake), left out of the bandwidth; a compressed call's transfer starts after
-    its handshake, so it has none."""
+def finish(state, stats, start, alt=None):
+    """Record a completed call: total time, last stats, the measurement for the next call."""
     stats.total_s = time.perf_counter() - start
-    state.pending = measurement(stats, waited_s, alt)
+    state.pending = measurement(stats, 0.0, alt)  # no latency correction: skew makes it unreliable
     state.last = stats
     return stats
 
@@ -263,6 +259,4 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
             raw_exchange(state.comm, job, MPI)
             stats.transfer_s = time.perf_counter() - t
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
-        if agreement.fused:
-            return finish(state, stats, start, alt, agreement.latency)
     return finish(state, stats, start, alt)

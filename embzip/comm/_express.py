@@ -106,13 +106,14 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
     pcomm, MPI = state.comm, _mpi.load()
     failures = []
     t = time.perf_counter()
-    # an MPI error (a truncation from counts another rank changed) is kept: the verdict names it
-    waited = _handshake.complete_fused(pcomm.Iallgather(row, table), pcomm.Ialltoallv(lane.smsg, lane.rmsg),
-                                       failures, MPI)
+    try:
+        MPI.Request.Waitall([pcomm.Iallgather(row, table), pcomm.Ialltoallv(lane.smsg, lane.rmsg)])
+    except Exception as exc:  # a truncation from counts another rank changed: the verdict names it
+        failures.append(exc)
     transfer = time.perf_counter() - t
     if failures or table[:, :-_handshake.MEASURED].tobytes() != lane.agreed:
         state.memo.lane = None  # whatever happens next, this lane's arguments are no longer agreed
-        _handshake.conclude(pcomm, job, table, True, failures, state.memo, MPI, waited)
+        _handshake.conclude(pcomm, job, table, True, failures, state.memo, MPI, transfer)
         reduced = table[:, -_handshake.MEASURED:].max(axis=0)  # sound after all (conclude did not raise)
     else:
         reduced = table[:, -_handshake.MEASURED:].max(axis=0)
@@ -120,9 +121,9 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
     state.costs.commit(decision)
     stats.raw_bytes = stats.sent_bytes = lane.raw_bytes
     stats.recv_raw_bytes = stats.recv_bytes = lane.recv_raw_bytes
-    stats.transfer_s, stats.handshake_s = transfer, waited
+    stats.transfer_s = stats.handshake_s = transfer
     stats.total_s = time.perf_counter() - start
-    state.pending = measurement(stats, waited)
+    state.pending = measurement(stats, 0.0)
     state.last = stats
     return stats
 

@@ -32,7 +32,7 @@ from ._mpi import wait
 from ._protocol import BYPASS_CODES, chunk_units, raise_agreed
 from ._stats import MEASUREMENT_FIELDS
 
-__all__ = ["handshake", "Agreement", "GATHER_MAX", "build_row", "conclude", "complete_fused", "row_size", "MEASURED"]
+__all__ = ["handshake", "Agreement", "GATHER_MAX", "build_row", "conclude", "row_size", "MEASURED"]
 
 GATHER_MAX = 64
 _SETTINGS = ("bypass", "chunk_bytes", "mode")  # every rank must pass (or decide) alike
@@ -101,27 +101,15 @@ def _filler(pcomm, table, MPI) -> None:
     wait(pcomm.Ialltoallv([sendbuf, (out, out_displs), MPI.BYTE], [recvbuf, (into, in_displs), MPI.BYTE]))
 
 
-def complete_fused(request, payload, failures: list, MPI) -> float:
+def _complete(request, payload, failures: list, MPI) -> None:
     """Wait for the handshake and the fused payload as MPI waits (polling: a payload moves only
-    while MPI is called, so napping between tests would stretch it). Returns the seconds until
-    the first of the two completed -- the handshake, as a rule: from then on every rank is in
-    the call, so the rest is transfer, not waiting for late ranks (the cost model's bandwidth
-    must not count another rank's compute). An MPI error (truncation from mismatched counts,
-    which the verdict then names) is kept, not raised, so that every rank reaches the verdict."""
-    start = time.perf_counter()
-    requests = [request, payload]
+    while MPI is called, so napping between tests would stretch it). An MPI error (truncation
+    from mismatched counts, which the verdict then names) is kept, not raised, so that every
+    rank reaches the verdict."""
     try:
-        MPI.Request.Waitany(requests)
-        first = time.perf_counter() - start
-        MPI.Request.Waitall(requests)
-    except Exception as exc:  # mpi4py's MPI.Exception
-        first = time.perf_counter() - start
+        MPI.Request.Waitall([request, payload])
+    except Exception as exc:  # mpi4py's MPI.Exception: both requests are complete regardless
         failures.append(exc)
-        try:  # complete whichever request the failure left (completed ones are null now)
-            MPI.Request.Waitall(requests)
-        except Exception:  # the same failure again: both are complete regardless
-            pass
-    return first
 
 
 def build_row(job, mode: int, fused: bool, blob_sizes, size: int) -> np.ndarray:
@@ -156,10 +144,10 @@ def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None,
     request = pcomm.Iallgather(row, table)
     failures = []
     if fused:  # both in flight together: one synchronisation
-        latency = complete_fused(request, post_payload(), failures, MPI)
+        _complete(request, post_payload(), failures, MPI)
     else:
         wait(request)  # spins briefly, then naps: ranks still compressing need the shared cores
-        latency = time.perf_counter() - start
+    latency = time.perf_counter() - start
     return conclude(pcomm, job, table, fused, failures, memo, MPI, latency)
 
 

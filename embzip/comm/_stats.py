@@ -19,7 +19,7 @@ MEASUREMENT_FIELDS = (
     "raw_bytes",  # float bytes this rank sent to other ranks, uncompressed
     "wire_bytes",  # bytes it put on the wire for them (0: the transfer time says nothing of bandwidth)
     "transfer_s",  # time of the payload exchange
-    "latency_s",  # the part of transfer_s before every rank had joined (fused calls), not bandwidth
+    "latency_s",  # time of a tiny collective just before it (the fixed cost of any exchange)
     "compress_spb",  # seconds per raw byte, compressing
     "decompress_spb",  # seconds per raw byte received, decompressing
     "inv_ratio",  # wire / raw for the frames
