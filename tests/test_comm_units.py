@@ -150,6 +150,23 @@ def _measured(mode, raw=8e6, wire=1e6, transfer=0.01, spb_c=2e-9, spb_d=1e-9, in
     return vec
 
 
+def test_raw_bandwidth_from_the_rank_that_waited_for_nobody():
+    # MAX-reduced over ranks: the slowest transfer (0.3 s) includes an early rank's wait for a
+    # late one; 1 / the largest inv_transfer_s is the late rank's 0.01 s, which is transfer only
+    ranks = [_stats.measurement(_stats.CallStats("raw", "cost model", raw_bytes=8e6, sent_bytes=8e6,
+                                                 transfer_s=t), 0.0) for t in (0.3, 0.2, 0.01)]
+    reduced = np.max(ranks, axis=0)
+    state = _costs.CostState()
+    state.absorb(reduced)
+    assert state.bandwidth == pytest.approx(8e6 / 0.01)
+    compressed = _measured(1, wire=1e6, transfer=0.05)  # compressed transfers start after the handshake
+    compressed[_costs._F["inv_transfer_s"]] = 1 / 0.001
+    state = _costs.CostState()
+    state.absorb(compressed)
+    assert state.bandwidths[1][-1] == pytest.approx(1e6 / 0.05)
+    assert _stats.measurement(_stats.CallStats("raw", "x"), 0.0).tolist() == [0.0] * len(_stats.MEASUREMENT_FIELDS)
+
+
 def test_cost_model_schedule_and_decisions():
     state = _costs.CostState()
     first = state.decide("auto", "auto")

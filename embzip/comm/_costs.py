@@ -95,6 +95,8 @@ class CostState:
         if mode == 0 or raw <= 0:
             return
         wire, seconds = reduced[_F["wire_bytes"]], reduced[_F["transfer_s"]]
+        if mode == 2 and reduced[_F["inv_transfer_s"]] > 0:  # the rank that waited for nobody
+            seconds = 1.0 / reduced[_F["inv_transfer_s"]]
         busy = max(seconds - reduced[_F["latency_s"]], 1e-6)
         if wire > 0 and (mode == 2 or wire >= MIN_BANDWIDTH_BYTES):
             self.bandwidths[int(mode)].append(float(wire / busy))

@@ -26,6 +26,11 @@ MEASUREMENT_FIELDS = (
     "alt_inv_ratio",  # the same for the other encoder, when it was calibrated (else 0)
     "alt_compress_spb",
     "alt_decompress_spb",
+    # 1 / transfer_s: its MAX is 1 / the *fastest* rank's transfer. An uncompressed call fuses
+    # its handshake with the payload, so a rank that arrived early counts its wait for the late
+    # ones as transfer; the last to arrive waited for nobody. (0, the "nothing measured" value,
+    # is neutral under MAX.)
+    "inv_transfer_s",
 )
 
 
@@ -95,6 +100,7 @@ def measurement(stats: CallStats, latency_s: float, alt=None) -> np.ndarray:
     vec[1] = ENCODER_CODES.get(stats.strategy, 0)
     vec[2], vec[3] = stats.raw_bytes, 0 if stats.overlapped else stats.sent_bytes
     vec[4], vec[5] = stats.transfer_s, latency_s
+    vec[12] = 1.0 / stats.transfer_s if stats.transfer_s > 0 else 0.0
     if stats.mode == "compressed":
         vec[6] = stats.compress_s / stats.raw_bytes
         vec[7] = stats.decompress_s / max(stats.recv_raw_bytes, 1)
