@@ -8,29 +8,31 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ..cuda._launch import kernel
+from ..cuda._launch import device, kernel
 
 __all__ = ["gather", "scatter", "copy"]
+
+
+@device
+def _wide(i, idx, tables, dim):
+    """Where element ``i`` of a (rows x k x dim) group sits in (rows x tables x dim)."""
+    k = idx.shape[0]
+    rest = i // dim
+    return ((rest // k) * tables + idx[rest % k]) * dim + i % dim
 
 
 @kernel
 def gather(src, idx, tables, dim, dst):
     """``dst`` (rows x k x dim) = the columns of tables ``idx`` (k of them) of ``src`` (rows x tables x dim)."""
-    k = idx.shape[0]
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
-        c = i % dim
-        rest = i // dim
-        dst[i] = src[((rest // k) * tables + idx[rest % k]) * dim + c]
+        dst[i] = src[_wide(i, idx, tables, dim)]
 
 
 @kernel
 def scatter(src, idx, tables, dim, dst):
     """The inverse of :func:`gather`: ``src`` (rows x k x dim) into the columns of ``dst``."""
-    k = idx.shape[0]
     for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
-        c = i % dim
-        rest = i // dim
-        dst[((rest // k) * tables + idx[rest % k]) * dim + c] = src[i]
+        dst[_wide(i, idx, tables, dim)] = src[i]
 
 
 @kernel
