@@ -154,7 +154,7 @@ def test_raw_bandwidth_from_the_rank_that_waited_for_nobody():
     # MAX-reduced over ranks: the slowest transfer (0.3 s) includes an early rank's wait for a
     # late one; 1 / the largest inv_transfer_s is the late rank's 0.01 s, which is transfer only
     ranks = [_stats.measurement(_stats.CallStats("raw", "cost model", raw_bytes=8e6, sent_bytes=8e6,
-                                                 transfer_s=t), 0.0) for t in (0.3, 0.2, 0.01)]
+                                                 transfer_s=t), 0.0, fused=True) for t in (0.3, 0.2, 0.01)]
     reduced = np.max(ranks, axis=0)
     state = _costs.CostState()
     state.absorb(reduced)

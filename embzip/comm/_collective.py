@@ -129,10 +129,10 @@ def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
     return None, None
 
 
-def finish(state, stats, start, alt=None):
+def finish(state, stats, start, alt=None, fused=False):
     """Record a completed call: total time, last stats, the measurement for the next call."""
     stats.total_s = time.perf_counter() - start
-    state.pending = measurement(stats, 0.0, alt)  # no latency correction: skew makes it unreliable
+    state.pending = measurement(stats, 0.0, alt, fused)  # no latency correction: skew makes it unreliable
     state.last = stats
     return stats
 
@@ -251,7 +251,7 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
             stats.transfer_s, stats.handshake_s = time.perf_counter() - t, agreement.latency
             if finish_copy[0] is not None:
                 finish_copy[0]()
-            else:  # host buffers: a repeat of this call can take the express lane
+            else:  # (open_lane declines GPU buffers: they have no memo key) a repeat can take the express lane
                 _express.open_lane(state, job, 0 if decision is None else MODE_CODES[decision.mode], stats,
                                    (sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass))
         else:
@@ -259,4 +259,5 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
             raw_exchange(state.comm, job, MPI)
             stats.transfer_s = time.perf_counter() - t
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
+        return finish(state, stats, start, alt, agreement.fused)
     return finish(state, stats, start, alt)

@@ -41,12 +41,15 @@ def _arguments(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
     array (compared by value); None otherwise (the memo key decides then)."""
     if type(sendbuf) is not np.ndarray or type(recvbuf) is not np.ndarray:
         return None
+    for scalar in (abs_error, rel_error, strategy, bypass):  # as key_of: anything else validates in full
+        if scalar is not None and not isinstance(scalar, (bool, int, float, str)):
+            return None
     inner = None
     if bounds is not None:
         if not (hasattr(bounds, "dim") and hasattr(bounds, "bounds")):  # a TableLayout
             return None
         inner = bounds.bounds
-        inner = None if inner is None else inner.tobytes()
+        inner = None if inner is None else (inner.shape, inner.dtype.str, inner.tobytes())
     return (id(sendbuf), id(recvbuf), sendbuf.flags.writeable, recvbuf.flags.writeable, sendbuf.dtype,
             recvbuf.dtype, sendbuf.shape, recvbuf.shape, id(bounds), inner,
             abs_error, type(abs_error), rel_error, type(rel_error), strategy, bypass, type(bypass))
@@ -123,7 +126,7 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
     stats.recv_raw_bytes = stats.recv_bytes = lane.recv_raw_bytes
     stats.transfer_s = stats.handshake_s = transfer
     stats.total_s = time.perf_counter() - start
-    state.pending = measurement(stats, 0.0)
+    state.pending = measurement(stats, 0.0, fused=True)
     state.last = stats
     return stats
 

@@ -91,7 +91,7 @@ class CallStats:
         return self.raw_bytes / self.sent_bytes if self.sent_bytes else 1.0
 
 
-def measurement(stats: CallStats, latency_s: float, alt=None) -> np.ndarray:
+def measurement(stats: CallStats, latency_s: float, alt=None, fused: bool = False) -> np.ndarray:
     """This rank's measurement vector (see MEASUREMENT_FIELDS) for the next call's reduction."""
     vec = np.zeros(len(MEASUREMENT_FIELDS))
     if stats.mode not in MODE_CODES or stats.raw_bytes <= 0:
@@ -100,7 +100,9 @@ def measurement(stats: CallStats, latency_s: float, alt=None) -> np.ndarray:
     vec[1] = ENCODER_CODES.get(stats.strategy, 0)
     vec[2], vec[3] = stats.raw_bytes, 0 if stats.overlapped else stats.sent_bytes
     vec[4], vec[5] = stats.transfer_s, latency_s
-    vec[12] = 1.0 / stats.transfer_s if stats.transfer_s > 0 else 0.0
+    # only a fused call's transfer starts when the rank arrives (a pipelined raw call's Wait may
+    # start after the data moved): elsewhere 0, and the cost model uses the slowest transfer
+    vec[12] = 1.0 / stats.transfer_s if fused and stats.transfer_s > 0 else 0.0
     if stats.mode == "compressed":
         vec[6] = stats.compress_s / stats.raw_bytes
         vec[7] = stats.decompress_s / max(stats.recv_raw_bytes, 1)
