@@ -15,9 +15,16 @@ the bypass calibration), the methods interleaved call by call so that a shared h
 load hits them alike. With ``--tc-dev`` the bytes the shaped link carried are read from
 ``tc -s qdisc show dev DEV`` before and after each method.
 
+With ``--device cupy`` (a GPU machine) the send and receive buffers are cupy arrays: embzip
+compresses on the GPU and stages the frames through host memory (or hands them to a CUDA-aware
+MPI with ``EMBZIP_CUDA_AWARE_MPI=1``); the plain baseline stages the raw payload through host
+memory (``cupy.asnumpy`` -> ``Alltoallv`` -> copy back), which is what a non-CUDA-aware MPI
+needs; the control is left out. Time per call ends after a device synchronize.
+
 Usage::
 
     mpiexec -n 4 python bench/alltoall.py --label shm --json out.json
+    mpiexec -n 4 python bench/alltoall.py --device cupy --glove rows.npy   # GPU buffers
     python bench/alltoall.py --report a.json b.json     # side-by-side table of several runs
 """
 
@@ -40,11 +47,14 @@ TABLES, BATCH, DIM = 26, 2048, 50
 REL = 0.01
 
 
-def dlrm_payload(rank: int) -> np.ndarray:
-    """[BATCH, TABLES * DIM] float32: per table, Zipf lookups of GloVe rows at a per-table offset."""
+def dlrm_payload(rank: int, glove_path: str | None = None) -> np.ndarray:
+    """[BATCH, TABLES * DIM] float32: per table, Zipf lookups of GloVe rows at a per-table offset.
+
+    The rows come from the PyPI package, or from ``glove_path`` (a .npy of leading GloVe rows,
+    e.g. saved by ``bench/gpu.py --save-glove``) on a machine without it."""
     from embzip import compare
 
-    glove = compare.glove_table()
+    glove = np.load(glove_path, mmap_mode="r") if glove_path else compare.glove_table()
     n = glove.shape[0]
     out = np.empty((BATCH, TABLES, DIM), dtype=np.float32)
     for t in range(TABLES):
@@ -83,9 +93,16 @@ def run(args):
     import embzip.comm as ec
 
     comm = MPI.COMM_WORLD
-    send = dlrm_payload(comm.rank)
-    ref = np.empty_like(send)
-    comm.Alltoallv(send, ref)
+    host_send = dlrm_payload(comm.rank, args.glove)
+    ref = np.empty_like(host_send)
+    comm.Alltoallv(host_send, ref)
+    send, zeros_like, to_host, sync = host_send, np.zeros_like, np.asarray, lambda: None
+    if args.device == "cupy":
+        import cupy
+
+        send, zeros_like, to_host = cupy.asarray(host_send), cupy.zeros_like, cupy.asnumpy
+        sync = cupy.cuda.Device().synchronize
+        staging = np.empty_like(host_send)
     layout = ec.TableLayout(dim=DIM)
     from embzip.comm._handshake import row_size
 
@@ -94,22 +111,32 @@ def run(args):
     def control(c, r):  # the MPI side of the bypass path: handshake and payload posted together
         MPI.Request.Waitall([c.Iallgather(row, table), c.Ialltoallv(send, r)])
 
+    def plain_staged(c, r):  # what a non-CUDA-aware MPI needs: through host memory both ways
+        c.Alltoallv(cupy.asnumpy(send), staging)
+        r.set(staging)
+
     methods = {
-        "plain Alltoallv": lambda c, r: c.Alltoallv(send, r),
+        "plain Alltoallv": (lambda c, r: c.Alltoallv(send, r)) if args.device == "host" else plain_staged,
         "control: Iallgather + Ialltoallv": control,
         f"embzip rel {REL}": lambda c, r: ec.Alltoallv(c, send, r, rel_error=REL, bounds=layout, bypass=False),
         f"embzip rel {REL} + bypass": lambda c, r: ec.Alltoallv(c, send, r, rel_error=REL, bounds=layout),
         f"embzip rel {REL} pipelined": lambda c, r: ec.Ialltoallv(c, send, r, rel_error=REL, bounds=layout,
                                                                  bypass=False, chunk_bytes=args.chunk).wait(),
     }
+    if args.device == "cupy":
+        del methods["control: Iallgather + Ialltoallv"]  # a host-only measure
     methods = {k: v for k, v in methods.items() if not args.methods or any(m in k for m in args.methods.split(","))}
     subs = {name: comm.Dup() for name in methods}  # a communicator per method: its own cost-model state
-    recvs = {name: np.zeros_like(send) for name in methods}
+    recvs = {name: zeros_like(send) for name in methods}
     bounds = {}
     for name, call in methods.items():
         for _ in range(args.warmup):
             call(subs[name], recvs[name])
-        bounds[name] = check_bound(comm, recvs[name], ref) if "embzip" in name else 0.0
+        sync()
+        got = to_host(recvs[name])
+        bounds[name] = check_bound(comm, got, ref) if "embzip" in name else 0.0
+        if "embzip" not in name and got.tobytes() != ref.tobytes():
+            raise SystemExit(f"{name}: the received payload differs from comm.Alltoallv's")
     times = {name: [] for name in methods}
     stats = {name: [] for name in methods}
     tc_bytes = {name: 0 for name in methods}
@@ -119,6 +146,7 @@ def run(args):
             subs[name].Barrier()
             start = time.perf_counter()
             st = call(subs[name], recvs[name])
+            sync()
             times[name].append(comm.allreduce(time.perf_counter() - start, op=MPI.MAX))
             stats[name].append(st)
             if sent0 is not None:
@@ -175,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--methods", default="", help="comma-separated substrings of method names")
     parser.add_argument("--tc-dev", default=None, help="read bytes sent through this device's qdisc")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--device", choices=("host", "cupy"), default="host", help="where the buffers live")
+    parser.add_argument("--glove", default=None, help="a .npy of GloVe rows instead of the PyPI package")
     parser.add_argument("--report", nargs="*", help="print the side-by-side table of these JSON files and exit")
     args = parser.parse_args(argv)
     if args.report:

@@ -40,19 +40,17 @@ if not IN_SIMULATOR:
         if result.returncode != 0:
             pytest.fail(f"simulator tests failed:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
 
-    def test_mpi_two_ranks_device_buffers_under_the_simulator():
-        """2 ranks, simulated GPUs: device/device, device/host and host/device exchanges match
-        the host-only exchange bit for bit (blocking, per-table groups, pipelined)."""
-        _need_numba_cuda()
+    def _device_worker(env_extra):
+        """Run tests/mpi/worker_device.py on 2 ranks with ``env_extra``; fail on error or hang."""
         if importlib.util.find_spec("mpi4py") is None:
             pytest.skip("mpi4py is not installed (pip install 'embzip[mpi]')")
         local = Path(sys.executable).parent / "mpiexec"
         mpiexec = str(local) if local.exists() else shutil.which("mpiexec")
         if mpiexec is None:
             pytest.skip("no mpiexec found (pip install mpich, or put one on PATH)")
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-                   EMBZIP_COMM_WARMUP="0", PYTHONWARNINGS="ignore::RuntimeWarning")
-        env.pop("EMBZIP_CUDA_AWARE_MPI", None)  # simulated device arrays are host memory MPI cannot see
+        env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_COMM_WARMUP="0",
+                   PYTHONWARNINGS="ignore::RuntimeWarning", **env_extra)
+        env.pop("EMBZIP_CUDA_AWARE_MPI", None)  # staging through host memory: works with any MPI
         proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, str(ROOT / "tests" / "mpi" / "worker_device.py")],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -65,14 +63,34 @@ if not IN_SIMULATOR:
         assert proc.returncode == 0, out[-8000:]
         assert out.count("DEVICE-OK") == 2, out[-8000:]
 
-    def test_cupy_segments_on_a_real_gpu():
-        """cupy in, cupy blobs out: the same bytes as the CPU's (needs cupy and a GPU)."""
+    def _need_cupy_gpu():
         cupy = pytest.importorskip("cupy", reason="cupy is not installed (cupy paths need a real GPU)")
         try:
             if not cupy.is_available():
                 pytest.skip("cupy is installed but no CUDA device is available")
         except Exception as exc:
             pytest.skip(f"no usable CUDA device: {exc}")
+        return cupy
+
+    def test_mpi_two_ranks_device_buffers_under_the_simulator():
+        """2 ranks, simulated GPUs: device/device, device/host and host/device exchanges match
+        the host-only exchange bit for bit (blocking, per-table groups, pipelined, compact, raw)."""
+        _need_numba_cuda()
+        _device_worker({"NUMBA_ENABLE_CUDASIM": "1"})
+
+    def test_mpi_two_ranks_cupy_buffers_on_a_real_gpu():
+        """The same exchanges with cupy arrays (~1 MB per destination) on a real GPU, frames
+        staged through host memory: identical bits to the host-only exchange."""
+        _need_numba_cuda()
+        _need_cupy_gpu()
+        env = {"EMBZIP_WORKER_ARRAYS": "cupy"}
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") is not None:
+            env["NUMBA_ENABLE_CUDASIM"] = "0"
+        _device_worker(env)
+
+    def test_cupy_segments_on_a_real_gpu():
+        """cupy in, cupy blobs out: the same bytes as the CPU's (needs cupy and a GPU)."""
+        cupy = _need_cupy_gpu()
         from embzip.comm import _device, _layout, _segment
 
         rng = np.random.default_rng(1)

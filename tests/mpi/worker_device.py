@@ -1,10 +1,12 @@
-"""MPI worker for GPU buffers: ``NUMBA_ENABLE_CUDASIM=1 mpiexec -n 2 python tests/mpi/worker_device.py``.
+"""MPI worker for GPU buffers: ``mpiexec -n 2 python tests/mpi/worker_device.py``.
 
-Launched by tests/test_comm_device.py with the numba-cuda simulator on (numba device arrays
-stand in for GPU buffers; MPI is not CUDA-aware here, so frames travel through host buffers).
+Launched by tests/test_comm_device.py twice: with the numba-cuda simulator on
+(``NUMBA_ENABLE_CUDASIM=1``; numba device arrays stand in for GPU buffers, sizes tiny since the
+simulator runs one Python thread per GPU thread), and on a real GPU with
+``EMBZIP_WORKER_ARRAYS=cupy`` (cupy arrays, ~1 MB per destination; all ranks share the GPU).
 Each exchange is done with host buffers on both ranks first, then with device buffers on
 both ranks, on rank 0 only and on rank 1 only: every receive buffer must hold the same bits.
-Sizes are tiny (the simulator runs one Python thread per GPU thread). Prints ``DEVICE-OK``.
+Frames travel through host buffers unless ``EMBZIP_CUDA_AWARE_MPI=1``. Prints ``DEVICE-OK``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
+
+import os
 
 import numpy as np
 
@@ -40,11 +44,28 @@ _api.compress, _api.decompress = _counting("compress"), _counting("decompress")
 
 COMM = MPI.COMM_WORLD
 P, ME = COMM.Get_size(), COMM.Get_rank()
-N = 48  # elements per destination: 4 rows of 3 tables x dim 4
+ARRAYS = os.environ.get("EMBZIP_WORKER_ARRAYS", "numba")  # "numba" (simulator or GPU) or "cupy" (GPU)
+ROWS = 4 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 20_000
+N = ROWS * 12  # elements per destination: ROWS rows of 3 tables x dim 4
+
+if ARRAYS == "cupy":
+    import cupy
+
+    def to_device(x):
+        return cupy.asarray(x)
+
+    def to_host(x):
+        return cupy.asnumpy(x)
+else:
+    def to_device(x):
+        return cuda.to_device(x)
+
+    def to_host(x):
+        return x.copy_to_host()
 
 
-def payload():
-    x = (np.random.default_rng(ME).standard_normal(P * N) * 3).astype(np.float32)
+def payload(rank=ME):
+    x = (np.random.default_rng(rank).standard_normal(P * N) * 3).astype(np.float32)
     x[1] = np.nan
     x[N + 2] = -np.inf
     return x
@@ -54,15 +75,16 @@ def run(call, device_ranks, **kwargs):
     """Receive buffer (on the host) after ``call`` with device buffers on ``device_ranks``."""
     send, recv = payload(), np.full(P * N, 9.0, np.float32)
     if ME in device_ranks:
-        send, recv = cuda.to_device(send), cuda.to_device(recv)
+        send, recv = to_device(send), to_device(recv)
     before = dict(ON_DEVICE)
     stats = call(send, recv, **kwargs)
-    assert stats.mode == "compressed", stats
-    if ME in device_ranks:  # the GPU compressed what this rank sent and decoded what it received
+    raw = kwargs.get("bypass") is True
+    assert stats.mode == ("raw" if raw else "compressed"), stats
+    if ME in device_ranks and not raw:  # the GPU compressed what this rank sent and decoded what it received
         assert ON_DEVICE["compress"] > before["compress"] and ON_DEVICE["decompress"] > before["decompress"]
     else:
         assert ON_DEVICE == before
-    return recv.copy_to_host() if ME in device_ranks else recv
+    return to_host(recv) if ME in device_ranks else recv
 
 
 def blocking(send, recv, **kwargs):
@@ -70,19 +92,26 @@ def blocking(send, recv, **kwargs):
 
 
 def pipelined(send, recv, **kwargs):
-    return ec.Ialltoallv(COMM, send, recv, chunk_bytes=64, **kwargs).wait()
+    return ec.Ialltoallv(COMM, send, recv, chunk_bytes=64 if ROWS == 4 else 256 * 1024, **kwargs).wait()
 
 
 def main():
     tables = ec.TableLayout(dim=4, bounds=[0.01, 0.1, 0.01])
     for name, call, kwargs in (("plain", blocking, dict(abs_error=1e-2)),
                                ("tables", blocking, dict(rel_error=0.01, bounds=tables)),
-                               ("pipelined", pipelined, dict(abs_error=1e-2, bounds=tables))):
-        kwargs.update(strategy="fast", bypass=False)
+                               ("pipelined", pipelined, dict(abs_error=1e-2, bounds=tables)),
+                               ("compact", blocking, dict(rel_error=0.01, strategy="compact")),
+                               ("raw", blocking, dict(abs_error=1e-2, bypass=True))):
+        kwargs.setdefault("strategy", "fast")
+        kwargs.setdefault("bypass", False)
         expected = run(call, (), **kwargs)
         own = payload()[ME * N:(ME + 1) * N]
         assert expected[ME * N:(ME + 1) * N].tobytes() == own.tobytes(), name  # own segment: exact
         assert not np.array_equal(expected, np.full(P * N, 9.0, np.float32)), name
+        if kwargs["bypass"] is True:  # raw: every segment exact
+            for src in range(P):
+                sent = payload(src)[ME * N:(ME + 1) * N]
+                assert expected[src * N:(src + 1) * N].tobytes() == sent.tobytes(), (name, src)
         for device_ranks in ((0, 1), (0,), (1,)):
             got = run(call, device_ranks, **kwargs)
             assert got.tobytes() == expected.tobytes(), (name, device_ranks, got, expected)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One prepared GPU session: real-GPU tests, then the codec and comm timings, each step under its
+# own time limit so that one failure does not eat the others' time. Logs go to $OUT (or ./out).
+#
+# Carry .whl (numpy 2.4 for numba-cuda, mpich + mpi4py for MPI, glove50k.npy; see docs/cuda.md,
+# "Running on a GPU") and run from the repository root:
+#
+#     bash bench/device_check.sh            # at most ~7 minutes
+#     STEPS="tests comm" bash bench/device_check.sh
+#
+# Steps: env (versions, GPU, MPI), tests (every test that needs a real GPU), comm (bench/alltoall.py
+# with cupy buffers, 4 ranks sharing the GPU), gpu (bench/gpu.py: bound + CPU parity on real data,
+# then compress/decompress GB/s; GPU_ARGS="--max-mib 256" to shorten it).
+set -u
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+STEPS=${STEPS:-"env tests comm gpu"}
+VENV=/tmp/embzip-venv
+started=$(date +%s)
+
+# numba-cuda 0.30 cannot compile against numpy 2.5 (the device image's): a venv whose own
+# site-packages (the carried wheels, -I: also where the image has the same version) come before
+# the image's (cupy, numba, numba-cuda, torch, pytest). The image's python3 is itself a venv, so
+# --system-site-packages would reach past it: a .pth adds its site-packages instead. mpich's
+# mpiexec and libmpi land in the venv's bin/ and lib/, where mpi4py looks for them.
+python3 -m venv --without-pip "$VENV"
+image_site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+venv_site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "import site; site.addsitedir('$image_site')" >"$venv_site/zz_image.pth"
+"$VENV/bin/python" -m pip install -q -I --no-index --no-deps --no-compile ${WHEELS:-.whl}/*.whl || exit 1
+export PATH="$VENV/bin:$PATH" PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba-cache
+unset NUMBA_ENABLE_CUDASIM EMBZIP_CUDA_AWARE_MPI
+status=0
+
+step() {  # step NAME LIMIT_S COMMAND...: run, log, remember a failure, go on
+    local name=$1 limit=$2
+    shift 2
+    case " $STEPS " in *" $name "*) ;; *) return ;; esac
+    echo "=== $name (limit ${limit}s, at +$(( $(date +%s) - started ))s): $*"
+    timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 60 "$OUT/$name.log"
+    echo "=== $name: rc=$rc after +$(( $(date +%s) - started ))s"
+    [ $rc -eq 0 ] || status=1
+}
+
+step env 60 bash -c 'nvidia-smi -L; python - <<"EOF"
+import numpy, numba, cupy
+from numba import cuda
+from mpi4py import MPI
+print("numpy", numpy.__version__, "numba", numba.__version__, "cupy", cupy.__version__)
+print("MPI:", MPI.Get_library_version().splitlines()[0])
+try:
+    print("MPI CUDA support:", MPI.Query_cuda_support())
+except Exception as exc:
+    print("MPI CUDA support: unknown", exc)
+print("numba sees", cuda.gpus)
+EOF'
+
+# Every test that needs a real GPU (the rest run on CI's CPUs).
+step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs \
+    tests/test_cuda_device.py tests/test_cuda_ptx.py \
+    tests/test_comm_units.py::test_real_cupy_staging_roundtrip \
+    tests/test_comm_device.py::test_cupy_segments_on_a_real_gpu \
+    tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu
+
+step comm 120 mpiexec -n 4 python bench/alltoall.py --device cupy --glove .whl/glove50k.npy \
+    --label "cupy, 4 ranks, 1 GPU" --reps 10 --warmup 4 --json "$OUT/comm.json"
+
+step gpu 100 python bench/gpu.py --glove .whl/glove50k.npy ${GPU_ARGS:-}
+
+echo "device_check: status $status after $(( $(date +%s) - started ))s"
+exit $status
