@@ -8,13 +8,14 @@
 #     bash bench/device_check.sh            # at most ~7 minutes
 #     STEPS="tests comm" bash bench/device_check.sh
 #
-# Steps: env (versions, GPU, MPI), tests (every test that needs a real GPU), comm (bench/alltoall.py
-# with cupy buffers, 4 ranks sharing the GPU), gpu (bench/gpu.py: bound + CPU parity on real data,
+# Steps: env (versions, GPU, MPI), tests (every test that needs a real GPU), overhead
+# (bench/gpu_overhead.py: what a small compress's time is made of), comm (bench/alltoall.py
+# with cupy buffers, 4 ranks sharing the GPU), hostab (host buffers, plain vs bypass), gpu (bench/gpu.py: bound + CPU parity on real data,
 # then compress/decompress GB/s; GPU_ARGS="--max-mib 256" to shorten it).
 set -u
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"env tests comm gpu"}
+STEPS=${STEPS:-"env tests overhead comm hostab gpu"}
 VENV=/tmp/embzip-venv
 started=$(date +%s)
 
@@ -64,8 +65,17 @@ step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs \
     tests/test_comm_device.py::test_cupy_segments_on_a_real_gpu \
     tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu
 
+step overhead 90 python bench/gpu_overhead.py
+
 step comm 120 mpiexec -n 4 python bench/alltoall.py --device cupy --glove .whl/glove50k.npy \
-    --label "cupy, 4 ranks, 1 GPU" --reps 10 --warmup 4 --json "$OUT/comm.json"
+    --label "cupy, 4 ranks, 1 GPU" --reps 10 --warmup 4 --json "$OUT/comm.json" ${COMM_ARGS:-}
+
+# The bypass's cost with host buffers where every rank has a core of its own (the CPU dev box
+# has 2 cores for 4 ranks): plain vs the same MPI calls the bypass makes vs the bypass, 3 runs.
+step hostab 150 bash -c 'for run in 1 2 3; do
+    mpiexec -n 4 python bench/alltoall.py --glove .whl/glove50k.npy --methods plain,control,bypass \
+        --reps 40 --label "host, 4 ranks, run $run" --json "$OUT/hostab$run.json" || exit 1
+done'
 
 step gpu 100 python bench/gpu.py --glove .whl/glove50k.npy ${GPU_ARGS:-}
 

@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embzip
@@ -402,3 +402,41 @@ def test_reuse_memo_returns_a_copy_so_a_failed_call_cannot_poison_it():
     again = memo.lookup(("k",))
     again.error = "compression failed"
     assert memo.lookup(("k",)).error is None and memo.lookup(("other",)) is None and memo.lookup(None) is None
+
+
+# ---------------------------------------------------------------- receive staging
+
+
+def _coverage_is_exact(counts, displs, n) -> bool:
+    """Brute force: every element of [0, n) written by exactly one segment."""
+    hits = np.zeros(n + int(max((d + c for c, d in zip(counts, displs)), default=0)), np.int64)
+    for c, d in zip(counts, displs):
+        hits[d:d + c] += 1
+    return bool(np.all(hits[:n] == 1) and not hits[n:].any())
+
+
+@settings(max_examples=400)  # cheap: a few hundred layouts in well under a second
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=6), st.randoms(use_true_random=False),
+       st.integers(-2, 2), st.integers(0, 5), st.integers(0, 2))
+def test_tiles_flat_matches_brute_force_coverage(counts, rnd, shift, where, extra):
+    """A staged receive skips copying the GPU buffer in only when the segments tile it exactly."""
+    from embzip.comm._spec import Spec
+
+    counts = np.array(counts, np.int64)
+    order = list(range(counts.size))
+    rnd.shuffle(order)  # segments laid out in a shuffled rank order
+    displs = np.zeros(counts.size, np.int64)
+    at = 0
+    for d in order:
+        displs[d], at = at, at + counts[d]
+    n = int(counts.sum()) + extra  # extra: a buffer longer than the segments
+    if shift:  # a gap or an overlap before one segment
+        target = order[where % counts.size]
+        displs[target] = max(0, displs[target] + shift)
+    flat = np.zeros(n, np.float32)
+    spec = Spec(buf=flat, flat=flat, dtype=flat.dtype, datatype=None, counts=counts, displs=displs,
+                extent=4, elem_size=4, device=False, row=0)
+    assert spec.tiles_flat == _coverage_is_exact(counts, displs, n)
+    padded = Spec(buf=flat, flat=flat, dtype=flat.dtype, datatype=None, counts=counts, displs=displs,
+                  extent=8, elem_size=4, device=False, row=0)  # a resized type: strided elements
+    assert not padded.tiles_flat

@@ -77,12 +77,13 @@ def host_flat(spec, preserve: bool):
     return _device.to_host(spec.flat) if preserve else np.empty(spec.flat.shape, dtype=spec.flat.dtype)
 
 
-def codec_flat(spec):
+def codec_flat(spec, receiving: bool):
     """Where this side's segments are encoded from / decoded into: the GPU buffer itself when
-    the CUDA backend runs here (see :mod:`._device`), else ``spec.flat`` or its host staging copy."""
+    the CUDA backend runs here (see :mod:`._device`), else ``spec.flat`` or its host staging copy
+    (a receive buffer's staging copy keeps what will not be received)."""
     if _device.codec_on_device(spec):
         return spec.flat
-    return host_flat(spec, True)  # a staged GPU buffer keeps what is not received
+    return host_flat(spec, not (receiving and spec.tiles_flat))
 
 
 def blob_placement(send_flat) -> dict:
@@ -114,7 +115,7 @@ def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
     if not (s.device or r.device) or _device.cuda_aware_mpi():
         smsg, rmsg, finish_copy = s.mpi_message(), r.mpi_message(), None
     else:
-        send_host, recv_host = host_flat(s, True), host_flat(r, True)  # keep what is not received
+        send_host, recv_host = host_flat(s, True), host_flat(r, not r.tiles_flat)  # keep what is not received
         smsg = [send_host, (s.counts, s.displs), s.datatype]
         rmsg = [recv_host, (r.counts, r.displs), r.datatype]
 
@@ -165,7 +166,7 @@ def _compress_all(job, decision, stats, rank: int, size: int):
 
     GPU segments are compressed on the GPU; their blobs stay there for a CUDA-aware MPI."""
     s = job.send
-    send_host = codec_flat(s)
+    send_host = codec_flat(s, False)
     on_device = blob_placement(send_host)
     blobs, alt = {}, None
     segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(size)
@@ -197,7 +198,7 @@ def _compressed(state, job, decision, stats, MPI):
         np.empty(int(sizes.sum()), dtype=np.uint8)
     for d, blob in blobs.items():
         _device.copy(sendbytes[sdispls[d]:sdispls[d] + blob.size], blob)
-    recv_host = codec_flat(r)  # the GPU buffer itself, or a host copy that keeps what is not received
+    recv_host = codec_flat(r, True)  # the GPU buffer itself, or a host copy that keeps what is not received
     if _device.is_device(recv_host) and _device.cuda_aware_mpi() and rsizes.sum():  # frames land on the GPU
         recvbytes = _device.empty(int(rsizes.sum()), np.uint8, like=recv_host)
     else:

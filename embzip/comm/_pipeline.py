@@ -121,7 +121,7 @@ class _Pipeline:
                           if src != self.rank else [] for src in range(self.size)]
         self.expected = sum(len(c) for c in self.in_chunks)
         # GPU buffers themselves when the CUDA backend runs here, else host arrays (see codec_flat)
-        self.send_host, self.recv_host = codec_flat(s), codec_flat(r)
+        self.send_host, self.recv_host = codec_flat(s, False), codec_flat(r, True)
         self.blob_kw = blob_placement(self.send_host)
         self.recv_on_device = _device.is_device(self.recv_host) and _device.cuda_aware_mpi()
         self.compress_error = self.decode_error = None  # set by the producer / by this thread

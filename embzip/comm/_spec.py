@@ -19,6 +19,7 @@ checked to lie inside the buffer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 
 import numpy as np
@@ -57,6 +58,20 @@ class Spec:
     def mpi_message(self):
         """This spec in mpi4py's explicit form (datatypes, counts, displacements)."""
         return [self.buf, (self.counts, self.displs), self.datatype]
+
+    @functools.cached_property
+    def tiles_flat(self) -> bool:
+        """Whether the segments cover ``flat`` exactly, without gaps or overlaps: then a receive
+        overwrites every element, and a staging copy need not keep the buffer's old contents."""
+        if self.flat is None or self.dtype is None or self.extent != self.elem_size \
+                or self.extent != self.flat.dtype.itemsize:
+            return False
+        used = self.counts > 0
+        order = np.argsort(self.displs[used], kind="stable")
+        counts, displs = self.counts[used][order], self.displs[used][order]
+        ends = np.cumsum(counts)
+        return bool(ends[-1] == self.flat.size and displs[0] == 0 and np.array_equal(displs[1:], ends[:-1])) \
+            if counts.size else self.flat.size == 0
 
 
 def _is_datatype(x, MPI) -> bool:

@@ -39,9 +39,38 @@ _WAVES = 8  # blocks per multiprocessor: enough in flight to hide memory latency
 _max_blocks = None
 
 
+class _QuietKernel:
+    """A compiled kernel whose launches skip numba-cuda's low-occupancy warning.
+
+    numba-cuda warns about every grid under 128 blocks, once per distinct size: a compress
+    launches dozens of deliberately small grids (a 1-block scan of tile totals, a 1-thread
+    header patch), which printed a screenful of NumbaPerformanceWarning on a user's first
+    call. The switch is numba's global config, so it is set only while the launch
+    configuration is built (numba reads it there) and restored at once; other attributes
+    pass through to numba's dispatcher.
+    """
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __getitem__(self, launch):
+        saved = config.CUDA_LOW_OCCUPANCY_WARNINGS
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        try:
+            return self.dispatcher[launch]
+        finally:
+            config.CUDA_LOW_OCCUPANCY_WARNINGS = saved
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+
 def kernel(fn):
-    """A ``cuda.jit`` kernel with embzip's numerics (see the module docstring)."""
-    return cuda.jit(fastmath=False)(fn)
+    """A ``cuda.jit`` kernel with embzip's numerics (see the module docstring), launched
+    without numba-cuda's low-occupancy warnings (see :class:`_QuietKernel`)."""
+    return _QuietKernel(cuda.jit(fastmath=False)(fn))
 
 
 def device(fn):
