@@ -106,10 +106,12 @@ def _own_segment(job, rank: int, send_flat, recv_flat) -> None:
                      send_flat[s.displs[rank]:s.displs[rank] + s.counts[rank]])
 
 
-def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
+def raw_exchange(pcomm, job, MPI, nonblocking: bool = False, finish_later: bool = False):
     """Plain (I)Alltoallv of the caller's buffers; GPU buffers staged unless MPI is CUDA-aware.
 
-    Returns the MPI request (nonblocking) or None, and a finisher to call after completion.
+    Returns the MPI request (nonblocking) or None, and the finisher (copying a staged receive
+    back to the GPU) still to call: after completion (nonblocking), when asked to finish later
+    (a fused call finishes once the handshake agreed), else None (done here).
     """
     s, r = job.send, job.recv
     if not (s.device or r.device) or _device.cuda_aware_mpi():
@@ -125,6 +127,8 @@ def raw_exchange(pcomm, job, MPI, nonblocking: bool = False):
     if nonblocking:
         return pcomm.Ialltoallv(smsg, rmsg), finish_copy
     pcomm.Alltoallv(smsg, rmsg)
+    if finish_later:
+        return None, finish_copy
     if finish_copy is not None:
         finish_copy()
     return None, None
@@ -241,10 +245,8 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
     else:
         finish_copy = []
 
-        def post_payload():
-            request, on_done = raw_exchange(state.comm, job, MPI, nonblocking=True)
-            finish_copy.append(on_done)
-            return request
+        def post_payload():  # the blocking payload exchange, run inside the handshake (fused)
+            finish_copy.append(raw_exchange(state.comm, job, MPI, finish_later=True)[1])
 
         t = time.perf_counter()
         agreement = agree_to_start(state, job, decision, stats, MPI, post_payload=post_payload)
