@@ -68,8 +68,8 @@ class CostState:
         self.decision = None  # the model's last choice
         self.since_probe, self.interval = 0, FIRST_PROBE
         self.since_calibration, self.calibration_interval = 0, FIRST_PROBE
-        self._codec_version = 0  # bumped whenever ``_codec`` changes: the key of ``_inputs``' memo
-        self._inputs_key, self._inputs_value = None, None
+        self._codec_version = 0  # bumped whenever ``_codec`` changes: the key of ``_parameters``' memo
+        self._parameters_version, self._parameters_codec, self._parameters_value = -1, None, None
 
     @property
     def raw_measured(self) -> bool:
@@ -112,15 +112,27 @@ class CostState:
                 other = "compact" if encoder == "fast" else "fast"
                 self._record(other, reduced[_F["alt_inv_ratio"]:_F["alt_decompress_spb"] + 1])
 
+    def _parameters(self, codec: dict):
+        """Per encoder (ratio, EncoderCost), and choose()'s sizes and costs: rebuilt only when
+        the codec medians change (a run of bypassed calls should cost little Python)."""
+        if self._parameters_version != self._codec_version or self._parameters_codec is not codec:
+            params = {}
+            for encoder, (inv_ratio, spb_c, spb_d) in codec.items():
+                cost = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
+                params[encoder] = (1.0 / inv_ratio if inv_ratio > 0 else float("inf"), cost)
+            sizes = {_MODEL_NAME[e]: c[0] for e, c in codec.items()}
+            costs = {_MODEL_NAME[e]: params[e][1] for e in codec}
+            self._parameters_value = (params, sizes, costs)
+            self._parameters_version, self._parameters_codec = self._codec_version, codec
+        return self._parameters_value
+
     def _encoder(self, strategy: str, codec: dict) -> str:
         bandwidth = self.bandwidth
         if strategy != "auto":
             return strategy
         if bandwidth is None or len(codec) < 2:
             return "fast"
-        sizes = {_MODEL_NAME[e]: c[0] for e, c in codec.items()}
-        costs = {_MODEL_NAME[e]: costmodel.EncoderCost(1.0 / max(c[1], 1e-15), 1.0 / max(c[2], 1e-15))
-                 for e, c in codec.items()}
+        _, sizes, costs = self._parameters(codec)
         return "fast" if costmodel.choose(1, sizes, bandwidth, costs) == "bitpack" else "compact"
 
     def model(self, encoder: str, codec=None) -> dict:
@@ -128,9 +140,7 @@ class CostState:
         bandwidth = self.bandwidth
         if bandwidth is None or encoder not in codec:
             return {}
-        inv_ratio, spb_c, spb_d = codec[encoder]
-        cost = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
-        ratio = 1.0 / inv_ratio if inv_ratio > 0 else float("inf")
+        ratio, cost = self._parameters(codec)[0][encoder]
         return {"bandwidth_Bps": bandwidth, "ratio": ratio, "compress_Bps": cost.compress_bps,
                 "decompress_Bps": cost.decompress_bps, "pays": costmodel.pays(ratio, bandwidth, cost)}
 
@@ -146,19 +156,6 @@ class CostState:
                          len(codec) == 2 else self.calibration_interval}
         return decision
 
-    def _inputs(self, strategy: str, codec: dict):
-        """(encoder, model) for the current measurements; a fresh copy of the model dict.
-
-        Memoized on what they depend on: in a run of bypassed calls the bandwidth's median
-        often repeats and the codec medians do not change, and a repeated call should cost
-        little Python (see _express)."""
-        key = (strategy, self.bandwidth, self._codec_version)
-        if key != self._inputs_key:
-            encoder = self._encoder(strategy, codec)
-            self._inputs_key, self._inputs_value = key, (encoder, self.model(encoder, codec))
-        encoder, model = self._inputs_value
-        return encoder, dict(model)
-
     def decide(self, bypass, strategy: str) -> Decision:
         """The mode of this call; ``bypass`` is "auto", True (always raw) or False (always compress).
 
@@ -166,7 +163,8 @@ class CostState:
         agreed the call can go ahead (so a call that raises leaves every rank's state alike).
         """
         codec = self.codec
-        encoder, model = self._inputs(strategy, codec)
+        encoder = self._encoder(strategy, codec)
+        model = self.model(encoder, codec)
         if bypass is True:
             return Decision("raw", None, "forced", model=model)
         if bypass is False:
