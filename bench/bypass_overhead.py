@@ -1,0 +1,84 @@
+"""What a bypassed embzip Alltoallv costs over a plain one: a tight A/B on one machine.
+
+Run under mpiexec (any rank count)::
+
+    mpiexec -n 2 python bench/bypass_overhead.py --mb 10.6 --reps 200
+
+Methods, interleaved call by call after a Barrier, each on its own communicator: plain
+``comm.Alltoallv``; the control (the bypass's MPI calls without embzip: an ``Iallgather`` of
+the handshake's size in flight during a blocking ``Alltoallv``); embzip with ``bypass=True``
+(always raw: the express lane's steady state); embzip with ``bypass="auto"`` (the cost model
+decides; on a fast link it sends raw but probes compression after 16, 32, ... calls). Time per
+call is the slowest rank's; medians and the ratio to plain are printed by rank 0. The payload
+is random float32 (the bypass never looks at the values), ``--mb`` MB per rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source checkout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=10.6, help="payload MB per rank")
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=8)
+    args = parser.parse_args()
+
+    from mpi4py import MPI
+
+    import embzip.comm as ec
+    from embzip.comm._handshake import row_size
+
+    comm = MPI.COMM_WORLD
+    n = int(args.mb * 1e6 / 4) // (50 * comm.size) * 50 * comm.size  # whole rows of 50 per rank
+    send = np.random.default_rng(comm.rank).normal(size=n).astype(np.float32)
+    recv = np.zeros_like(send)
+    layout = ec.TableLayout(dim=50)
+    row, table = np.zeros(row_size(comm.size)), np.zeros((comm.size, row_size(comm.size)))
+
+    def control(c):
+        request = c.Iallgather(row, table)
+        c.Alltoallv(send, recv)
+        request.Wait()
+
+    methods = {
+        "plain Alltoallv": lambda c: c.Alltoallv(send, recv),
+        "control (gather + Alltoallv)": control,
+        "embzip bypass=True": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout, bypass=True),
+        "embzip bypass=auto": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout),
+    }
+    subs = {name: comm.Dup() for name in methods}
+    times = {name: [] for name in methods}
+    modes = {name: set() for name in methods}
+    for name, call in methods.items():
+        for _ in range(args.warmup):
+            call(subs[name])
+    for _ in range(args.reps):
+        for name, call in methods.items():
+            subs[name].Barrier()
+            start = time.perf_counter()
+            stats = call(subs[name])
+            times[name].append(comm.allreduce(time.perf_counter() - start, op=MPI.MAX))
+            if hasattr(stats, "mode"):
+                modes[name].add(stats.mode)
+    if comm.rank == 0:
+        plain = float(np.median(times["plain Alltoallv"]))
+        print(f"{comm.size} ranks, {n * 4 / 1e6:.1f} MB per rank, median of {args.reps} calls")
+        print("| method | median us | vs plain | modes |\n|---|---:|---:|---|")
+        for name, values in times.items():
+            median = float(np.median(values))
+            print(f"| {name} | {median * 1e6:.0f} | {plain / median:.3f}x | {'/'.join(sorted(modes[name])) or '-'} |")
+    for sub in subs.values():
+        sub.Free()
+
+
+if __name__ == "__main__":
+    main()
