@@ -357,7 +357,7 @@ def test_real_cupy_staging_roundtrip():
 def _key(send, recv, **kw):
     from embzip.comm import _reuse
 
-    args = dict(abs_error=None, rel_error=0.01, strategy="auto", bounds=None, bypass="auto", chunk_bytes=0)
+    args = dict(abs_error=None, rel_error=0.01, strategy="auto", bounds=None, bypass="auto", chunk_bytes=None)
     args.update(kw)
     return _reuse.key_of(send, recv, *args.values())[0]
 

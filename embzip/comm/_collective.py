@@ -3,9 +3,9 @@
 Messages of one compressed call (P ranks, P <= 64): the frames are compressed first (the mode
 is decided from state every rank shares), then one ``Iallgather`` of ~18 + 6P doubles per rank
 (errors, settings, counts, blob sizes, measurements), one ``Ialltoallv`` of the blobs, and one
-``Allreduce`` of a decode-error flag. A bypassed or non-float call posts the ``Iallgather``
-and the ``Ialltoallv`` of the caller's buffers together and checks the verdict after both
-(see :mod:`._handshake`): one synchronisation, as a plain ``Alltoallv``.
+``Allreduce`` of a decode-error flag. A bypassed or non-float call posts the ``Iallgather``,
+runs the blocking ``Alltoallv`` of the caller's buffers while it is in flight, and checks the
+verdict after both (see :mod:`._handshake`): one synchronisation, as a plain ``Alltoallv``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ __all__ = ["alltoallv", "begin", "agree_to_start", "raw_exchange", "host_flat", 
            "blob_placement", "remote_bytes", "finish"]
 
 
-def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes=0):
+def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes=None):
     """Shared start of both calls: parse, validate and decide locally (nothing exchanged yet).
+    ``chunk_bytes`` None for the blocking call, else the pipelined call's.
 
     Returns (MPI, state, job, decision, stats, start time); ``decision`` is None for
     pass-through data or when this rank's arguments are invalid (``job.error``).

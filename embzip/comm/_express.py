@@ -111,7 +111,7 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
         return None
     args = _arguments(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
     if args is None:
-        key, _ = _reuse.key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, 0)
+        key, _ = _reuse.key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, None)
         if key is None or key != lane.key:
             return None
     elif args != lane.args:

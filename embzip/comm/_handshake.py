@@ -10,14 +10,19 @@ further communication (only a local error's text needs one ``bcast``). Above ``G
 ``Allreduce`` of the flags, where the receiver that sees a mismatch reports it.
 
 A call that sends the caller's buffers as they are (bypassed, or not float) *fuses* the
-handshake with the payload (gather path only): it posts the ``Iallgather`` and, at once, the
-payload's ``Ialltoallv``, and checks the verdict after both completed. Why: on cores shared by
-several ranks every extra synchronisation costs a scheduler time slice, and a bypassed call
-must cost what a plain ``Alltoallv`` costs. A rank that did not fuse (it compresses, or its
-arguments are bad) and learns of a problem posts a *filler* ``Ialltoallv`` sized from the
-gathered counts, which completes the fused ranks' exchange with no unmatched message, before
-every rank raises. So every call is one ``Iallgather`` followed by exactly one ``Ialltoallv``.
-On error, a fused rank's receive buffer may have been written (as with a failed MPI call).
+handshake with the payload (gather path only): it posts the ``Iallgather``, runs the payload's
+blocking ``Alltoallv`` while the gather is in flight, and checks the verdict after both
+completed. Why: a bypassed call must cost what a plain ``Alltoallv`` costs, and on shared
+memory MPICH's ``Ialltoallv`` is the slower algorithm (see :func:`fused_payload`). A rank that
+did not fuse (it compresses, or its arguments are bad) and learns of a problem makes a
+*filler* ``Alltoallv`` sized from the gathered counts (blocking: MPI matches blocking
+collectives only with blocking ones), which completes the fused ranks' exchange with no
+unmatched message, before every rank raises. So every uncompressed call is one ``Iallgather``
+and exactly one blocking ``Alltoallv``; a blocking and a pipelined call never meet (they
+disagree on ``chunk_bytes``, 0 for the blocking call). On error, a fused rank's receive buffer
+may have been written (as with a failed MPI call). Not covered: a fused rank whose payload
+fails before it enters MPI (a GPU staging copy that raises) cannot complete the others'
+``Alltoallv``; they wait.
 """
 
 from __future__ import annotations
@@ -77,10 +82,17 @@ def _vectors(job, blob_sizes):
     return [s.counts, s.counts * s.elem_size, r.counts, r.counts * r.elem_size, chunk_units(job), blobs]
 
 
+def _shown(name: str, value, other):
+    """A setting's value as a message shows it (``other``: the value it disagrees with)."""
+    value, other = int(value), int(other)
+    if name == "chunk_bytes" and 0 in (value, other):  # 0 is the blocking call's
+        return f"{value} ({'Alltoallv' if value == 0 else 'Ialltoallv'})"
+    return _NAMES.get(name, {}).get(value, value)
+
+
 def _disagreement(name: str, values: np.ndarray):
     first = int(np.flatnonzero(values != values[0])[0])
-    show = _NAMES.get(name, {})
-    a, b = show.get(int(values[0]), int(values[0])), show.get(int(values[first]), int(values[first]))
+    a, b = _shown(name, values[0], values[first]), _shown(name, values[first], values[0])
     return LocalError("value", f"ranks disagree on {name}: rank 0 has {a}, rank {first} has {b}; "
                                f"it must be the same on every rank")
 
@@ -112,7 +124,8 @@ def fused_payload(request, run_payload, failures: list) -> None:
     10 MB, while ``Iallgather`` + ``Alltoallv`` + ``Wait`` cost 0-4% (the nonblocking all-to-all
     is the slower algorithm). An MPI error (truncation from mismatched counts, which the
     verdict then names) is kept, not raised, so that every rank reaches the verdict; MPICH
-    completes a collective that hit such an error.
+    completes a collective that hit such an error. (An error raised before MPI was entered is
+    kept too, but the other ranks' ``Alltoallv`` then waits for this one: see the module doc.)
     """
     try:
         run_payload()
@@ -253,7 +266,9 @@ def _pairwise(pcomm, job, mode, blob_sizes, measurement, MPI):
         raise_agreed(pcomm, int(size - out[0]), job.error)
     for i, name in enumerate(_SETTINGS):
         if out[1 + i] != -out[1 + n + i]:
-            raise build(("value", f"ranks disagree on {name}: it must be the same on every rank"), rank)
+            low, high = -out[1 + n + i], out[1 + i]
+            raise build(("value", f"ranks disagree on {name}: values from {_shown(name, low, high)} to "
+                                  f"{_shown(name, high, low)}; it must be the same on every rank"), rank)
     return Agreement(got[:, 4].copy(), got[:, 5].copy(), latency), out[1 + 2 * n:]
 
 

@@ -48,11 +48,15 @@ def _bypass_code(bypass) -> int:
 
 
 def prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, size, rank, MPI,
-            chunk_bytes=0) -> Job:
+            chunk_bytes=None) -> Job:
     """Parse and validate everything local; never raises (the error goes into ``Job.error``)."""
-    job = Job(strategy=strategy, bypass=bypass, chunk_bytes=chunk_bytes)
+    # chunk_bytes None: a blocking call (chunk_bytes 0 in the Job and the handshake), so that a
+    # blocking and a pipelined call never agree on it (their collectives would not match)
+    pipelined = chunk_bytes is not None
+    job = Job(strategy=strategy, bypass=bypass, chunk_bytes=chunk_bytes if pipelined else 0)
     try:
-        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 0:
+        if pipelined and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1):
+            job.chunk_bytes = 0
             raise ValueError(f"chunk_bytes must be a positive integer, found {chunk_bytes!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, found {strategy!r}")

@@ -117,6 +117,17 @@ def error_arguments():
                ec.CommValueError, "disagree on bypass")
         expect(lambda: ec.Ialltoallv(COMM, send, recv, abs_error=1e-3, chunk_bytes=100 + ME).wait(),
                ec.CommValueError, "disagree on chunk_bytes")
+    expect(lambda: ec.Ialltoallv(COMM, send, recv, abs_error=1e-3, chunk_bytes=0).wait(), ValueError,
+           "rank 0", "chunk_bytes must be a positive integer, found 0")
+    if P > 1:  # rank 0 blocking, the others pipelined: their collectives could never match
+        ints = np.arange(6 * P, dtype=np.int32)
+        for data, kwargs in ((send, dict(bypass=True)), (send, dict(strategy="fast", bypass=False)),
+                             (ints, {})):
+            out = np.zeros_like(data)
+            for chunk in (1, 100):
+                expect(lambda: ec.Alltoallv(COMM, data, out, abs_error=1e-3, **kwargs) if ME == 0 else
+                       ec.Ialltoallv(COMM, data, out, abs_error=1e-3, chunk_bytes=chunk, **kwargs).wait(),
+                       ec.CommValueError, "disagree on chunk_bytes", "0 (Alltoallv)", f"{chunk} (Ialltoallv)")
 
 
 def _corrupting(encode):
