@@ -10,6 +10,8 @@ verdict after both (see :mod:`._handshake`): one synchronisation, as a plain ``A
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -19,7 +21,7 @@ from . import _device, _express, _handshake, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
-__all__ = ["alltoallv", "begin", "agree_to_start", "raw_exchange", "host_flat", "codec_flat", "put_back",
+__all__ = ["alltoallv", "begin", "agree_to_start", "stage_raw", "host_flat", "codec_flat", "put_back",
            "blob_placement", "remote_bytes", "finish"]
 
 
@@ -107,32 +109,21 @@ def _own_segment(job, rank: int, send_flat, recv_flat) -> None:
                      send_flat[s.displs[rank]:s.displs[rank] + s.counts[rank]])
 
 
-def raw_exchange(pcomm, job, MPI, nonblocking: bool = False, finish_later: bool = False):
-    """Plain (I)Alltoallv of the caller's buffers; GPU buffers staged unless MPI is CUDA-aware.
-
-    Returns the MPI request (nonblocking) or None, and the finisher (copying a staged receive
-    back to the GPU) still to call: after completion (nonblocking), when asked to finish later
-    (a fused call finishes once the handshake agreed), else None (done here).
-    """
+def stage_raw(job):
+    """The MPI messages of a plain exchange of the caller's buffers, and the finisher to call
+    after it (None: nothing to do): GPU buffers are staged through host buffers unless MPI is
+    CUDA-aware. The staging copies run here, before anything is posted."""
     s, r = job.send, job.recv
     if not (s.device or r.device) or _device.cuda_aware_mpi():
-        smsg, rmsg, finish_copy = s.mpi_message(), r.mpi_message(), None
-    else:
-        send_host, recv_host = host_flat(s, True), host_flat(r, not r.tiles_flat)  # keep what is not received
-        smsg = [send_host, (s.counts, s.displs), s.datatype]
-        rmsg = [recv_host, (r.counts, r.displs), r.datatype]
+        return s.mpi_message(), r.mpi_message(), None
+    send_host, recv_host = host_flat(s, True), host_flat(r, not r.tiles_flat)  # keep what is not received
+    smsg = [send_host, (s.counts, s.displs), s.datatype]
+    rmsg = [recv_host, (r.counts, r.displs), r.datatype]
 
-        def finish_copy():
-            if r.device:
-                _device.to_device(recv_host, r.flat)
-    if nonblocking:
-        return pcomm.Ialltoallv(smsg, rmsg), finish_copy
-    pcomm.Alltoallv(smsg, rmsg)
-    if finish_later:
-        return None, finish_copy
-    if finish_copy is not None:
-        finish_copy()
-    return None, None
+    def finish_copy():
+        if r.device:
+            _device.to_device(recv_host, r.flat)
+    return smsg, rmsg, finish_copy
 
 
 def finish(state, stats, start, alt=None, fused=False):
@@ -244,23 +235,30 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
     if decision is not None and decision.mode == "compressed":
         alt = _compressed(state, job, decision, stats, MPI)
     else:
-        finish_copy = []
-
-        def post_payload():  # the blocking payload exchange, run inside the handshake (fused)
-            finish_copy.append(raw_exchange(state.comm, job, MPI, finish_later=True)[1])
+        staged, post_payload = (None, None, None), None
+        if job.error is None:
+            try:  # before the handshake: a staging copy that fails is this rank's error, agreed on
+                staged = stage_raw(job)
+            except Exception as exc:
+                job = dataclasses.replace(job, error=LocalError.from_exception(
+                    exc, state.comm.Get_rank(), "staging the buffers through host memory"))
+            else:  # the blocking payload exchange, run inside the handshake (fused)
+                post_payload = functools.partial(state.comm.Alltoallv, staged[0], staged[1])
 
         t = time.perf_counter()
         agreement = agree_to_start(state, job, decision, stats, MPI, post_payload=post_payload)
         if agreement.fused:  # one phase: handshake_s is the part until the handshake completed
             stats.transfer_s, stats.handshake_s = time.perf_counter() - t, agreement.latency
-            if finish_copy[0] is not None:
-                finish_copy[0]()
+            if staged[2] is not None:
+                staged[2]()
             else:  # (open_lane declines GPU buffers: they have no memo key) a repeat can take the express lane
                 _express.open_lane(state, job, 0 if decision is None else MODE_CODES[decision.mode], stats,
                                    (sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass))
-        else:
+        else:  # the pairwise handshake (above GATHER_MAX ranks) does not fuse
             t = time.perf_counter()
-            raw_exchange(state.comm, job, MPI)
+            state.comm.Alltoallv(staged[0], staged[1])
+            if staged[2] is not None:
+                staged[2]()
             stats.transfer_s = time.perf_counter() - t
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
         return finish(state, stats, start, alt, agreement.fused)

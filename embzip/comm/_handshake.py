@@ -20,9 +20,9 @@ collectives only with blocking ones), which completes the fused ranks' exchange 
 unmatched message, before every rank raises. So every uncompressed call is one ``Iallgather``
 and exactly one blocking ``Alltoallv``; a blocking and a pipelined call never meet (they
 disagree on ``chunk_bytes``, 0 for the blocking call). On error, a fused rank's receive buffer
-may have been written (as with a failed MPI call). Not covered: a fused rank whose payload
-fails before it enters MPI (a GPU staging copy that raises) cannot complete the others'
-``Alltoallv``; they wait.
+may have been written (as with a failed MPI call). Whatever could fail before MPI is entered
+(staging GPU buffers through host memory) runs before the handshake (see
+:func:`._collective.stage_raw`), so its failure is a local error like a bad argument.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def fused_payload(request, run_payload, failures: list) -> None:
     10 MB, while ``Iallgather`` + ``Alltoallv`` + ``Wait`` cost 0-4% (the nonblocking all-to-all
     is the slower algorithm). An MPI error (truncation from mismatched counts, which the
     verdict then names) is kept, not raised, so that every rank reaches the verdict; MPICH
-    completes a collective that hit such an error. (An error raised before MPI was entered is
-    kept too, but the other ranks' ``Alltoallv`` then waits for this one: see the module doc.)
+    completes a collective that hit such an error. ``run_payload`` does nothing that can fail
+    before MPI is entered (the caller staged the buffers before the handshake).
     """
     try:
         run_payload()

@@ -17,6 +17,7 @@ buffers that hold only the compressed bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -24,7 +25,7 @@ import time
 import numpy as np
 
 from . import _device, _protocol, _segment
-from ._collective import agree_to_start, begin, blob_placement, codec_flat, finish, put_back, raw_exchange
+from ._collective import agree_to_start, begin, blob_placement, codec_flat, finish, put_back, stage_raw
 from ._errors import LocalError
 from ._stats import CallStats
 
@@ -258,10 +259,18 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
         comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
     if decision is not None and decision.mode == "compressed":
         decision.calibrate = False  # the pipeline measures one encoder; the other is calibrated by a blocking call
+    raw = decision is None or decision.mode == "raw"
+    staged = None
+    if raw and job.error is None:
+        try:  # before the handshake: a staging copy that fails is this rank's error, agreed on
+            staged = stage_raw(job)
+        except Exception as exc:
+            job = dataclasses.replace(job, error=LocalError.from_exception(
+                exc, state.comm.Get_rank(), "staging the buffers through host memory"))
     agree_to_start(state, job, decision, stats, MPI)
     request = Request(state, stats, start)
-    if decision is None or decision.mode == "raw":
-        request._mpi_request, request._on_done = raw_exchange(state.comm, job, MPI, nonblocking=True)
+    if raw:
+        request._mpi_request, request._on_done = state.comm.Ialltoallv(staged[0], staged[1]), staged[2]
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
     else:
         work = _Pipeline(state.comm, job, decision, stats, MPI)

@@ -116,7 +116,36 @@ def main():
             got = run(call, device_ranks, **kwargs)
             assert got.tobytes() == expected.tobytes(), (name, device_ranks, got, expected)
         print(f"rank {ME}: {name} ok", flush=True)
+    staging_failure()
     print(f"DEVICE-OK rank {ME}", flush=True)
+
+
+def staging_failure():
+    """A GPU buffer's staging copy to the host fails on the last rank (out of host memory, say):
+    every rank raises that rank's error, none waits in an exchange the last rank never enters,
+    and the next call works."""
+    from embzip.comm import _device
+
+    last = P - 1
+    for call in (blocking, lambda s, r, **kw: ec.Ialltoallv(COMM, s, r, chunk_bytes=1024, **kw).wait()):
+        send, recv = payload(), np.zeros(P * N, np.float32)
+        if ME == last:
+            send, recv = to_device(send), to_device(recv)
+        real = _device.to_host
+
+        def failing(array):
+            raise MemoryError("no host memory for the staging copy")
+        _device.to_host = failing if ME == last else real
+        try:
+            call(send, recv, abs_error=1e-2, bypass=True)
+        except ec.CommError as exc:
+            assert f"rank {last} while staging" in str(exc) and "MemoryError" in str(exc), exc
+        else:
+            raise AssertionError("a failed staging copy did not raise")
+        finally:
+            _device.to_host = real
+        call(send, recv, abs_error=1e-2, bypass=True)
+    print(f"rank {ME}: staging failure ok", flush=True)
 
 
 if __name__ == "__main__":
