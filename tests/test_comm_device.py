@@ -1,11 +1,12 @@
-"""embzip.comm with GPU buffers, under the numba-cuda simulator (no GPU needed).
+"""embzip.comm with GPU buffers: under the numba-cuda simulator (no GPU needed), and on a GPU.
 
 Like tests/test_cuda_sim.py, the simulator must be on before numba is imported, so the test
 functions of the main process re-run this file in a subprocess with ``NUMBA_ENABLE_CUDASIM=1``
 (segment-level tests), and launch ``mpiexec -n 2`` with the simulator on for the MPI case
-(tests/mpi/worker_device.py). Simulated device arrays are numba's; cupy paths need a real GPU
-(tests/test_comm_units.py::test_real_cupy_staging_roundtrip and the cupy case below skip
-without one).
+(tests/mpi/worker_device.py). Simulated device arrays are numba's; cupy paths need a real GPU:
+the cupy segment test and the 2-rank MPI exchange of cupy buffers below (and
+tests/test_comm_units.py::test_real_cupy_staging_roundtrip) skip without one, and ran on an
+H100 through bench/device_check.sh.
 """
 
 from __future__ import annotations
