@@ -60,7 +60,7 @@ def print_kernel_times(fn, sync, calls: int = 10) -> None:
             fn()
     finally:
         dispatcher._LaunchConfiguration.__call__ = launch
-    print(f"\n| kernel (launch + sync each) | launches per call | us per call | max us | grid x block |\n|---|---:|---:|---:|---|")
+    print("\n| kernel (launch + sync each) | launches per call | us per call | max us | grid x block |\n|---|---:|---:|---:|---|")
     for name, t in sorted(times.items(), key=lambda kv: -sum(kv[1])):
         print(f"| {name} | {len(t) / calls:g} | {sum(t) / calls * 1e6:.0f} | {max(t) * 1e6:.0f} | "
               f"{sorted(grids[name])[:4]} |")
