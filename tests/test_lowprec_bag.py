@@ -254,13 +254,18 @@ def _guarded(packed, at_end):
 
 
 def _bad_ids_raise(table, bits, d, weighted, rng):
-    n_idx = 60
+    from embzip.lowprec._simd import rows_ahead
+
+    # longer than the 8-bit kernels' prefetch distance (at most 64 rows: _simd.rows_ahead), so
+    # every kernel runs both its prefetching loop and the loop after it
+    n_idx = 150
+    assert n_idx > rows_ahead(1)
     good = rng.integers(0, 7, n_idx)
-    offsets = np.array([0, 1, 20, 20, 59], np.int64)
+    offsets = np.array([0, 1, 20, 20, 149], np.int64)
     psw = rng.standard_normal(n_idx).astype(F32) if weighted else None
     want = embedding_bag_rowwise(table, bits, good, offsets, per_sample_weights=psw, dim=d)
     for bad in BAD_IDS:
-        for where in (0, 1, 5, 19, 44, 58, 59):
+        for where in (0, 1, 5, 19, 44, 70, 100, 140, 148, 149):
             idx = good.copy()
             idx[where] = bad
             with pytest.raises(ValueError, match=rf"indices must be in \[0, 7\) .* found {bad}$"):
