@@ -189,6 +189,54 @@ def test_cost_model_schedule_and_decisions():
     assert state.decide(True, "auto").mode == "raw" and state.decide(False, "auto").mode == "compressed"
 
 
+_POSITIVE = st.floats(1e-12, 1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 4.0), _POSITIVE, _POSITIVE), min_size=2, max_size=2),
+       st.floats(1e3, 1e12), st.sampled_from(["auto", "fast", "compact"]))
+def test_decisions_use_exactly_costmodel_choose_and_pays(codecs, bandwidth, strategy):
+    # CostState evaluates costmodel.choose / pays from terms it precomputes per codec update;
+    # the choice and the verdict must be costmodel's, bit for bit, ties included
+    from embzip import costmodel
+
+    state = _costs.CostState()
+    for encoder, (inv_ratio, spb_c, spb_d) in zip(("fast", "compact"), codecs):
+        state._record(encoder, (inv_ratio, spb_c, spb_d))
+    state.add_bandwidth(2, bandwidth)
+    costs, sizes = {}, {}
+    for encoder, name in (("fast", "bitpack"), ("compact", "rans")):
+        inv_ratio, spb_c, spb_d = state.codec[encoder]
+        costs[name] = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
+        sizes[name] = inv_ratio
+    want = {"bitpack": "fast", "rans": "compact"}[costmodel.choose(1, sizes, bandwidth, costs)]
+    decision = state.decide(False, strategy)
+    assert decision.encoder == (want if strategy == "auto" else strategy)
+    name = "bitpack" if decision.encoder == "fast" else "rans"
+    inv_ratio = state.codec[decision.encoder][0]
+    ratio = 1.0 / inv_ratio if inv_ratio > 0 else float("inf")
+    assert decision.model["pays"] == costmodel.pays(ratio, bandwidth, costs[name])
+    assert decision.model["ratio"] == ratio and decision.model["bandwidth_Bps"] == bandwidth
+
+
+@pytest.mark.parametrize("first", ["fast", "compact"])
+def test_tied_encoders_resolve_as_costmodel_choose_does(first):
+    # identical measurements: a true tie, which choose() gives to the first of equally fast
+    # encoders in the codec table's order (the order they were first recorded)
+    from embzip import costmodel
+
+    state = _costs.CostState()
+    second = "compact" if first == "fast" else "fast"
+    for encoder in (first, second):
+        state._record(encoder, (0.5, 1e-9, 2e-9))
+    state.add_bandwidth(2, 1e9)
+    cost = costmodel.EncoderCost(1e9, 5e8)
+    names = {"fast": "bitpack", "compact": "rans"}
+    sizes = {names[first]: 0.5, names[second]: 0.5}
+    want = costmodel.choose(1, sizes, 1e9, {"bitpack": cost, "rans": cost})
+    assert names[state.decide(False, "auto").encoder] == want == names[first]
+
+
 def test_one_noisy_measurement_does_not_flip_the_encoder():
     state = _costs.CostState()
     state.absorb(_measured(2, wire=8e6, transfer=8e6 / 31e6))
@@ -440,3 +488,45 @@ def test_tiles_flat_matches_brute_force_coverage(counts, rnd, shift, where, extr
     padded = Spec(buf=flat, flat=flat, dtype=flat.dtype, datatype=None, counts=counts, displs=displs,
                   extent=8, elem_size=4, device=False, row=0)  # a resized type: strided elements
     assert not padded.tiles_flat
+
+
+_MEASURE = st.floats(0.0, 1e9, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0]), _MEASURE, _MEASURE, st.floats(1e-7, 10.0),
+                          st.floats(0.0, 1e-2), st.floats(0.0, 1e7)), min_size=1, max_size=4),
+       st.sampled_from(["raw", "passthrough"]), st.integers(0, 10**9), st.floats(0.0, 10.0), st.data())
+def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw_bytes, transfer, data):
+    # The express lane's one compiled step must do what the full path does with the same
+    # gathered table: MAX-reduce the measurements, give absorb()'s bandwidth sample, build this
+    # rank's measurement as measurement() does -- and refuse a table whose agreed part differs.
+    from embzip.comm import _express, _handshake
+
+    size, length, m = len(ranks), _handshake.row_size(len(ranks)), _handshake.MEASURED
+    at_row, at_agreed, at_reduced, at_template, end = _express._layout(size, length)
+    buf = np.zeros(end)
+    table = buf[:at_row].reshape(size, length)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    table[:, :-m] = rng.standard_normal((size, length - m))
+    for i, (code, raw, wire, seconds, latency, inv) in enumerate(ranks):
+        table[i, -m:] = rng.random(m)
+        table[i, -m:][[0, 2, 3, 4, 5, 12]] = code, raw, wire, seconds, latency, inv
+    buf[at_agreed:at_reduced] = table[:, :-m].ravel()
+    own_stats = CallStats(mode, "x", raw_bytes=raw_bytes, sent_bytes=raw_bytes, transfer_s=transfer)
+    buf[at_template:end] = _stats.measurement(CallStats(mode, "x", raw_bytes=raw_bytes, sent_bytes=raw_bytes,
+                                                        transfer_s=1.0), 0.0, fused=True)
+    sample = _express._conclude(buf, size, length, transfer)
+    reduced = table[:, -m:].max(axis=0)
+    assert np.array_equal(buf[at_reduced:at_template], reduced)
+    assert np.array_equal(buf[at_row:at_agreed][-m:], _stats.measurement(own_stats, 0.0, fused=True))
+    state = _costs.CostState()
+    state.absorb(reduced)
+    if reduced[0] == 1.0:
+        assert sample == -1.0
+    else:
+        assert list(state.bandwidths[int(reduced[0])] if reduced[0] else []) == ([sample] if sample > 0 else [])
+    j = data.draw(st.integers(0, size * (length - m) - 1))
+    bits = buf.view(np.uint64)
+    bits[at_agreed + j] ^= np.uint64(1) << np.uint64(data.draw(st.integers(0, 63)))
+    assert _express._conclude(buf, size, length, transfer) == -2.0

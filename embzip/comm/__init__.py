@@ -15,6 +15,7 @@ Importing this module does not import mpi4py; the first call does.
 
 from __future__ import annotations
 
+from . import _express
 from ._errors import CommDecodeError, CommError, CommTypeError, CommValueError
 from ._layout import TableLayout
 from ._stats import CallStats
@@ -79,10 +80,14 @@ def Alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
     >>> stats.mode, stats.ratio                                             # doctest: +SKIP
     ('compressed', 9.3)
     """
+    # a repeat of an uncompressed call first, with as little Python as possible (see _express)
+    stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
+    if stats is not None:
+        return stats
     from ._collective import alltoallv
 
     return alltoallv(comm, sendbuf, recvbuf, abs_error=abs_error, rel_error=rel_error, strategy=strategy,
-                     bounds=bounds, bypass=bypass)
+                     bounds=bounds, bypass=bypass, express=False)
 
 
 def Ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,

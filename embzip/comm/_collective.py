@@ -224,11 +224,13 @@ def _compressed(state, job, decision, stats, MPI):
 
 
 def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
-              bypass="auto") -> CallStats:
-    """Implementation of :func:`embzip.comm.Alltoallv` (see there)."""
-    stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
-    if stats is not None:
-        return stats
+              bypass="auto", express=True) -> CallStats:
+    """Implementation of :func:`embzip.comm.Alltoallv` (see there); ``express=False``: the
+    caller already tried the express lane."""
+    if express:
+        stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
+        if stats is not None:
+            return stats
     MPI, state, job, decision, stats, start = begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy,
                                                     bounds, bypass)
     alt = None

@@ -23,18 +23,41 @@ import collections
 import numpy as np
 
 from .. import costmodel
+from .._jit import kernel
 from ._stats import MEASUREMENT_FIELDS
 
-__all__ = ["CostState", "Decision"]
+__all__ = ["CostState", "Decision", "transfer_bandwidth"]
 
 _F = {name: i for i, name in enumerate(MEASUREMENT_FIELDS)}
 _ENC = {1: "fast", 2: "compact"}
-_MODEL_NAME = {"fast": "bitpack", "compact": "rans"}
 FIRST_PROBE, LAST_PROBE = 16, 1024
 WINDOW = 5
 #: A compressed transfer updates the bandwidth estimate only when it moved this many bytes
 #: per rank: smaller ones measure latency, not bandwidth.
 MIN_BANDWIDTH_BYTES = 256 * 1024
+
+
+_MODE, _RAW, _WIRE, _TRANSFER, _LATENCY, _INV_TRANSFER = (
+    _F[name] for name in ("mode", "raw_bytes", "wire_bytes", "transfer_s", "latency_s", "inv_transfer_s"))
+
+
+@kernel
+def transfer_bandwidth(reduced):
+    """Bytes/s one rank got in the transfer a MAX-reduced measurement vector describes, or 0.0
+    when it says nothing about bandwidth. Compiled: the express lane calls it from its own
+    compiled step, and :meth:`CostState.absorb` calls it too, so both read a call alike."""
+    mode = reduced[_MODE]
+    if mode == 0.0 or reduced[_RAW] <= 0.0:
+        return 0.0
+    wire, seconds = reduced[_WIRE], reduced[_TRANSFER]
+    if mode == 2.0 and reduced[_INV_TRANSFER] > 0.0:  # the rank that waited for nobody
+        seconds = 1.0 / reduced[_INV_TRANSFER]
+    busy = seconds - reduced[_LATENCY]
+    if 1e-6 > busy:  # max(busy, 1e-6), NaN kept as Python's max keeps it
+        busy = 1e-6
+    if wire > 0.0 and (mode == 2.0 or wire >= MIN_BANDWIDTH_BYTES):
+        return wire / busy
+    return 0.0
 
 
 class Decision:
@@ -70,6 +93,7 @@ class CostState:
         self.since_calibration, self.calibration_interval = 0, FIRST_PROBE
         self._codec_version = 0  # bumped whenever ``_codec`` changes: the key of ``_parameters``' memo
         self._parameters_version, self._parameters_codec, self._parameters_value = -1, None, None
+        self._bandwidth = None  # ``bandwidth``, recomputed when a measurement arrives
 
     @property
     def raw_measured(self) -> bool:
@@ -79,7 +103,12 @@ class CostState:
     def bandwidth(self):
         """From raw transfers when there are any: compressed ones are smaller, so their time is
         more latency and they read low; they serve until a raw call (calibration, probe) ran."""
-        return _median(self.bandwidths[2]) or _median(self.bandwidths[1])
+        return self._bandwidth
+
+    def add_bandwidth(self, mode: int, value: float) -> None:
+        """Record a bandwidth measured by a raw (``mode`` 2) or compressed (1) transfer."""
+        self.bandwidths[mode].append(value)
+        self._bandwidth = _median(self.bandwidths[2]) or _median(self.bandwidths[1])
 
     @property
     def codec(self):
@@ -94,18 +123,13 @@ class CostState:
 
     def absorb(self, reduced: np.ndarray) -> None:
         """Fold in the previous call's measurements (already MAX-reduced over ranks)."""
+        sample = transfer_bandwidth(np.ascontiguousarray(reduced, dtype=np.float64))
         # Python floats: reading numpy scalars one by one costs more, and here caches are cold
         reduced = reduced.tolist() if hasattr(reduced, "tolist") else list(reduced)
-        mode, raw = reduced[_F["mode"]], reduced[_F["raw_bytes"]]
-        if mode == 0 or raw <= 0:
-            return
-        wire, seconds = reduced[_F["wire_bytes"]], reduced[_F["transfer_s"]]
-        if mode == 2 and reduced[_F["inv_transfer_s"]] > 0:  # the rank that waited for nobody
-            seconds = 1.0 / reduced[_F["inv_transfer_s"]]
-        busy = max(seconds - reduced[_F["latency_s"]], 1e-6)
-        if wire > 0 and (mode == 2 or wire >= MIN_BANDWIDTH_BYTES):
-            self.bandwidths[int(mode)].append(float(wire / busy))
-        if mode == 1:
+        mode = reduced[_MODE]
+        if sample > 0:
+            self.add_bandwidth(int(mode), float(sample))
+        if mode == 1 and reduced[_RAW] > 0:
             encoder = _ENC.get(int(reduced[_F["encoder"]]), "fast")
             self._record(encoder, [reduced[_F["inv_ratio"]], reduced[_F["compress_spb"]], reduced[_F["decompress_spb"]]])
             if reduced[_F["alt_inv_ratio"]] > 0:
@@ -113,16 +137,23 @@ class CostState:
                 self._record(other, reduced[_F["alt_inv_ratio"]:_F["alt_decompress_spb"] + 1])
 
     def _parameters(self, codec: dict):
-        """Per encoder (ratio, EncoderCost), and choose()'s sizes and costs: rebuilt only when
-        the codec medians change (a run of bypassed calls should cost little Python)."""
+        """Per encoder (ratio, EncoderCost, pays terms), and the encoders in choose()'s order
+        with its terms: rebuilt only when the codec medians change, so that a call costs a few
+        float operations (a run of bypassed calls should cost little Python)."""
         if self._parameters_version != self._codec_version or self._parameters_codec is not codec:
             params = {}
             for encoder, (inv_ratio, spb_c, spb_d) in codec.items():
                 cost = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
-                params[encoder] = (1.0 / inv_ratio if inv_ratio > 0 else float("inf"), cost)
-            sizes = {_MODEL_NAME[e]: c[0] for e, c in codec.items()}
-            costs = {_MODEL_NAME[e]: params[e][1] for e in codec}
-            self._parameters_value = (params, sizes, costs)
+                ratio = 1.0 / inv_ratio if inv_ratio > 0 else float("inf")
+                # costmodel.pays(ratio, B, cost) is 1/ratio + B * per_byte < 1, evaluated so
+                per_byte = 1.0 / cost.compress_bps + 1.0 / cost.decompress_bps
+                params[encoder] = (ratio, cost, 1.0 / ratio if ratio > 0 else None, per_byte)
+            # costmodel.choose(1, sizes, B, costs): the least 1/Tc + size/B + 1/Td, ties to the
+            # faster compressor (the same operations in the same order: the same choice)
+            by_speed = sorted(codec, key=lambda e: -params[e][1].compress_bps)
+            order = [(e, 1 / params[e][1].compress_bps, codec[e][0], 1 / params[e][1].decompress_bps)
+                     for e in by_speed]
+            self._parameters_value = (params, order)
             self._parameters_version, self._parameters_codec = self._codec_version, codec
         return self._parameters_value
 
@@ -132,17 +163,22 @@ class CostState:
             return strategy
         if bandwidth is None or len(codec) < 2:
             return "fast"
-        _, sizes, costs = self._parameters(codec)
-        return "fast" if costmodel.choose(1, sizes, bandwidth, costs) == "bitpack" else "compact"
+        best, least = None, None
+        for encoder, inv_compress, size, inv_decompress in self._parameters(codec)[1]:
+            seconds = inv_compress + size / bandwidth + inv_decompress
+            if least is None or seconds < least:
+                best, least = encoder, seconds
+        return best
 
     def model(self, encoder: str, codec=None) -> dict:
         codec = self.codec if codec is None else codec
         bandwidth = self.bandwidth
         if bandwidth is None or encoder not in codec:
             return {}
-        ratio, cost = self._parameters(codec)[0][encoder]
+        ratio, cost, inv_ratio, per_byte = self._parameters(codec)[0][encoder]
         return {"bandwidth_Bps": bandwidth, "ratio": ratio, "compress_Bps": cost.compress_bps,
-                "decompress_Bps": cost.decompress_bps, "pays": costmodel.pays(ratio, bandwidth, cost)}
+                "decompress_Bps": cost.decompress_bps,
+                "pays": inv_ratio is not None and inv_ratio + bandwidth * per_byte < 1.0}
 
     def _compressed(self, encoder, reason, strategy, codec, model=None) -> Decision:
         """A compressed decision, calibrating the other encoder when it is due (strategy auto)."""

@@ -24,39 +24,71 @@ import numpy as np
 
 from .._jit import kernel
 from . import _handshake, _mpi, _reuse
-from ._stats import CallStats, MODE_CODES, measurement
+from ._costs import transfer_bandwidth
+from ._stats import CallStats, MEASUREMENT_FIELDS, MODE_CODES, measurement
 
 __all__ = ["Lane", "try_call", "open_lane"]
+
+_TRANSFER, _INV_TRANSFER = MEASUREMENT_FIELDS.index("transfer_s"), MEASUREMENT_FIELDS.index("inv_transfer_s")
+_RAW_CODE = MODE_CODES["raw"]
+_MEASURED = _handshake.MEASURED
 
 
 class Lane:
     """What a repeat of an uncompressed call needs, prepared once."""
 
-    __slots__ = ("key", "args", "job", "mode", "row", "table", "table_bits", "agreed", "reduced", "smsg", "rmsg",
+    __slots__ = ("key", "args", "job", "mode", "buf", "size", "row", "table", "reduced", "own", "smsg", "rmsg",
                  "raw_bytes", "recv_raw_bytes")
 
 
 @kernel
-def _agreed_and_reduced(table_bits, agreed_bits, table, measured, reduced):
-    """Whether every rank's row but its last ``measured`` columns equals ``agreed_bits`` (bit
-    for bit), and ``reduced[j]`` = the max over ranks of measured column j (set when equal).
+def _layout(size, length):
+    """Offsets in a lane's buffer: the gathered table, this rank's row, the agreed part of the
+    table (its bits), the reduced measurements, the template of this rank's measurement."""
+    measured = _MEASURED
+    row = size * length
+    agreed = row + length
+    reduced = agreed + size * (length - measured)
+    template = reduced + measured
+    return row, agreed, reduced, template, template + measured
 
-    One compiled call instead of a copy, a compare and a numpy reduction: after a payload of
-    megabytes this Python runs with cold caches, where each numpy call costs several times
-    its warm time (measured on the lane: ~40 -> ~20 us).
+
+@kernel
+def _conclude(buf, size, length, transfer):
+    """The lane's whole bookkeeping after its MPI calls, in one compiled call on one buffer
+    (laid out by ``_layout``: one array argument is the cheapest call numba has; after a
+    payload of megabytes this runs with cold caches, where each numpy or Python step, and each
+    array a compiled function unboxes, costs several times its warm time).
+
+    Returns -2.0 when some rank's row differs from the agreed one outside the measurements
+    (bit for bit: the full verdict must decide). Else the reduced measurements are the MAX over
+    ranks of the measurement columns, this rank's measurement (the measured part of its row,
+    which the next call sends) is the template with this call's transfer time, and the result
+    is what the cost model takes from the reduced measurements: the bandwidth sample of a raw
+    transfer (0.0: none), or -1.0 for a compressed call's (the caller absorbs those in full).
     """
-    size, length = table.shape
+    row, agreed, reduced, template, _ = _layout(size, length)
+    measured = _MEASURED
     cut = length - measured
+    bits = buf.view(np.uint64)
     for i in range(size):
         for j in range(cut):
-            if table_bits[i, j] != agreed_bits[i, j]:
-                return False
+            if bits[i * length + j] != bits[agreed + i * cut + j]:
+                return -2.0
     for j in range(measured):
-        top = table[0, cut + j]
+        top = buf[cut + j]
         for i in range(1, size):
-            top = max(top, table[i, cut + j])
-        reduced[j] = top
-    return True
+            top = max(top, buf[i * length + cut + j])
+        buf[reduced + j] = top
+    own = row + cut
+    for j in range(measured):
+        buf[own + j] = buf[template + j]
+    if buf[own] != 0.0:  # as measurement(stats, 0.0, fused=True) for this call's stats
+        buf[own + _TRANSFER] = transfer
+        buf[own + _INV_TRANSFER] = 1.0 / transfer if transfer > 0 else 0.0
+    if buf[reduced] == 1.0:
+        return -1.0
+    return transfer_bandwidth(buf[reduced:reduced + measured])
 
 
 def _arguments(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass):
@@ -90,13 +122,23 @@ def open_lane(state, job, mode: int, stats: CallStats, call_args) -> None:
     lane.key, lane.job, lane.mode = memo.key, memo.job, mode
     lane.args = _arguments(*call_args)
     size = state.comm.Get_size()
-    lane.row = _handshake.build_row(job, mode, True, None, size)
-    lane.table = np.empty((size, lane.row.size))
-    lane.table_bits = lane.table.view(np.uint64)
-    lane.agreed = np.ascontiguousarray(memo.agreed).view(np.uint64)  # compared bit for bit: stricter than by value
-    lane.reduced = np.empty(_handshake.MEASURED)
+    row = _handshake.build_row(job, mode, True, None, size)
+    length = row.size
+    at_row, at_agreed, at_reduced, at_template, end = _layout(size, length)
+    lane.buf, lane.size = np.empty(end), size
+    lane.table = lane.buf[:at_row].reshape(size, length)
+    lane.row = lane.buf[at_row:at_agreed]
+    lane.row[:] = row
+    lane.buf[at_agreed:at_reduced] = np.ravel(memo.agreed)  # compared bit for bit: stricter than by value
+    lane.reduced = lane.buf[at_reduced:at_template]
     lane.smsg, lane.rmsg = job.send.mpi_message(), job.recv.mpi_message()
     lane.raw_bytes, lane.recv_raw_bytes = stats.raw_bytes, stats.recv_raw_bytes
+    # This rank's measurement of a lane call, the transfer time filled in by _conclude: it is
+    # written where the next call sends it, the measured part of the row (which the gather no
+    # longer reads by then), so a lane call after a lane call copies nothing.
+    lane.own = lane.row[-_MEASURED:]
+    lane.buf[at_template:end] = measurement(CallStats(stats.mode, stats.reason, raw_bytes=lane.raw_bytes,
+                                                      sent_bytes=lane.raw_bytes, transfer_s=1.0), 0.0, fused=True)
     memo.lane = lane
 
 
@@ -116,23 +158,19 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
             return None
     elif args != lane.args:
         return None
-    job = lane.job
+    job, costs = lane.job, state.costs
     decision = None
     if job.kind:
-        decision = state.costs.decide(job.bypass, job.strategy)
-        if decision.mode != "raw":
+        decision = costs.decide(job.bypass, job.strategy)
+        if decision.mode != "raw" or lane.mode != _RAW_CODE:
             return None
-    if (MODE_CODES["raw"] if decision is not None else 0) != lane.mode:
+    elif lane.mode != 0:
         return None
-    stats = CallStats("raw", decision.reason, None, model=decision.model) if decision is not None else \
-        CallStats("passthrough", "not float")
     row, table = lane.row, lane.table
     pending, state.pending = state.pending, None
-    if pending is None:
-        row[-_handshake.MEASURED:] = 0.0
-    else:
-        row[-_handshake.MEASURED:] = pending
-    pcomm, MPI = state.comm, _mpi.load()
+    if pending is not lane.own:  # (after a lane call it is already in place)
+        lane.own[:] = 0.0 if pending is None else pending
+    pcomm = state.comm
     failures = []
     t = time.perf_counter()
     try:  # what the full path's fused call posts (_handshake.fused_payload)
@@ -142,17 +180,27 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
     else:
         _handshake.fused_payload(request, lambda: pcomm.Alltoallv(lane.smsg, lane.rmsg), failures)
     transfer = time.perf_counter() - t
-    reduced = lane.reduced
-    if failures or not _agreed_and_reduced(lane.table_bits, lane.agreed, table, _handshake.MEASURED, reduced):
+    sample = -2.0 if failures else _conclude(lane.buf, lane.size, lane.row.size, transfer)
+    if sample == -2.0:
         state.memo.lane = None  # whatever happens next, this lane's arguments are no longer agreed
-        reduced = _handshake.conclude(pcomm, job, table, True, failures, state.memo, MPI, transfer)[1]
-    state.costs.absorb(reduced)  # sound (conclude did not raise)
-    state.costs.commit(decision)
-    stats.raw_bytes = stats.sent_bytes = lane.raw_bytes
-    stats.recv_raw_bytes = stats.recv_bytes = lane.recv_raw_bytes
-    stats.transfer_s = stats.handshake_s = transfer
+        costs.absorb(_handshake.conclude(pcomm, job, table, True, failures, state.memo, _mpi.load(), transfer)[1])
+        own = measurement(CallStats("passthrough" if decision is None else "raw", "", raw_bytes=lane.raw_bytes,
+                                    sent_bytes=lane.raw_bytes, transfer_s=transfer), 0.0, fused=True)
+    else:  # the agreed table: what absorb(reduced) would do, done
+        if sample == -1.0:
+            costs.absorb(lane.reduced)
+        elif sample > 0.0:
+            costs.add_bandwidth(_RAW_CODE, sample)
+        own = lane.own
+    raw, recv_raw = lane.raw_bytes, lane.recv_raw_bytes
+    if decision is None:
+        stats = CallStats("passthrough", "not float", None, raw, raw, recv_raw, recv_raw, transfer, 0.0, transfer)
+    else:
+        if decision.next:
+            costs.commit(decision)
+        stats = CallStats("raw", decision.reason, None, raw, raw, recv_raw, recv_raw, transfer, 0.0, transfer,
+                          model=decision.model)
     stats.total_s = time.perf_counter() - start
-    state.pending = measurement(stats, 0.0, fused=True)
+    state.pending = own
     state.last = stats
     return stats
-
