@@ -283,6 +283,26 @@ def test_compressed_transfers_do_not_dilute_raw_bandwidth():
     assert state.bandwidth == pytest.approx(2e9) and state.raw_measured
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 2]), st.one_of(st.floats(5e-324, 1e300), st.sampled_from([1.0, 2.0]))),
+                max_size=3 * _costs.WINDOW + 2))
+def test_bandwidth_windows_keep_the_last_values_and_their_median(samples):
+    # compiled (the express lane records samples inside its compiled step): it must be what a
+    # deque of WINDOW values and Python's median give, bit for bit, ties and extremes included
+    import collections
+
+    state = _costs.CostState()
+    reference = {2: collections.deque(maxlen=_costs.WINDOW), 1: collections.deque(maxlen=_costs.WINDOW)}
+    assert state.bandwidth is None and not state.raw_measured
+    for mode, value in samples:
+        state.add_bandwidth(mode, value)
+        reference[mode].append(value)
+        assert state.bandwidths == {m: list(window) for m, window in reference.items()}
+        want = _costs._median(reference[2]) or _costs._median(reference[1])
+        assert state.bandwidth == want and type(state.bandwidth) is float
+        assert state.raw_measured == bool(reference[2])
+
+
 def test_small_compressed_transfers_do_not_set_bandwidth():
     state = _costs.CostState()
     state.absorb(_measured(1, wire=1000, transfer=1.0))
@@ -516,7 +536,8 @@ def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw
     own_stats = CallStats(mode, "x", raw_bytes=raw_bytes, sent_bytes=raw_bytes, transfer_s=transfer)
     buf[at_template:end] = _stats.measurement(CallStats(mode, "x", raw_bytes=raw_bytes, sent_bytes=raw_bytes,
                                                         transfer_s=1.0), 0.0, fused=True)
-    sample = _express._conclude(buf, size, length, transfer)
+    lane_costs = _costs.CostState()
+    sample = _express._conclude(buf, size, length, transfer, lane_costs.vector)
     reduced = table[:, -m:].max(axis=0)
     assert np.array_equal(buf[at_reduced:at_template], reduced)
     assert np.array_equal(buf[at_row:at_agreed][-m:], _stats.measurement(own_stats, 0.0, fused=True))
@@ -526,7 +547,9 @@ def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw
         assert sample == -1.0
     else:
         assert list(state.bandwidths[int(reduced[0])] if reduced[0] else []) == ([sample] if sample > 0 else [])
+        # the lane recorded the sample itself: the same windows, the same estimate
+        assert lane_costs.bandwidths == state.bandwidths and lane_costs.bandwidth == state.bandwidth
     j = data.draw(st.integers(0, size * (length - m) - 1))
     bits = buf.view(np.uint64)
     bits[at_agreed + j] ^= np.uint64(1) << np.uint64(data.draw(st.integers(0, 63)))
-    assert _express._conclude(buf, size, length, transfer) == -2.0
+    assert _express._conclude(buf, size, length, transfer, lane_costs.vector) == -2.0

@@ -14,6 +14,11 @@ and a call decides before its own handshake, so each phase lasts two calls. Then
 decides, and what is not being used is re-measured now and then: the path not taken
 ("probe"), and with ``strategy="auto"`` the encoder not chosen, after 16 calls, then 32, ...
 up to every 1024 while nothing changes.
+
+The state lives in one float64 vector updated by compiled kernels (:mod:`._cost_kernels`), so
+that the express lane can decide and record inside its one compiled call; this class is the
+Python face of that vector (the codec medians, which change only on compressed calls, are
+kept here and written into it as the model's terms).
 """
 
 from __future__ import annotations
@@ -23,41 +28,20 @@ import collections
 import numpy as np
 
 from .. import costmodel
-from .._jit import kernel
-from ._stats import MEASUREMENT_FIELDS
+from . import _cost_kernels as K
+from ._cost_kernels import FIRST_PROBE, LAST_PROBE, MIN_BANDWIDTH_BYTES, WINDOW, transfer_bandwidth
+from ._protocol import BYPASS_CODES
+from ._stats import ENCODER_CODES, MEASUREMENT_FIELDS
 
-__all__ = ["CostState", "Decision", "transfer_bandwidth"]
+__all__ = ["CostState", "Decision", "transfer_bandwidth", "FIRST_PROBE", "LAST_PROBE", "WINDOW",
+           "MIN_BANDWIDTH_BYTES", "STRATEGY_CODES"]
 
 _F = {name: i for i, name in enumerate(MEASUREMENT_FIELDS)}
 _ENC = {1: "fast", 2: "compact"}
-FIRST_PROBE, LAST_PROBE = 16, 1024
-WINDOW = 5
-#: A compressed transfer updates the bandwidth estimate only when it moved this many bytes
-#: per rank: smaller ones measure latency, not bandwidth.
-MIN_BANDWIDTH_BYTES = 256 * 1024
-
-
-_MODE, _RAW, _WIRE, _TRANSFER, _LATENCY, _INV_TRANSFER = (
-    _F[name] for name in ("mode", "raw_bytes", "wire_bytes", "transfer_s", "latency_s", "inv_transfer_s"))
-
-
-@kernel
-def transfer_bandwidth(reduced):
-    """Bytes/s one rank got in the transfer a MAX-reduced measurement vector describes, or 0.0
-    when it says nothing about bandwidth. Compiled: the express lane calls it from its own
-    compiled step, and :meth:`CostState.absorb` calls it too, so both read a call alike."""
-    mode = reduced[_MODE]
-    if mode == 0.0 or reduced[_RAW] <= 0.0:
-        return 0.0
-    wire, seconds = reduced[_WIRE], reduced[_TRANSFER]
-    if mode == 2.0 and reduced[_INV_TRANSFER] > 0.0:  # the rank that waited for nobody
-        seconds = 1.0 / reduced[_INV_TRANSFER]
-    busy = seconds - reduced[_LATENCY]
-    if 1e-6 > busy:  # max(busy, 1e-6), NaN kept as Python's max keeps it
-        busy = 1e-6
-    if wire > 0.0 and (mode == 2.0 or wire >= MIN_BANDWIDTH_BYTES):
-        return wire / busy
-    return 0.0
+_MODES = {1: "compressed", 2: "raw"}
+_DECISIONS = {0: None, 1: "compressed", 2: "raw"}
+STRATEGY_CODES = {"auto": 0, "fast": 1, "compact": 2}
+_MODE, _RAW = _F["mode"], _F["raw_bytes"]
 
 
 class Decision:
@@ -80,46 +64,100 @@ def _median(values):
     return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
+def decision_of(vector) -> Decision:
+    """The Decision the vector's last-decision part holds (see :func:`._cost_kernels.decide_into`)."""
+    out = vector[K.OUT:K.SIZE].tolist()  # Python floats: cheaper than numpy scalars one by one
+    mode, encoder, reason, calibrate = out[K.OUT_MODE], out[K.OUT_ENCODER], out[K.OUT_REASON], out[K.OUT_CALIBRATE]
+    model = {}
+    if out[K.OUT_MODEL]:
+        bandwidth, ratio, compress, decompress, pays = out[K.OUT_MODEL + 1:K.OUT_NEXT]
+        model = {"bandwidth_Bps": bandwidth, "ratio": ratio, "compress_Bps": compress,
+                 "decompress_Bps": decompress, "pays": pays != 0.0}
+    decision = Decision(_MODES[int(mode)], _ENC.get(int(encoder)) if mode == 1 else None, K.REASONS[int(reason)],
+                        calibrate != 0.0, model)
+    for field, name in enumerate(K.SCHEDULE_NAMES):
+        if out[K.OUT_NEXT + 2 * field]:
+            value = int(out[K.OUT_NEXT + 2 * field + 1])
+            decision.next[name] = _DECISIONS[value] if name == "decision" else value
+    return decision
+
+
 class CostState:
     """Agreed measurements of one communicator (identical on every rank)."""
 
+    __slots__ = ("vector", "codecs", "_codec")
+
     def __init__(self):
-        # bytes/s one rank gets in an all-to-all, measured by raw and by compressed transfers
-        self.bandwidths = {2: collections.deque(maxlen=WINDOW), 1: collections.deque(maxlen=WINDOW)}
+        self.vector = K.empty()  # bandwidth windows, model terms, schedules, the last decision
         self.codecs = {}  # "fast"/"compact" -> deque of (inv_ratio, compress s/byte, decompress s/byte)
         self._codec = {}  # medians of ``codecs``, recomputed when a measurement arrives
-        self.decision = None  # the model's last choice
-        self.since_probe, self.interval = 0, FIRST_PROBE
-        self.since_calibration, self.calibration_interval = 0, FIRST_PROBE
-        self._codec_version = 0  # bumped whenever ``_codec`` changes: the key of ``_parameters``' memo
-        self._parameters_version, self._parameters_codec, self._parameters_value = -1, None, None
-        self._bandwidth = None  # ``bandwidth``, recomputed when a measurement arrives
+
+    @property
+    def bandwidths(self) -> dict:
+        """Mode (2 raw, 1 compressed) -> the bandwidths (bytes/s) in its window, oldest first."""
+        out = {}
+        for mode, part in ((2, 0), (1, K.PART)):
+            count, slot = int(self.vector[part + WINDOW]), int(self.vector[part + WINDOW + 1])
+            ring = self.vector[part:part + WINDOW].tolist()
+            out[mode] = ring[slot:] + ring[:slot] if count == WINDOW else ring[:count]
+        return out
 
     @property
     def raw_measured(self) -> bool:
-        return bool(self.bandwidths[2])
+        return bool(self.vector[WINDOW] > 0)
 
     @property
     def bandwidth(self):
         """From raw transfers when there are any: compressed ones are smaller, so their time is
         more latency and they read low; they serve until a raw call (calibration, probe) ran."""
-        return self._bandwidth
+        estimate = self.vector.item(K.ESTIMATE)  # (a Python float)
+        return estimate if estimate != 0.0 else None
 
     def add_bandwidth(self, mode: int, value: float) -> None:
         """Record a bandwidth measured by a raw (``mode`` 2) or compressed (1) transfer."""
-        self.bandwidths[mode].append(value)
-        self._bandwidth = _median(self.bandwidths[2]) or _median(self.bandwidths[1])
+        K.record_bandwidth(self.vector, mode, value)
 
     @property
     def codec(self):
         """Encoder -> (inv_ratio, compress s/byte, decompress s/byte), each the median of its window."""
         return self._codec
 
+    @property
+    def schedule(self) -> dict:
+        """The probe and calibration schedules (the model's last choice, calls since, intervals)."""
+        values = self.vector[K.SCHEDULE:K.SCHEDULE + len(K.SCHEDULE_NAMES)].tolist()
+        out = dict(zip(K.SCHEDULE_NAMES, (int(v) for v in values)))
+        out["decision"] = _DECISIONS[out["decision"]]
+        return out
+
     def _record(self, encoder: str, values) -> None:
         self.codecs.setdefault(encoder, collections.deque(maxlen=WINDOW)).append(tuple(float(v) for v in values))
         self._codec = {e: tuple(_median([m[i] for m in window]) for i in range(3))
                        for e, window in self.codecs.items()}
-        self._codec_version += 1
+        self._write_terms()
+
+    def _write_terms(self) -> None:
+        """The model's terms per encoder, from the codec medians (computed here in Python, as
+        costmodel computes them, so that the compiled decision reproduces its results bit for
+        bit), and the encoders in costmodel.choose's order."""
+        codec, vector = self._codec, self.vector
+        speeds = {}
+        for encoder, (inv_ratio, spb_c, spb_d) in codec.items():
+            cost = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
+            ratio = 1.0 / inv_ratio if inv_ratio > 0 else float("inf")
+            # costmodel.pays(ratio, B, cost) is 1/ratio + B * per_byte < 1, evaluated so
+            per_byte = 1.0 / cost.compress_bps + 1.0 / cost.decompress_bps
+            # costmodel.choose(1, sizes, B, costs): the least 1/Tc + size/B + 1/Td
+            terms = (1.0, 1 / cost.compress_bps, inv_ratio, 1 / cost.decompress_bps,
+                     1.0 / ratio if ratio > 0 else float("nan"), per_byte, ratio, cost.compress_bps,
+                     cost.decompress_bps)
+            at = K.TERMS + (ENCODER_CODES[encoder] - 1) * len(K.TERM_NAMES)
+            vector[at:at + len(terms)] = terms
+            speeds[encoder] = cost.compress_bps
+        # ties to the faster compressor, then to the first recorded (sorted is stable, as choose's)
+        by_speed = sorted(codec, key=lambda e: -speeds[e])
+        vector[K.ORDER] = len(by_speed)
+        vector[K.ORDER + 1:K.ORDER + 1 + len(by_speed)] = [ENCODER_CODES[e] - 1 for e in by_speed]
 
     def absorb(self, reduced: np.ndarray) -> None:
         """Fold in the previous call's measurements (already MAX-reduced over ranks)."""
@@ -136,93 +174,24 @@ class CostState:
                 other = "compact" if encoder == "fast" else "fast"
                 self._record(other, reduced[_F["alt_inv_ratio"]:_F["alt_decompress_spb"] + 1])
 
-    def _parameters(self, codec: dict):
-        """Per encoder (ratio, EncoderCost, pays terms), and the encoders in choose()'s order
-        with its terms: rebuilt only when the codec medians change, so that a call costs a few
-        float operations (a run of bypassed calls should cost little Python)."""
-        if self._parameters_version != self._codec_version or self._parameters_codec is not codec:
-            params = {}
-            for encoder, (inv_ratio, spb_c, spb_d) in codec.items():
-                cost = costmodel.EncoderCost(1.0 / max(spb_c, 1e-15), 1.0 / max(spb_d, 1e-15))
-                ratio = 1.0 / inv_ratio if inv_ratio > 0 else float("inf")
-                # costmodel.pays(ratio, B, cost) is 1/ratio + B * per_byte < 1, evaluated so
-                per_byte = 1.0 / cost.compress_bps + 1.0 / cost.decompress_bps
-                params[encoder] = (ratio, cost, 1.0 / ratio if ratio > 0 else None, per_byte)
-            # costmodel.choose(1, sizes, B, costs): the least 1/Tc + size/B + 1/Td, ties to the
-            # faster compressor (the same operations in the same order: the same choice)
-            by_speed = sorted(codec, key=lambda e: -params[e][1].compress_bps)
-            order = [(e, 1 / params[e][1].compress_bps, codec[e][0], 1 / params[e][1].decompress_bps)
-                     for e in by_speed]
-            self._parameters_value = (params, order)
-            self._parameters_version, self._parameters_codec = self._codec_version, codec
-        return self._parameters_value
-
-    def _encoder(self, strategy: str, codec: dict) -> str:
-        bandwidth = self.bandwidth
-        if strategy != "auto":
-            return strategy
-        if bandwidth is None or len(codec) < 2:
-            return "fast"
-        best, least = None, None
-        for encoder, inv_compress, size, inv_decompress in self._parameters(codec)[1]:
-            seconds = inv_compress + size / bandwidth + inv_decompress
-            if least is None or seconds < least:
-                best, least = encoder, seconds
-        return best
-
-    def model(self, encoder: str, codec=None) -> dict:
-        codec = self.codec if codec is None else codec
-        bandwidth = self.bandwidth
-        if bandwidth is None or encoder not in codec:
-            return {}
-        ratio, cost, inv_ratio, per_byte = self._parameters(codec)[0][encoder]
-        return {"bandwidth_Bps": bandwidth, "ratio": ratio, "compress_Bps": cost.compress_bps,
-                "decompress_Bps": cost.decompress_bps,
-                "pays": inv_ratio is not None and inv_ratio + bandwidth * per_byte < 1.0}
-
-    def _compressed(self, encoder, reason, strategy, codec, model=None) -> Decision:
-        """A compressed decision, calibrating the other encoder when it is due (strategy auto)."""
-        if strategy != "auto":
-            return Decision("compressed", encoder, reason, False, model)
-        since = self.since_calibration + 1
-        due = len(codec) < 2 or since >= self.calibration_interval
-        decision = Decision("compressed", encoder, reason, due, model)
-        decision.next = {"since_calibration": 0 if due else since,
-                         "calibration_interval": min(2 * self.calibration_interval, LAST_PROBE) if due and
-                         len(codec) == 2 else self.calibration_interval}
-        return decision
-
     def decide(self, bypass, strategy: str) -> Decision:
         """The mode of this call; ``bypass`` is "auto", True (always raw) or False (always compress).
 
         Pure: the schedules advance only through :meth:`commit`, called once every rank has
         agreed the call can go ahead (so a call that raises leaves every rank's state alike).
         """
-        codec = self.codec
-        encoder = self._encoder(strategy, codec)
-        model = self.model(encoder, codec)
-        if bypass is True:
-            return Decision("raw", None, "forced", model=model)
-        if bypass is False:
-            return self._compressed(encoder, "forced", strategy, codec, model)
-        if not codec:
-            return self._compressed(encoder, "calibration", strategy, codec)
-        if not self.raw_measured:  # compressed transfers alone underestimate a fast link
-            return Decision("raw", None, "calibration", model=model)
-        choice = "compressed" if model.get("pays") else "raw"
-        since, interval = (self.since_probe, self.interval) if choice == self.decision else (0, FIRST_PROBE)
-        since += 1
-        probe = since >= interval  # re-measure the path not taken
-        mode = ("raw" if choice == "compressed" else "compressed") if probe else choice
-        reason = "probe" if probe else "cost model"
-        decision = self._compressed(encoder, reason, strategy, codec, model) if mode == "compressed" else \
-            Decision("raw", None, reason, model=model)
-        decision.next.update(decision=choice, since_probe=0 if probe else since,
-                             interval=min(2 * interval, LAST_PROBE) if probe else interval)
-        return decision
+        K.decide_into(self.vector, bypass_code(bypass), STRATEGY_CODES[strategy])
+        return decision_of(self.vector)
 
     def commit(self, decision: Decision) -> None:
         """Advance the schedules past ``decision`` (every rank, after the handshake)."""
         if decision is not None:
             for name, value in decision.next.items():
-                setattr(self, name, value)
+                if name == "decision":
+                    value = {None: 0, "compressed": 1, "raw": 2}[value]
+                self.vector[K.SCHEDULE + K.SCHEDULE_NAMES.index(name)] = value
+
+
+def bypass_code(bypass) -> int:
+    """The BYPASS_CODES code of a (validated) bypass argument."""
+    return BYPASS_CODES[True] if bypass is True else BYPASS_CODES[False] if bypass is False else BYPASS_CODES["auto"]

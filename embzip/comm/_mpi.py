@@ -16,6 +16,9 @@ __all__ = ["load", "state_of", "peek_state", "cached_state", "CommState", "wait"
 
 _MPI = None
 _KEYVAL = None
+# (communicator object, its state) of the last cached_state lookup: a training loop passes the
+# same object every step, and an identity check is cheaper than MPI's attribute lookup
+_RECENT = (None, None)
 
 
 def load():
@@ -61,6 +64,9 @@ class CommState:
             except Exception:  # freeing is best effort: MPI may be shutting down
                 pass
         self.comm = None
+        from ._reuse import Memo
+
+        self.memo = Memo()  # drops the caller's buffers now: _RECENT may hold this state a while
 
 
 def _delete(comm, keyval, state):  # MPI attribute delete callback: the user's comm is being freed
@@ -87,13 +93,24 @@ def state_of(comm) -> CommState:
 
 
 def cached_state(comm):
-    """The cached state of ``comm``, or None, with the least work: for the express lane."""
+    """The cached state of ``comm``, or None, with the least work: for the express lane.
+
+    The last answer is remembered with the communicator object; it stands while that state is
+    not freed (freeing ``comm`` runs the attribute's delete callback, which frees the state).
+    """
+    global _RECENT
+    recent, state = _RECENT
+    if comm is recent and state.comm is not None:
+        return state
     if _KEYVAL is None or not isinstance(comm, _MPI.Comm):
         return None
     try:
-        return comm.Get_attr(_KEYVAL)
+        state = comm.Get_attr(_KEYVAL)
     except Exception:  # COMM_NULL and the like: the full path reports it
         return None
+    if state is not None:
+        _RECENT = (comm, state)
+    return state
 
 
 def peek_state(comm):

@@ -34,7 +34,7 @@ MEASUREMENT_FIELDS = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # (slots: a bypassed call builds one in ~1 us less)
 class CallStats:
     """What one call did on this rank.
 

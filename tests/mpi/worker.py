@@ -259,12 +259,12 @@ def bypass_and_stats():
 def express_lane():
     """Repeats of an uncompressed call take the express lane (see embzip/comm/_express.py):
     exact results while the buffers' contents change, the same statistics as the full path,
-    and back to the full path when an argument changes."""
+    and back to the full path when an argument changes. Both lanes: one compiled call on MPI's
+    C API (embzip/comm/_native.py; MPICH here), and mpi4py's calls (EMBZIP_NATIVE_MPI=0)."""
     from embzip.comm import _express, _mpi
 
     counts = uneven_counts(21, scale=9)
     sc, rc = counts[ME], counts[:, ME]
-    fresh = COMM.Dup()
     lanes = {"calls": 0}
     real = _express.try_call
 
@@ -275,32 +275,83 @@ def express_lane():
 
     _express.try_call = counting
     try:
-        for dtype, kwargs in ((np.float32, dict(abs_error=1e-3, bypass=True)), (np.int32, dict(rel_error=0.1))):
-            send, got = np.zeros(int(sc.sum()), dtype), np.zeros(int(rc.sum()), dtype)
+        for native in ("1", "0"):
+            os.environ["EMBZIP_NATIVE_MPI"] = native
+            fresh = COMM.Dup()
+            for dtype, kwargs in ((np.float32, dict(abs_error=1e-3, bypass=True)), (np.int32, dict(rel_error=0.1))):
+                send, got = np.zeros(int(sc.sum()), dtype), np.zeros(int(rc.sum()), dtype)
+                before = lanes["calls"]
+                for step in range(4):
+                    send[:] = payload(send.size, np.float64, 30 + step) * 100  # new contents, same buffer
+                    ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), dtype), rc])
+                    stats = ec.Alltoallv(fresh, [send, sc], [got, rc], **kwargs)
+                    assert np.array_equal(got, ref), f"{dtype.__name__} step {step}: not exact"
+                    assert stats.sent_bytes == stats.raw_bytes == int((sc.sum() - sc[ME]) * send.itemsize)
+                    assert stats.recv_bytes == int((rc.sum() - rc[ME]) * send.itemsize)
+                    assert stats.mode == ("raw" if dtype is np.float32 else "passthrough") and stats.total_s > 0
+                    assert stats.reason == ("forced" if dtype is np.float32 else "not float")
+                used = lanes["calls"] - before
+                # the first call opens the lane, the other three take it; the pairwise handshake
+                # (above 64 ranks) never fuses, so it has no lane
+                expected = 0 if PAIRWISE else 3
+                assert used == expected, f"{dtype.__name__}: {used} calls took the express lane, expected {expected}"
+                lane = _mpi.peek_state(fresh).memo.lane
+                assert (lane is None) == PAIRWISE
+                if lane is not None:  # PyPI's MPICH: the compiled lane resolves MPI's C functions
+                    assert (lane.native is not None) == (native == "1" and MPI.Get_library_version().startswith("MPICH"))
+            # another bound: a new key, the full path, a new lane
             before = lanes["calls"]
-            for step in range(4):
-                send[:] = payload(send.size, np.float64, 30 + step) * 100  # new contents, same buffer
-                ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), dtype), rc])
-                stats = ec.Alltoallv(fresh, [send, sc], [got, rc], **kwargs)
-                assert np.array_equal(got, ref), f"{dtype.__name__} step {step}: not exact"
-                assert stats.sent_bytes == stats.raw_bytes == int((sc.sum() - sc[ME]) * send.itemsize)
-                assert stats.recv_bytes == int((rc.sum() - rc[ME]) * send.itemsize)
-                assert stats.mode == ("raw" if dtype is np.float32 else "passthrough") and stats.total_s > 0
-            used = lanes["calls"] - before
-            # the first call opens the lane, the other three take it; the pairwise handshake
-            # (above 64 ranks) never fuses, so it has no lane
-            expected = 0 if PAIRWISE else 3
-            assert used == expected, f"{dtype.__name__}: {used} calls took the express lane, expected {expected}"
-            assert (_mpi.peek_state(fresh).memo.lane is None) == PAIRWISE
-        # another bound: a new key, the full path, a new lane
-        before = lanes["calls"]
-        send, got = payload(int(sc.sum()), np.float32, 40), np.zeros(int(rc.sum()), np.float32)
-        for _ in range(2):
-            ec.Alltoallv(fresh, [send, sc], [got, rc], abs_error=2e-3, bypass=True)
-        assert lanes["calls"] - before == (0 if PAIRWISE else 1)
+            send, got = payload(int(sc.sum()), np.float32, 40), np.zeros(int(rc.sum()), np.float32)
+            for _ in range(2):
+                ec.Alltoallv(fresh, [send, sc], [got, rc], abs_error=2e-3, bypass=True)
+            assert lanes["calls"] - before == (0 if PAIRWISE else 1)
+            fresh.Free()
     finally:
         _express.try_call = real
-    fresh.Free()
+        os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+@case
+def express_lane_decisions():
+    """On the lane the cost model decides inside the compiled call: every call's reason and
+    model are what CostState.decide gives for the state before it, the schedule advances as
+    commit() would, a probe (compress) leaves the lane for the full path, and every rank
+    decides alike. The bandwidth is pinned high (the same on every rank) so that raw wins."""
+    from embzip.comm import _mpi
+
+    if P == 1 or PAIRWISE:
+        return  # one rank sends nobody anything: nothing is measured; the pairwise handshake has no lane
+    send = payload(64 * P, np.float32, 60)
+    got = np.zeros_like(send)
+    for native in ("1", "0"):
+        os.environ["EMBZIP_NATIVE_MPI"] = native
+        fresh = COMM.Dup()
+        try:
+            modes, reasons = [], []
+            for step in range(24):
+                state = _mpi.peek_state(fresh)
+                if state is not None:
+                    for _ in range(3):  # most of the window: the median stays at 1e15
+                        state.costs.add_bandwidth(2, 1e15)
+                    expected = state.costs.decide("auto", "fast")
+                    schedule = {**state.costs.schedule, **expected.next}
+                stats = ec.Alltoallv(fresh, send, got, rel_error=0.01, strategy="fast")
+                modes.append(stats.mode)
+                reasons.append(stats.reason)
+                if state is not None and step >= 4:  # (past the calibration calls)
+                    assert (stats.mode, stats.reason, stats.model) == (expected.mode, expected.reason,
+                                                                       expected.model), (step, stats, expected.model)
+                    assert state.costs.schedule == schedule, (step, state.costs.schedule, schedule)
+            lane = _mpi.peek_state(fresh).memo.lane
+            assert lane is not None and (lane.native is not None) == (
+                native == "1" and MPI.Get_library_version().startswith("MPICH")), "the lane under test is not open"
+            probes = [i for i, reason in enumerate(reasons) if reason == "probe"]
+            assert probes and all(modes[i] == "compressed" for i in probes), (reasons, modes)
+            assert modes[4:].count("raw") >= 18, modes
+            assert len({tuple(m) for m in COMM.allgather(reasons)}) == 1
+        finally:
+            fresh.Free()
+            os.environ.pop("EMBZIP_NATIVE_MPI", None)
 
 
 @case

@@ -231,3 +231,57 @@ def error_after_a_repeated_call():
     bad = np.array([1e-3, 2e-3]) if ME == 0 else 1e-3  # must be checked collectively, not on the lane
     expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=bad, bypass=True), (ec.CommTypeError, ec.CommValueError),
            "rank 0", "abs_error")
+
+
+@case
+def error_inside_the_native_lane():
+    """Repeats of a bypassed call run in one compiled call on MPI's C API (embzip/comm/_native.py):
+    when MPI fails in there (here rank 0, on the lane, receives more than it expects from LAST,
+    who changed its send counts and took the full path), the error code comes back, and the
+    gathered table's verdict makes every rank raise the mismatch. For 6 and 50_000 elements (MPI's
+    eager and rendezvous protocols), and through mpi4py's calls when the native lane is off."""
+    import os
+
+    from embzip.comm import _mpi, _native
+
+    if P == 1:
+        return  # nobody else can send rank 0 too much
+    codes = []
+    real = _native.Plan.codes
+
+    def recording(plan):
+        got = real(plan)
+        codes.extend(got)
+        return got
+
+    _native.Plan.codes = recording
+    try:
+        for native in ("1", "0"):
+            os.environ["EMBZIP_NATIVE_MPI"] = native
+            for n in (6, 50_000):
+                fresh = COMM.Dup()
+                send, recv = np.arange(n * P + 1, dtype=np.float32) * (ME + 1), np.zeros(n * P, np.float32)
+                counts = [n] * P
+                for _ in range(3):  # the lane opens, then runs
+                    ec.Alltoallv(fresh, [send, counts], [recv, [n] * P], abs_error=1e-3, bypass=True)
+                lane = _mpi.peek_state(fresh).memo.lane
+                pairwise = os.environ.get("EMBZIP_TEST_PAIRWISE") == "1"  # (that handshake has no lane)
+                assert pairwise or lane is not None and (lane.native is not None) == (
+                    native == "1" and MPI.Get_library_version().startswith("MPICH")), "the lane under test is not open"
+                if ME == LAST:
+                    counts = [n + 1] + [n] * (P - 1)
+                del codes[:]
+                expect(lambda: ec.Alltoallv(fresh, [send, counts], [recv, [n] * P], abs_error=1e-3, bypass=True),
+                       ec.CommValueError, f"rank {LAST} sends {n + 1} elements", f"rank 0 expects {n} elements")
+                if ME == 0 and lane is not None and lane.native is not None:
+                    assert codes, "rank 0's compiled call saw no MPI error"
+                counts = [n] * P
+                for _ in range(3):  # and the lane opens and runs again
+                    ec.Alltoallv(fresh, [send, counts], [recv, [n] * P], abs_error=1e-3, bypass=True)
+                ref = np.zeros_like(recv)
+                COMM.Alltoallv([send, counts], [ref, [n] * P])
+                assert np.array_equal(recv, ref)
+                fresh.Free()
+    finally:
+        _native.Plan.codes = real
+        os.environ.pop("EMBZIP_NATIVE_MPI", None)
