@@ -39,7 +39,7 @@ class Lane:
     """What a repeat of an uncompressed call needs, prepared once."""
 
     __slots__ = ("key", "args", "job", "mode", "buf", "size", "row", "table", "reduced", "own", "smsg", "rmsg",
-                 "native", "same", "bypass_code", "strategy_code", "raw_bytes", "recv_raw_bytes")
+                 "native", "same", "raw_bytes", "recv_raw_bytes")
 
 
 @kernel
@@ -166,10 +166,9 @@ def open_lane(state, job, mode: int, stats: CallStats, call_args) -> None:
     lane.buf[at_agreed:at_reduced] = np.ravel(memo.agreed)  # compared bit for bit: stricter than by value
     lane.reduced = lane.buf[at_reduced:at_template]
     lane.smsg, lane.rmsg = job.send.mpi_message(), job.recv.mpi_message()
-    lane.native = _native.exchange(state.comm, job.send, job.recv, length, _conclude)
-    # what the compiled decision takes (-1: a pass-through call, nothing to decide)
-    lane.bypass_code = bypass_code(job.bypass) if job.kind else -1
-    lane.strategy_code = STRATEGY_CODES[job.strategy] if job.kind else 0
+    lane.native = _native.exchange(state.comm, job.send, job.recv, length, _conclude,
+                                   bypass_code(job.bypass) if job.kind else -1,  # (-1: nothing to decide)
+                                   STRATEGY_CODES[job.strategy] if job.kind else 0)
     lane.raw_bytes, lane.recv_raw_bytes = stats.raw_bytes, stats.recv_raw_bytes
     # This rank's measurement of a lane call, the transfer time filled in by _conclude: it is
     # written where the next call sends it, the measured part of the row (which the gather no
@@ -207,7 +206,7 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
     native = lane.native
     if native is not None:  # decision, gather, payload, bookkeeping: one compiled call
         sample, transfer, reason, modelled, bandwidth, ratio, compress, decompress, pays = native.run(
-            lane.buf, native.plan, costs.vector, lane.bypass_code, lane.strategy_code)
+            lane.buf, native.plan, costs.vector)
         if sample == _native.NOT_RAW:
             state.pending = pending
             return None

@@ -38,12 +38,13 @@ FAILED = -3.0
 NOT_RAW = -4.0
 _RAW = 2
 # plan slots (int64): the gather's count and datatype, the communicator, per side the address
-# and datatype, the size, the codes of the three calls, then the request, the status, and the
+# and datatype, the size, the row length, the decision's bypass and strategy codes (bypass -1:
+# a pass-through call), the codes of the three calls, then the request, the status, and the
 # four count / displacement vectors (MPI_Count / MPI_Aint, both 8 bytes here)
-_GATHER_COUNT, _DOUBLE, _COMM, _SEND, _SEND_TYPE, _RECV, _RECV_TYPE, _SIZE, _LENGTH = range(9)
-_CODES = 9  # three slots: Iallgather, Alltoallv_c, Wait
-_REQUEST = 12
-_STATUS = 13  # MPI_Status: at most _STATUS_SLOTS * 8 bytes (checked)
+_GATHER_COUNT, _DOUBLE, _COMM, _SEND, _SEND_TYPE, _RECV, _RECV_TYPE, _SIZE, _LENGTH, _BYPASS, _STRATEGY = range(11)
+_CODES = 11  # three slots: Iallgather, Alltoallv_c, Wait
+_REQUEST = 14
+_STATUS = 15  # MPI_Status: at most _STATUS_SLOTS * 8 bytes (checked)
 _STATUS_SLOTS = 8
 _VECTORS = _STATUS + _STATUS_SLOTS
 
@@ -86,9 +87,9 @@ def _compile(functions, conclude):
     gather, payload, wait, wtime = functions
 
     @kernel(cache=False)  # (calls through addresses of this process: never cached on disk)
-    def run(buf, plan, costs, bypass, strategy):
-        """The decision (``costs``: the cost state's vector; ``bypass`` -1: a pass-through
-        call, nothing to decide), then Iallgather (this rank's row into the table, both in
+    def run(buf, plan, costs):
+        """The decision (``costs``: the cost state's vector; none for a pass-through call),
+        then Iallgather (this rank's row into the table, both in
         ``buf``), the blocking payload Alltoallv while the gather is in flight, Wait; then
         ``conclude``, and the decision's schedule update once the table is the agreed one.
         Returns (what ``conclude`` returns, FAILED with the codes in the plan, or NOT_RAW
@@ -96,8 +97,8 @@ def _compile(functions, conclude):
         decision: the reason code and the model's six values, see ``_cost_kernels``): as
         one tuple of floats, which costs less to build here than to read from the vector
         in Python."""
-        out = K.OUT
-        if bypass >= 0 and K.decide_into(costs, bypass, strategy) != _RAW:
+        out, bypass = K.OUT, plan[_BYPASS]
+        if bypass >= 0 and K.decide_into(costs, bypass, plan[_STRATEGY]) != _RAW:
             return NOT_RAW, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         base, data = plan.ctypes.data, buf.ctypes.data
         size, length = plan[_SIZE], plan[_LENGTH]
@@ -136,9 +137,10 @@ class Plan:
         return [int(c) for c in self.plan[_CODES:_CODES + 3] if c != 0]
 
 
-def exchange(pcomm, send, recv, length: int, conclude):
+def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: int):
     """A :class:`Plan` for the lane's exchange on ``pcomm`` (rows of ``length`` doubles; ``send``
-    / ``recv`` the job's Specs, their buffers numpy arrays), or None (use mpi4py).
+    / ``recv`` the job's Specs, their buffers numpy arrays; ``bypass`` / ``strategy`` the codes
+    the decision takes, bypass -1 for a pass-through call), or None (use mpi4py).
 
     The buffers' addresses are taken now: the lane runs only on the same array objects (kept
     alive by the memo) with the same shapes, and an array's data moves only when its size does.
@@ -156,7 +158,8 @@ def exchange(pcomm, send, recv, length: int, conclude):
     size = pcomm.Get_size()
     plan = np.zeros(_VECTORS + 4 * size, np.int64)
     plan[:_CODES] = [length, convert(MPI.DOUBLE.handle), convert(pcomm.handle), send.buf.ctypes.data,
-                     convert(send.datatype.handle), recv.buf.ctypes.data, convert(recv.datatype.handle), size, length]
+                     convert(send.datatype.handle), recv.buf.ctypes.data, convert(recv.datatype.handle), size, length,
+                     bypass, strategy]
     plan[_VECTORS:] = np.concatenate([send.counts, send.displs, recv.counts, recv.displs])
     result = Plan()
     result.run, result.plan = run, plan
