@@ -18,22 +18,23 @@ _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 @parallel_kernel
 def row_hashes(codes, outlier_mask, hashes, row_has_outlier):
     """64-bit hash of each row of ``codes`` (rows x cols, uint32) and its outlier flag."""
-    # Four independent multiply chains over interleaved columns, folded at the end: one
-    # chain is latency-bound (~6 cycles a value, a third of a small frame's encode time).
-    # The hash only places rows in the table (equality is checked on the codes), so frames
-    # do not depend on it; the CUDA backend uses its own.
+    # Four independent multiply chains, each taking two codes per multiply (one 64-bit word):
+    # one chain of one code per step is latency-bound (~6 cycles a value); pairs halved the
+    # time again (0.46 -> 0.26 ms for 13312 x 50 codes). The hash only places rows in the
+    # table (equality is checked on the codes), so frames do not depend on it; the CUDA
+    # backend uses its own.
     rows, cols = codes.shape
-    body = cols - cols % 4
+    body = cols - cols % 8  # columns taken as 4 chains x 2 codes
     for r in prange(rows):
         h0 = np.uint64(cols)
         h1 = np.uint64(1)
         h2 = np.uint64(2)
         h3 = np.uint64(3)
-        for c in range(0, body, 4):
-            h0 = (h0 ^ np.uint64(codes[r, c])) * _MULTIPLIER
-            h1 = (h1 ^ np.uint64(codes[r, c + 1])) * _MULTIPLIER
-            h2 = (h2 ^ np.uint64(codes[r, c + 2])) * _MULTIPLIER
-            h3 = (h3 ^ np.uint64(codes[r, c + 3])) * _MULTIPLIER
+        for c in range(0, body, 8):
+            h0 = (h0 ^ (np.uint64(codes[r, c]) | (np.uint64(codes[r, c + 1]) << np.uint64(32)))) * _MULTIPLIER
+            h1 = (h1 ^ (np.uint64(codes[r, c + 2]) | (np.uint64(codes[r, c + 3]) << np.uint64(32)))) * _MULTIPLIER
+            h2 = (h2 ^ (np.uint64(codes[r, c + 4]) | (np.uint64(codes[r, c + 5]) << np.uint64(32)))) * _MULTIPLIER
+            h3 = (h3 ^ (np.uint64(codes[r, c + 6]) | (np.uint64(codes[r, c + 7]) << np.uint64(32)))) * _MULTIPLIER
             h0 ^= h0 >> np.uint64(29)
             h1 ^= h1 >> np.uint64(29)
             h2 ^= h2 >> np.uint64(29)
