@@ -553,3 +553,15 @@ def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw
     bits = buf.view(np.uint64)
     bits[at_agreed + j] ^= np.uint64(1) << np.uint64(data.draw(st.integers(0, 63)))
     assert _express._conclude(buf, size, length, transfer, lane_costs.vector) == -2.0
+
+
+def test_native_handles_are_c_integers_of_their_width():
+    # mpi4py shows MPICH's int handles sign-extended and read as unsigned; C takes an int
+    from embzip.comm._native import signed_handle
+
+    assert signed_handle(0xFFFFFFFF84000000, 32) == 0x84000000 - (1 << 32)
+    assert signed_handle(0x44000000, 32) == 0x44000000
+    assert signed_handle(0x4C00080B, 32) == 0x4C00080B
+    assert signed_handle(0x7F0012345678, 64) == 0x7F0012345678  # a pointer handle (Open MPI, the MPI ABI)
+    assert signed_handle((1 << 64) - 1, 64) == -1
+

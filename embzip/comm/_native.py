@@ -22,6 +22,7 @@ Errors: the communicator's error handler decides, as for mpi4py's calls (mpi4py 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 import numpy as np
@@ -53,34 +54,38 @@ _entry = None  # (compiled exchange, handle converter) once resolved; False: una
 
 def _functions(MPI):
     """The ctypes functions, or None when this MPI does not offer what the lane needs."""
-    widths = {MPI._sizeof(cls) for cls in (MPI.Comm, MPI.Datatype, MPI.Request)}
-    if len(widths) != 1 or widths.pop() not in (4, 8) or MPI._sizeof(MPI.Status) > 8 * _STATUS_SLOTS:
+    try:  # (private helpers of mpi4py: an mpi4py without them has no native lane)
+        widths = {MPI._sizeof(cls) for cls in (MPI.Comm, MPI.Datatype, MPI.Request)}
+        status, aint, count = MPI._sizeof(MPI.Status), MPI.AINT.Get_size(), MPI.COUNT.Get_size()
+    except (AttributeError, TypeError, MPI.Exception):
         return None
-    if MPI.AINT.Get_size() != 8 or MPI.COUNT.Get_size() != 8:
+    if len(widths) != 1 or widths.pop() not in (4, 8) or status > 8 * _STATUS_SLOTS or aint != 8 or count != 8 \
+            or ctypes.sizeof(ctypes.c_void_p) != 8:
         return None
     width = MPI._sizeof(MPI.Comm)
     handle = ctypes.c_int32 if width == 4 else ctypes.c_int64
     # pointers as 64-bit integers: the same registers and stack slots in the C calling
     # convention of every 64-bit target numba supports, and numba passes integers directly
-    pointer, count = ctypes.c_int64, ctypes.c_int
+    pointer, c_int = ctypes.c_int64, ctypes.c_int
     try:
         lib = ctypes.CDLL(MPI.__file__)
         gather, payload, wait, wtime = lib.MPI_Iallgather, lib.MPI_Alltoallv_c, lib.MPI_Wait, lib.MPI_Wtime
     except (OSError, AttributeError):
         return None
-    gather.argtypes = [pointer, count, handle, pointer, count, handle, handle, pointer]
+    gather.argtypes = [pointer, c_int, handle, pointer, c_int, handle, handle, pointer]
     payload.argtypes = [pointer, pointer, pointer, handle, pointer, pointer, pointer, handle, handle]
     wait.argtypes = [pointer, pointer]
     for function in (gather, payload, wait):
         function.restype = ctypes.c_int
     wtime.argtypes, wtime.restype = [], ctypes.c_double
-    bits = 8 * width
+    return (gather, payload, wait, wtime), functools.partial(signed_handle, bits=8 * width)
 
-    def convert(value: int) -> int:  # a handle as the signed integer of its width (C's view)
-        value &= (1 << bits) - 1
-        return value - (1 << bits) if value >> (bits - 1) else value
 
-    return (gather, payload, wait, wtime), convert
+def signed_handle(value: int, bits: int) -> int:
+    """A handle as the signed integer of its width, C's view of it (mpi4py's ``.handle`` gives
+    MPICH's int handles sign-extended and then read as unsigned: 0xffffffff84000000)."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
 
 
 def _compile(functions, conclude):
