@@ -57,10 +57,12 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
     return MPI, state, job, decision, stats, start
 
 
-def agree_to_start(state, job, decision, stats, MPI, blob_sizes=None, post_payload=None):
-    """The handshake (raises on every rank if any has a problem), then commit the decision."""
+def agree_to_start(state, job, decision, stats, MPI, blob_sizes=None, post_payload=None, streamed=False):
+    """The handshake (raises on every rank if any has a problem), then commit the decision.
+    ``streamed``: a compressed blocking call that exchanges segment by segment (it must be
+    agreed: its messages differ from those of a call that compresses everything first)."""
     start = time.perf_counter()
-    mode = 0 if decision is None else MODE_CODES[decision.mode]
+    mode = 0 if decision is None else _handshake.STREAMED if streamed else MODE_CODES[decision.mode]
     agreement = _handshake.handshake(state.comm, job, state, mode, MPI, blob_sizes, post_payload)
     state.costs.commit(decision)
     stats.handshake_s = time.perf_counter() - start
@@ -109,6 +111,7 @@ def _own_segment(job, rank: int, send_flat, recv_flat) -> None:
                      send_flat[s.displs[rank]:s.displs[rank] + s.counts[rank]])
 
 
+
 def stage_raw(job):
     """The MPI messages of a plain exchange of the caller's buffers, and the finisher to call
     after it (None: nothing to do): GPU buffers are staged through host buffers unless MPI is
@@ -134,7 +137,7 @@ def finish(state, stats, start, alt=None, fused=False):
     return stats
 
 
-def _calibrate(segments, plan, row, encoder: str) -> np.ndarray:
+def calibrate(segments, plan, row, encoder: str) -> np.ndarray:
     """Measure the other encoder on the same segments: (inv ratio, s/byte compress, s/byte decompress)."""
     other = "compact" if encoder == "fast" else "fast"
     raw = sum(seg.nbytes for _, seg in segments)
@@ -157,6 +160,7 @@ def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
     return displs
 
 
+
 def _compress_all(job, decision, stats, rank: int, size: int):
     """Compress every remote segment (before the handshake); returns (send flat, blobs, alt calibration).
 
@@ -175,10 +179,11 @@ def _compress_all(job, decision, stats, rank: int, size: int):
             blobs[d] = _segment.encode(seg, 0, job.plan, d, s.row, decision.encoder, **on_device)
         stats.compress_s = time.perf_counter() - start
         if decision.calibrate:
-            alt = _calibrate(segments, job.plan, s.row, decision.encoder)
+            alt = calibrate(segments, job.plan, s.row, decision.encoder)
     except Exception as exc:  # reported in the handshake: every rank raises, nobody waits
         job.error = LocalError.from_exception(exc, rank, "compressing")
     return send_host, blobs, alt
+
 
 
 def _compressed(state, job, decision, stats, MPI):
@@ -223,6 +228,7 @@ def _compressed(state, job, decision, stats, MPI):
     return alt
 
 
+
 def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
               bypass="auto", express=True) -> CallStats:
     """Implementation of :func:`embzip.comm.Alltoallv` (see there); ``express=False``: the
@@ -235,7 +241,12 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
                                                     bounds, bypass)
     alt = None
     if decision is not None and decision.mode == "compressed":
-        alt = _compressed(state, job, decision, stats, MPI)
+        if decision.model.get("pays"):  # a slow link: overlap the phases (the model is agreed)
+            from ._pipeline import exchange_segments  # (it imports this module)
+
+            alt = exchange_segments(state, job, decision, stats, MPI)
+        else:  # compute-bound (or nothing measured yet): compress everything, then one Alltoallv
+            alt = _compressed(state, job, decision, stats, MPI)
     else:
         staged, post_payload = (None, None, None), None
         if job.error is None:

@@ -89,6 +89,10 @@ class CostState:
 
     def __init__(self):
         self.vector = K.empty()  # bandwidth windows, model terms, schedules, the last decision
+        # Compiled now, on a scratch vector: its first call from here may come long after the
+        # others (bandwidths are recorded inside the express lane's compiled call), and a
+        # compile mid-run stalls every rank (measured: 0.3-0.5 s on a probe call, 4 ranks / 2 cores).
+        K.record_bandwidth(K.empty(), 2, 1.0)
         self.codecs = {}  # "fast"/"compact" -> deque of (inv_ratio, compress s/byte, decompress s/byte)
         self._codec = {}  # medians of ``codecs``, recomputed when a measurement arrives
 

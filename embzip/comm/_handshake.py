@@ -41,7 +41,10 @@ __all__ = ["handshake", "Agreement", "GATHER_MAX", "build_row", "conclude", "row
 
 GATHER_MAX = 64
 _SETTINGS = ("bypass", "chunk_bytes", "mode")  # every rank must pass (or decide) alike
+#: The handshake's mode of a compressed blocking call that exchanges segment by segment.
+STREAMED = 3
 _NAMES = {"bypass": {v: repr(k) for k, v in BYPASS_CODES.items()}, "mode": {0: "pass-through", 1: "compressed",
+                                                                          STREAMED: "compressed (streamed)",
                                                                           2: "raw"}}
 _M = len(MEASUREMENT_FIELDS)
 MEASURED = _M  #: the last MEASURED columns of a row are measurements; the rest is what is agreed

@@ -25,13 +25,15 @@ import time
 import numpy as np
 
 from . import _device, _protocol, _segment
-from ._collective import agree_to_start, begin, blob_placement, codec_flat, finish, put_back, stage_raw
+from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flat, finish, put_back, stage_raw
 from ._errors import LocalError
 from ._stats import CallStats
 
-__all__ = ["Request", "ialltoallv", "chunking"]
+__all__ = ["Request", "ialltoallv", "chunking", "exchange_segments", "WHOLE_SEGMENTS"]
 
 MAX_CHUNKS = 4096
+#: ``chunk_bytes`` that makes each destination's segment one chunk (one frame, one message).
+WHOLE_SEGMENTS = 1 << 62
 _EMPTY = np.zeros(0, dtype=np.uint8)
 
 
@@ -110,15 +112,16 @@ class Request:
 class _Pipeline:
     """The thread's work for one compressed pipelined call."""
 
-    def __init__(self, pcomm, job, decision, stats, MPI):
+    def __init__(self, pcomm, job, decision, stats, MPI, chunk_bytes=None):
         self.pcomm, self.job, self.decision, self.stats, self.MPI = pcomm, job, decision, stats, MPI
+        chunk_bytes = job.chunk_bytes if chunk_bytes is None else chunk_bytes
         self.size, self.rank = pcomm.Get_size(), pcomm.Get_rank()
         s, r = job.send, job.recv
         itemsize = s.flat.dtype.itemsize
         self.my_units = my_units = _protocol.chunk_units(job)
-        self.out_chunks = [chunking(int(s.counts[d]), int(my_units[d]), itemsize, job.chunk_bytes)
+        self.out_chunks = [chunking(int(s.counts[d]), int(my_units[d]), itemsize, chunk_bytes)
                            if d != self.rank else [] for d in range(self.size)]
-        self.in_chunks = [chunking(int(r.counts[src]), int(job.units[src]), itemsize, job.chunk_bytes)
+        self.in_chunks = [chunking(int(r.counts[src]), int(job.units[src]), itemsize, chunk_bytes)
                           if src != self.rank else [] for src in range(self.size)]
         self.expected = sum(len(c) for c in self.in_chunks)
         # GPU buffers themselves when the CUDA backend runs here, else host arrays (see codec_flat)
@@ -250,6 +253,42 @@ class _Pipeline:
                 self.bad_source.add(src)
             self.stats.decompress_s += time.perf_counter() - t
         return handled
+
+
+class _Outcome:
+    """Where :meth:`_Pipeline.run` leaves the agreed error of a blocking call."""
+
+    _error = None
+
+
+def exchange_segments(state, job, decision, stats, MPI):
+    """The compressed exchange of a blocking call on a slow link (the cost model says
+    compression pays): the pipeline with one chunk per destination.
+
+    Why: segments compressed one after the other are sent as each is ready, and decoded as
+    each arrives, so compression, transfer and decompression overlap across destinations,
+    while each segment stays one frame (deduplicated as a whole: chunks of a DLRM segment
+    compress ~20% worse). Measured with 4 ranks on 2 cores at 1 Gbit/s (DLRM step): 50-61 ms
+    per call against 64-72 ms for compress-all-then-Alltoallv, and 67-80 ms with 0.5-2 MB
+    chunks. On shared memory (nothing to hide behind) its threads cost 8-18% more than
+    compress-all, which therefore stays the exchange of compute-bound calls. Returns the other
+    encoder's calibration (or None); raises the agreed error.
+    """
+    agree_to_start(state, job, decision, stats, MPI, streamed=True)
+    outcome = _Outcome()
+    _Pipeline(state.comm, job, decision, stats, MPI, chunk_bytes=WHOLE_SEGMENTS).run(outcome)
+    if outcome._error is not None:
+        raise outcome._error
+    if not decision.calibrate:
+        return None
+    s, rank = job.send, state.comm.Get_rank()
+    send_host = codec_flat(s, False)
+    segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(s.counts.size)
+                if d != rank and s.counts[d] > 0]
+    try:  # a measurement only: one that fails is skipped (the next calibration retries)
+        return calibrate(segments, job.plan, s.row, decision.encoder)
+    except Exception:
+        return None
 
 
 def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,

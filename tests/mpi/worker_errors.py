@@ -285,3 +285,53 @@ def error_inside_the_native_lane():
     finally:
         _native.Plan.codes = real
         os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+def _slow_link(comm):
+    """Pin ``comm``'s bandwidth estimate at 1 B/s on this rank: the model then says compression
+    pays, and a blocking compressed call streams (once the codec has been measured)."""
+    from embzip.comm import _mpi
+
+    for _ in range(5):
+        _mpi.peek_state(comm).costs.add_bandwidth(2, 1.0)
+
+
+@case
+def error_streamed_exchange():
+    """The streamed exchange of a blocking call (a slow link): a corrupted frame, a failed
+    compression, every rank raises; and ranks whose cost states disagree on streaming (not
+    possible with agreed measurements, forced here) raise instead of waiting for each other."""
+    if P == 1:  # no remote segment: nothing is compressed or decoded
+        return
+    send, recv = good_buffers(4000)  # segments big enough to compress (tiny frames expand: it would not pay)
+    fresh = COMM.Dup()
+    try:
+        for _ in range(3):  # calibrate: the codec is measured
+            ec.Alltoallv(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False)
+
+        def streamed(*args, **kwargs):
+            _slow_link(fresh)
+            stats = ec.Alltoallv(*args, **kwargs)
+            assert stats.overlapped, "the call did not stream"
+            return stats
+
+        streamed(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False)
+        corrupt = _patched(streamed, _corrupting, 0)
+        msg = expect(lambda: corrupt(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False),
+                     ec.CommDecodeError, "from rank 0", "checksum")
+        assert msg.startswith("rank 1 while decoding"), msg
+        fail = _patched(streamed, _failing, LAST)
+        expect(lambda: fail(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False), ec.CommError,
+               f"rank {LAST} while compressing", "MemoryError")
+    finally:
+        fresh.Free()
+    fresh = COMM.Dup()
+    try:
+        for _ in range(3):
+            ec.Alltoallv(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False)
+        if ME == 0:
+            _slow_link(fresh)  # only rank 0 thinks the link is slow
+        expect(lambda: ec.Alltoallv(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False),
+               ec.CommValueError, "ranks disagree on mode", "compressed (streamed)")
+    finally:
+        fresh.Free()
