@@ -164,13 +164,19 @@ def error_decode_and_compress():
         return
     send, recv = good_buffers(40)
     for fn in (ec.Alltoallv, lambda *a, **k: ec.Ialltoallv(*a, chunk_bytes=32, **k).wait()):
-        corrupt = _patched(fn, _corrupting, 0)
-        msg = expect(lambda: corrupt(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False),
-                     ec.CommDecodeError, "from rank 0", "checksum")
-        assert msg.startswith("rank 1 while decoding"), msg
-        fail = _patched(fn, _failing, LAST)
-        expect(lambda: fail(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False), ec.CommError,
-               f"rank {LAST} while compressing", "MemoryError")
+        _corrupt_then_fail(fn, COMM, send, recv)
+
+
+def _corrupt_then_fail(fn, comm, send, recv):
+    """``fn`` (a compressed exchange) with rank 0's frames corrupted, then with the last rank's
+    compression failing: every rank raises the error of the rank it happened on."""
+    corrupt = _patched(fn, _corrupting, 0)
+    msg = expect(lambda: corrupt(comm, send, recv, abs_error=1e-3, strategy="fast", bypass=False),
+                 ec.CommDecodeError, "from rank 0", "checksum")
+    assert msg.startswith("rank 1 while decoding"), msg
+    fail = _patched(fn, _failing, LAST)
+    expect(lambda: fail(comm, send, recv, abs_error=1e-3, strategy="fast", bypass=False), ec.CommError,
+           f"rank {LAST} while compressing", "MemoryError")
 
 
 @case
@@ -316,13 +322,7 @@ def error_streamed_exchange():
             return stats
 
         streamed(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False)
-        corrupt = _patched(streamed, _corrupting, 0)
-        msg = expect(lambda: corrupt(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False),
-                     ec.CommDecodeError, "from rank 0", "checksum")
-        assert msg.startswith("rank 1 while decoding"), msg
-        fail = _patched(streamed, _failing, LAST)
-        expect(lambda: fail(fresh, send, recv, abs_error=1e-3, strategy="fast", bypass=False), ec.CommError,
-               f"rank {LAST} while compressing", "MemoryError")
+        _corrupt_then_fail(streamed, fresh, send, recv)
     finally:
         fresh.Free()
     fresh = COMM.Dup()
