@@ -16,8 +16,8 @@ load hits them alike. With ``--tc-dev`` the bytes the shaped link carried are re
 ``tc -s qdisc show dev DEV`` before and after each method.
 
 With ``--device cupy`` (a GPU machine) the send and receive buffers are cupy arrays: embzip
-compresses on the GPU and stages the frames through host memory (or hands them to a CUDA-aware
-MPI with ``EMBZIP_CUDA_AWARE_MPI=1``); the plain baseline stages the raw payload through host
+compresses on the GPU and stages the frames through host memory (or hands them to MPI when it
+is CUDA-aware: see docs/comm.md); the plain baseline stages the raw payload through host
 memory (``cupy.asnumpy`` -> ``Alltoallv`` -> copy back), which is what a non-CUDA-aware MPI
 needs; the control is left out. Time per call ends after a device synchronize.
 

@@ -50,8 +50,8 @@ if not IN_SIMULATOR:
         if mpiexec is None:
             pytest.skip("no mpiexec found (pip install mpich, or put one on PATH)")
         env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_COMM_WARMUP="0",
-                   PYTHONWARNINGS="ignore::RuntimeWarning", **env_extra)
-        env.pop("EMBZIP_CUDA_AWARE_MPI", None)  # staging through host memory: works with any MPI
+                   PYTHONWARNINGS="ignore::RuntimeWarning", EMBZIP_CUDA_AWARE_MPI="0")  # staging: any MPI
+        env.update(env_extra)
         proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, str(ROOT / "tests" / "mpi" / "worker_device.py")],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -78,6 +78,14 @@ if not IN_SIMULATOR:
         the host-only exchange bit for bit (blocking, per-table groups, pipelined, compact, raw)."""
         _need_numba_cuda()
         _device_worker({"NUMBA_ENABLE_CUDASIM": "1"})
+
+    def test_mpi_two_ranks_device_buffers_cuda_aware_under_the_simulator():
+        """The same exchanges with MPI handed device buffers (the CUDA-aware path: blobs
+        assembled on and received into the device, the GPU synchronized first, nothing
+        staged). The simulator's device memory is host memory, so the PyPI MPICH moves it as a
+        CUDA-aware MPI moves device memory; the bits must match the host-only exchange."""
+        _need_numba_cuda()
+        _device_worker({"NUMBA_ENABLE_CUDASIM": "1", "EMBZIP_CUDA_AWARE_MPI": "1"})
 
     def test_mpi_two_ranks_cupy_buffers_on_a_real_gpu():
         """The same exchanges with cupy arrays (~1 MB per destination) on a real GPU, frames

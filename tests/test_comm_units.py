@@ -5,6 +5,9 @@ The collective itself is tested under real MPI in test_comm.py.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import shutil
 import subprocess
 import sys
 import types
@@ -398,11 +401,71 @@ def test_device_buffer_without_cupy_is_a_type_error(monkeypatch):
         _device.device_flat(_FakeDeviceArray(np.zeros(3)), False, "sendbuf")
 
 
-def test_cuda_aware_switch(monkeypatch):
+class _FakeMPI:
+    """What library_cuda_support reads of mpi4py.MPI: the extension's file, init state."""
+
+    def __init__(self, path, initialized=True):
+        self.__file__, self._initialized = str(path), initialized
+
+    def Is_initialized(self):
+        return self._initialized
+
+    def Is_finalized(self):
+        return False
+
+
+def _library_answering(tmp_path, answer):
+    """A shared library whose MPIX_Query_cuda_support returns ``answer`` (needs a C compiler)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build a stand-in MPI library")
+    src = tmp_path / f"q{answer}.c"
+    src.write_text(f"int MPIX_Query_cuda_support(void) {{ return {answer}; }}\n")
+    lib = tmp_path / f"libq{answer}.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True)
+    return lib
+
+
+@pytest.mark.parametrize("answer", [0, 1])
+def test_cuda_awareness_is_asked_of_the_mpi_library(monkeypatch, tmp_path, answer):
+    from embzip.comm import _mpi
+
     monkeypatch.delenv("EMBZIP_CUDA_AWARE_MPI", raising=False)
+    monkeypatch.setattr(_mpi, "_CUDA_SUPPORT", None)
+    monkeypatch.setattr(_mpi, "load", lambda: _FakeMPI(_library_answering(tmp_path, answer)))
+    assert _device.cuda_aware_mpi() is bool(answer)
+    monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", str(1 - answer))  # the setting overrides the library
+    assert _device.cuda_aware_mpi() is not bool(answer)
+    monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", "auto")
+    assert _device.cuda_aware_mpi() is bool(answer)
+
+
+def test_cuda_awareness_of_an_mpi_that_cannot_say(monkeypatch, tmp_path):
+    """No query in the library (or MPI not initialized yet): not CUDA-aware, stage."""
+    from embzip.comm import _mpi
+
+    monkeypatch.delenv("EMBZIP_CUDA_AWARE_MPI", raising=False)
+    monkeypatch.setattr(_mpi, "_CUDA_SUPPORT", None)
+    monkeypatch.setattr(_mpi, "load", lambda: _FakeMPI(_library_answering(tmp_path, 1), initialized=False))
     assert not _device.cuda_aware_mpi()
-    monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", "1")
-    assert _device.cuda_aware_mpi()
+    assert _mpi._CUDA_SUPPORT is None  # not kept: asked again once MPI is up
+    libc = ctypes.util.find_library("c")
+    monkeypatch.setattr(_mpi, "load", lambda: _FakeMPI(libc))
+    assert not _device.cuda_aware_mpi()
+
+
+def test_the_pypi_mpich_is_not_cuda_aware(monkeypatch):
+    """The real library of this test run answers (MPICH and Open MPI from PyPI: built without CUDA)."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'embzip[mpi]')")
+    from embzip.comm import _mpi
+
+    monkeypatch.delenv("EMBZIP_CUDA_AWARE_MPI", raising=False)
+    monkeypatch.setattr(_mpi, "_CUDA_SUPPORT", None)
+    MPI = _mpi.load()
+    assert hasattr(ctypes.CDLL(MPI.__file__), "MPIX_Query_cuda_support")  # found through mpi4py's module
+    assert "--with-cuda" not in MPI.Get_library_version()  # (the wheel's configure line)
+    assert not _device.cuda_aware_mpi()
+    assert _mpi._CUDA_SUPPORT is False  # asked, and kept
 
 
 def test_real_cupy_staging_roundtrip():

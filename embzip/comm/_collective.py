@@ -117,7 +117,10 @@ def stage_raw(job):
     after it (None: nothing to do): GPU buffers are staged through host buffers unless MPI is
     CUDA-aware. The staging copies run here, before anything is posted."""
     s, r = job.send, job.recv
-    if not (s.device or r.device) or _device.cuda_aware_mpi():
+    if not (s.device or r.device):
+        return s.mpi_message(), r.mpi_message(), None
+    if _device.cuda_aware_mpi():
+        _device.ready_for_mpi(s.flat, r.flat)
         return s.mpi_message(), r.mpi_message(), None
     send_host, recv_host = host_flat(s, True), host_flat(r, not r.tiles_flat)  # keep what is not received
     smsg = [send_host, (s.counts, s.displs), s.datatype]
@@ -204,6 +207,7 @@ def _compressed(state, job, decision, stats, MPI):
         recvbytes = _device.empty(int(rsizes.sum()), np.uint8, like=recv_host)
     else:
         recvbytes = np.empty(int(rsizes.sum()), dtype=np.uint8)
+    _device.ready_for_mpi(sendbytes, recvbytes)
     start = time.perf_counter()
     _mpi.wait(pcomm.Ialltoallv([sendbytes, (sizes, sdispls), MPI.BYTE], [recvbytes, (rsizes, rdispls), MPI.BYTE]))
     stats.transfer_s = time.perf_counter() - start

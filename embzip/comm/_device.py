@@ -7,8 +7,9 @@ cupy array when the buffer is cupy (or cupy is what imports here), else a numba 
 
 Compressed calls encode each destination's segment on the GPU with embzip's CUDA backend
 (``embzip.compress`` of a device view: frames byte-identical to the CPU's), so only frames
-cross PCIe: with ``EMBZIP_CUDA_AWARE_MPI=1`` the blobs stay on the device and MPI gets device
-pointers; otherwise they are assembled on the host (frames copied down) and sent from there.
+cross PCIe: with a CUDA-aware MPI (:func:`cuda_aware_mpi`) the blobs stay on the device and
+MPI gets device pointers (after :func:`ready_for_mpi`); otherwise they are assembled on the
+host (frames copied down) and sent from there.
 Receivers decode each frame on the GPU straight into the device receive buffer
 (``embzip.decompress(frame, out=device_view)``; a host frame is uploaded first). Per-table
 layouts gather and scatter the columns of a frame's tables with the small kernels below.
@@ -27,7 +28,7 @@ import numpy as np
 
 from .. import _backend
 
-__all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "codec_on_device",
+__all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "ready_for_mpi", "codec_on_device",
            "empty", "empty_like", "copy", "gather_columns", "scatter_columns", "LOCK"]
 
 #: Serializes the GPU codec calls of one process: the pipelined call encodes in one thread and
@@ -151,10 +152,39 @@ def copy(dst, src) -> None:
 def cuda_aware_mpi() -> bool:
     """Whether MPI may be given device pointers.
 
-    MPI offers no portable query, so this reads ``EMBZIP_CUDA_AWARE_MPI`` (``1`` / ``0``);
-    unset means False: staging through host memory always works, a wrong True crashes.
+    ``EMBZIP_CUDA_AWARE_MPI=1`` or ``0`` decides; unset (or any other value) the MPI library
+    is asked (:func:`._mpi.library_cuda_support`: MPICH's and Open MPI's
+    ``MPIX_Query_cuda_support``). An MPI that cannot say counts as not CUDA-aware: staging
+    through host memory always works, a wrong True crashes.
     """
-    return os.environ.get("EMBZIP_CUDA_AWARE_MPI", "0") == "1"
+    setting = os.environ.get("EMBZIP_CUDA_AWARE_MPI", "auto")
+    if setting in ("0", "1"):
+        return setting == "1"
+    from . import _mpi
+
+    return _mpi.library_cuda_support()
+
+
+def synchronize() -> None:
+    """Wait until the GPU has finished everything queued on it (every stream of the context)."""
+    cuda = _numba_cuda()
+    if cuda is not None:
+        cuda.synchronize()
+    elif _cupy_module() is not None:
+        _cupy_module().cuda.Device().synchronize()
+
+
+def ready_for_mpi(*buffers) -> None:
+    """Call before handing device buffers to a CUDA-aware MPI.
+
+    Why: kernel launches and device-to-device copies return before the GPU has run them, and
+    MPI moves device memory on streams of its own, which do not wait for the ones embzip (or
+    the caller) queued work on: a blob still being assembled would be sent half written, and
+    a freshly allocated receive buffer could be written while a queued kernel still reads the
+    memory it reuses. (mpi4py leaves this to its caller too.) Host buffers need nothing.
+    """
+    if any(is_device(b) for b in buffers):
+        synchronize()
 
 
 # ------------------------------------------------------------ column gather / scatter (._device_kernels)

@@ -8,17 +8,19 @@ that communicator's life, are shared by every wrapper of the same handle, and ar
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 from ..errors import BackendUnavailableError
 
-__all__ = ["load", "state_of", "peek_state", "cached_state", "CommState", "wait"]
+__all__ = ["load", "state_of", "peek_state", "cached_state", "CommState", "wait", "library_cuda_support"]
 
 _MPI = None
 _KEYVAL = None
 # (communicator object, its state) of the last cached_state lookup: a training loop passes the
 # same object every step, and an identity check is cheaper than MPI's attribute lookup
 _RECENT = (None, None)
+_CUDA_SUPPORT = None  # what the MPI library said of itself, once asked
 
 
 def load():
@@ -32,6 +34,31 @@ def load():
                 f"embzip.comm needs mpi4py (pip install 'embzip[mpi]'); importing it failed: {exc}") from None
         _MPI = MPI
     return _MPI
+
+
+def library_cuda_support() -> bool:
+    """Whether the MPI library says it handles CUDA device memory in this run.
+
+    MPICH and Open MPI both export ``int MPIX_Query_cuda_support(void)``: true when the library
+    was built with CUDA and its CUDA support is switched on at run time (MPICH:
+    ``MPIR_CVAR_ENABLE_GPU``; Open MPI: the CUDA components loaded). It is looked up through
+    mpi4py's extension module, so it is the library mpi4py uses. An MPI without the query
+    counts as not CUDA-aware. Asked once MPI is initialized; the answer is kept (it is fixed
+    for the life of the process).
+    """
+    global _CUDA_SUPPORT
+    if _CUDA_SUPPORT is None:
+        MPI = load()
+        if not MPI.Is_initialized() or MPI.Is_finalized():
+            return False
+        try:
+            query = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support
+        except (OSError, AttributeError):
+            _CUDA_SUPPORT = False
+        else:
+            query.argtypes, query.restype = [], ctypes.c_int
+            _CUDA_SUPPORT = bool(query())
+    return _CUDA_SUPPORT
 
 
 class CommState:

@@ -211,6 +211,7 @@ class _Pipeline:
                             blob = _segment.encode(self.send_host[seg_start:seg_start + count], offset,
                                                    self.job.plan, d, int(self.my_units[d]), self.decision.encoder,
                                                    **self.blob_kw)
+                            _device.ready_for_mpi(blob)  # (another thread sends it)
                             self.stats.sent_bytes += blob.size
                         except Exception as exc:  # keep sending (empty) messages: receivers count on them
                             self.compress_error = LocalError.from_exception(exc, self.rank, "compressing")
@@ -232,6 +233,7 @@ class _Pipeline:
             src, k, n = status.Get_source(), status.Get_tag() - 1, status.Get_count(MPI.BYTE)
             on_device = self.recv_on_device and n > 0
             blob = _device.empty(n, np.uint8, like=self.recv_host) if on_device else np.empty(n, dtype=np.uint8)
+            _device.ready_for_mpi(blob)
             msg.Recv([blob, MPI.BYTE])
             self.expected -= 1
             handled += 1

@@ -6,7 +6,10 @@ simulator runs one Python thread per GPU thread), and on a real GPU with
 ``EMBZIP_WORKER_ARRAYS=cupy`` (cupy arrays, ~1 MB per destination; all ranks share the GPU).
 Each exchange is done with host buffers on both ranks first, then with device buffers on
 both ranks, on rank 0 only and on rank 1 only: every receive buffer must hold the same bits.
-Frames travel through host buffers unless ``EMBZIP_CUDA_AWARE_MPI=1``. Prints ``DEVICE-OK``.
+Frames travel through host buffers unless MPI is CUDA-aware (``EMBZIP_CUDA_AWARE_MPI=1``, or
+the library says so); then blobs are assembled on and received into the device, and MPI gets
+device buffers. Under the simulator, device memory is host memory, so any MPI can run that
+path (tests/test_comm_device.py does). Prints ``DEVICE-OK``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from numba import cuda  # noqa: E402
 
 import embzip.comm as ec  # noqa: E402
 from embzip import _api, _backend  # noqa: E402
+from embzip.comm import _device, _segment  # noqa: E402
 
 ON_DEVICE = {"compress": 0, "decompress": 0}  # codec calls that ran on the (simulated) device
 
@@ -42,8 +46,42 @@ def _counting(name):
 
 _api.compress, _api.decompress = _counting("compress"), _counting("decompress")
 
+# How blobs and raw buffers met MPI: device byte buffers allocated (blobs assembled on, or
+# received into, the device), GPU synchronizations before handing them over, staging copies.
+MET = {"device_blobs": 0, "synchronized": 0, "staged": 0}
+
+
+def _counted(name, key, when=lambda *args, **kwargs: True):
+    real = getattr(_device, name)
+
+    def wrapper(*args, **kwargs):
+        if when(*args, **kwargs):
+            MET[key] += 1
+        return real(*args, **kwargs)
+    setattr(_device, name, wrapper)
+
+
+_counted("empty", "device_blobs", lambda n, dtype, like=None: np.dtype(dtype) == np.uint8)
+_counted("synchronize", "synchronized")
+_counted("to_host", "staged", lambda *args: not READING_HEADER)  # (a device blob's header is read on the host)
+READING_HEADER = False
+_read_header = _segment._header
+
+
+def _header(*args):
+    global READING_HEADER
+    READING_HEADER = True
+    try:
+        return _read_header(*args)
+    finally:
+        READING_HEADER = False
+
+
+_segment._header = _header
+
 COMM = MPI.COMM_WORLD
 P, ME = COMM.Get_size(), COMM.Get_rank()
+CUDA_AWARE = _device.cuda_aware_mpi()  # EMBZIP_CUDA_AWARE_MPI=1 under the simulator: its device memory is host memory
 ARRAYS = os.environ.get("EMBZIP_WORKER_ARRAYS", "numba")  # "numba" (simulator or GPU) or "cupy" (GPU)
 ROWS = 4 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 20_000
 N = ROWS * 12  # elements per destination: ROWS rows of 3 tables x dim 4
@@ -76,7 +114,7 @@ def run(call, device_ranks, **kwargs):
     send, recv = payload(), np.full(P * N, 9.0, np.float32)
     if ME in device_ranks:
         send, recv = to_device(send), to_device(recv)
-    before = dict(ON_DEVICE)
+    before, met = dict(ON_DEVICE), dict(MET)
     stats = call(send, recv, **kwargs)
     raw = kwargs.get("bypass") is True
     assert stats.mode == ("raw" if raw else "compressed"), stats
@@ -84,6 +122,13 @@ def run(call, device_ranks, **kwargs):
         assert ON_DEVICE["compress"] > before["compress"] and ON_DEVICE["decompress"] > before["decompress"]
     else:
         assert ON_DEVICE == before
+    grew = {key: MET[key] > met[key] for key in MET}
+    if ME not in device_ranks:
+        assert not any(grew.values()), (MET, met)
+    elif CUDA_AWARE:  # MPI got device buffers (blobs on the device), synchronized first; nothing staged
+        assert grew["synchronized"] and not grew["staged"] and grew["device_blobs"] is not raw, (MET, met)
+    else:  # blobs (or raw segments) staged through host memory, no device blob buffer
+        assert grew["staged"] and not grew["device_blobs"], (MET, met)
     return to_host(recv) if ME in device_ranks else recv
 
 
@@ -132,7 +177,8 @@ def main():
             got = run(call, device_ranks, **kwargs)
             assert got.tobytes() == expected.tobytes(), (name, device_ranks, got, expected)
         print(f"rank {ME}: {name} ok", flush=True)
-    staging_failure()
+    if not CUDA_AWARE:  # (a CUDA-aware MPI stages nothing)
+        staging_failure()
     print(f"DEVICE-OK rank {ME}", flush=True)
 
 
