@@ -8,15 +8,12 @@ Skipped, with the reason, when mpi4py or mpiexec is missing (``pip install 'embz
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import mpirun
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,17 +33,7 @@ PAIRWISE = {3}  # launches that use the Alltoall + Allreduce handshake (embzip u
 TIMEOUT_S = int(os.environ.get("EMBZIP_MPI_TEST_TIMEOUT", "150"))
 
 
-def _mpiexec():
-    if importlib.util.find_spec("mpi4py") is None:
-        return None, "mpi4py is not installed (pip install 'embzip[mpi]')"
-    local = Path(sys.executable).parent / "mpiexec"  # the venv's MPICH from PyPI comes first
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    if found is None:
-        return None, "no mpiexec found (pip install mpich, or put one on PATH)"
-    return found, ""
-
-
-MPIEXEC, WHY = _mpiexec()
+MPIEXEC, WHY = mpirun.find()
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason=WHY or "no MPI")
 _RESULTS = {}
 
@@ -58,19 +45,11 @@ def launch(ranks: int, tmp_root: Path):
     cases = [c for c in CASES if c not in SKIP.get(ranks, ())]
     folder = tmp_root / f"ranks{ranks}"
     folder.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_MPI_RESULTS=str(folder),
-               EMBZIP_COMM_WARMUP="0",  # the warm-up compiles kernels the cases never use
-               EMBZIP_TEST_DTYPES=DTYPES.get(ranks, "float32"), EMBZIP_TEST_PAIRWISE=str(int(ranks in PAIRWISE)))
-    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), *cases], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank: the session we started
-        out, _ = proc.communicate()
-        code = "timeout"
-        out = f"TIMEOUT after {TIMEOUT_S} s (a hang?)\n{out}"
+    env = mpirun.environment(NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_MPI_RESULTS=str(folder),
+                             EMBZIP_COMM_WARMUP="0",  # the warm-up compiles kernels the cases never use
+                             EMBZIP_TEST_DTYPES=DTYPES.get(ranks, "float32"),
+                             EMBZIP_TEST_PAIRWISE=str(int(ranks in PAIRWISE)))
+    code, out = mpirun.run(mpirun.command(ranks, sys.executable, str(WORKER), *cases), env, TIMEOUT_S, cwd=ROOT)
     lines = "".join(p.read_text() for p in sorted(folder.glob("rank*.txt")))
     _RESULTS[ranks] = (code, out, lines)
     return _RESULTS[ranks]

@@ -15,10 +15,10 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
+import mpirun
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,16 +29,11 @@ needs_stack = pytest.mark.skipif(bool(_missing), reason=f"DLRM smoke test needs 
                                  "(pip install mpi4py mpich torch==2.13.0; pip install --no-deps recbole==1.2.1)")
 
 
-def _mpiexec():
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else shutil.which("mpiexec")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    if _mpiexec() is None:
-        pytest.skip("no mpiexec (pip install mpich)")
-    e = dict(os.environ)
+    if mpirun.find()[0] is None:
+        pytest.skip(mpirun.find()[1])
+    e = mpirun.environment()
     e.update(EMBZIP_NUMBA_CACHE="1", NUMBA_CACHE_DIR=str(tmp_path_factory.mktemp("numba_cache")),
              NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""))
     # one process compiles and writes the cache; the ranks below only load it
@@ -49,9 +44,9 @@ def env(tmp_path_factory):
 
 @needs_stack
 def test_dlrm_two_ranks_compressed(env):
-    cmd = [_mpiexec(), "-n", "2", sys.executable, TRAIN, "--iterations", "12", "--batch-size", "64",
-           "--compress", "forward+backward", "--policy", "dual", "--lr", "0.01", "--log-every", "4",
-           "--max-test", "1000", "--eval-batch", "500", "--seed", "0"]
+    cmd = mpirun.command(2, sys.executable, TRAIN, "--iterations", "12", "--batch-size", "64",
+                         "--compress", "forward+backward", "--policy", "dual", "--lr", "0.01", "--log-every", "4",
+                         "--max-test", "1000", "--eval-batch", "500", "--seed", "0")
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=89, cwd=ROOT)
     except subprocess.TimeoutExpired as exc:
