@@ -10,9 +10,12 @@ dispatch.
 
 The functions are the ones mpi4py itself calls: looked up (``dlsym``) through mpi4py's
 extension module, whose dependencies include the MPI library it was built for. Handles come
-from mpi4py objects (``.handle``), their width from ``MPI._sizeof``. When anything needed is
-missing (a symbol, a handle wider than 8 bytes, ``MPI_Aint`` / ``MPI_Count`` not 8 bytes),
-:func:`exchange` returns None and the lane calls MPI through mpi4py.
+from mpi4py objects (``.handle``), their width from ``MPI._sizeof``. The payload goes through
+``MPI_Alltoallv_c`` (MPI-4 large counts: MPICH) or, where the library lacks it (Open MPI 5.0),
+``MPI_Alltoallv`` with C ``int`` counts for calls whose counts and displacements fit. When
+anything needed is missing (a symbol, a handle wider than 8 bytes, ``MPI_Aint`` /
+``MPI_Count`` not 8 bytes, counts too large for ``int``), :func:`exchange` returns None and
+the lane calls MPI through mpi4py.
 
 Errors: the communicator's error handler decides, as for mpi4py's calls (mpi4py installs
 ``MPI_ERRORS_RETURN``, which duplicates inherit): error codes are returned, turned into
@@ -41,7 +44,7 @@ _RAW = 2
 # plan slots (int64): the gather's count and datatype, the communicator, per side the address
 # and datatype, the size, the row length, the decision's bypass and strategy codes (bypass -1:
 # a pass-through call), the codes of the three calls, then the request, the status, and the
-# four count / displacement vectors (MPI_Count / MPI_Aint, both 8 bytes here)
+# four count / displacement vectors (MPI_Count / MPI_Aint, both 8 bytes here; or C ints, packed)
 _GATHER_COUNT, _DOUBLE, _COMM, _SEND, _SEND_TYPE, _RECV, _RECV_TYPE, _SIZE, _LENGTH, _BYPASS, _STRATEGY = range(11)
 _CODES = 11  # three slots: Iallgather, Alltoallv_c, Wait
 _REQUEST = 14
@@ -69,16 +72,23 @@ def _functions(MPI):
     pointer, c_int = ctypes.c_int64, ctypes.c_int
     try:
         lib = ctypes.CDLL(MPI.__file__)
-        gather, payload, wait, wtime = lib.MPI_Iallgather, lib.MPI_Alltoallv_c, lib.MPI_Wait, lib.MPI_Wtime
+        gather, wait, wtime = lib.MPI_Iallgather, lib.MPI_Wait, lib.MPI_Wtime
     except (OSError, AttributeError):
         return None
+    try:  # MPI-4's large-count call (MPICH); Open MPI 5.0 has only the int one
+        payload, count_bytes = lib.MPI_Alltoallv_c, 8
+    except AttributeError:
+        try:
+            payload, count_bytes = lib.MPI_Alltoallv, 4
+        except AttributeError:
+            return None
     gather.argtypes = [pointer, c_int, handle, pointer, c_int, handle, handle, pointer]
     payload.argtypes = [pointer, pointer, pointer, handle, pointer, pointer, pointer, handle, handle]
     wait.argtypes = [pointer, pointer]
     for function in (gather, payload, wait):
         function.restype = ctypes.c_int
     wtime.argtypes, wtime.restype = [], ctypes.c_double
-    return (gather, payload, wait, wtime), functools.partial(signed_handle, bits=8 * width)
+    return (gather, payload, wait, wtime), functools.partial(signed_handle, bits=8 * width), count_bytes
 
 
 def signed_handle(value: int, bits: int) -> int:
@@ -88,8 +98,9 @@ def signed_handle(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
-def _compile(functions, conclude):
+def _compile(functions, conclude, count_bytes: int):
     gather, payload, wait, wtime = functions
+    vector_bytes = count_bytes  # (a constant of the compiled function: bytes per count / displacement)
 
     @kernel(cache=False)  # (calls through addresses of this process: never cached on disk)
     def run(buf, plan, costs):
@@ -116,8 +127,9 @@ def _compile(functions, conclude):
         plan[_CODES + 1] = 0
         plan[_CODES + 2] = 0
         if code == 0:  # (as the mpi4py lane: no payload when the gather could not be posted)
-            plan[_CODES + 1] = payload(plan[_SEND], vectors, vectors + 8 * size, plan[_SEND_TYPE], plan[_RECV],
-                                       vectors + 16 * size, vectors + 24 * size, plan[_RECV_TYPE], plan[_COMM])
+            step = vector_bytes * size
+            plan[_CODES + 1] = payload(plan[_SEND], vectors, vectors + step, plan[_SEND_TYPE], plan[_RECV],
+                                       vectors + 2 * step, vectors + 3 * step, plan[_RECV_TYPE], plan[_COMM])
             plan[_CODES + 2] = wait(request, status)
         seconds = wtime() - start
         sample = FAILED
@@ -156,16 +168,21 @@ def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: in
     MPI = _mpi.load()
     if _entry is None:
         found = _functions(MPI)
-        _entry = False if found is None else (_compile(found[0], conclude), found[1])
+        _entry = False if found is None else (_compile(found[0], conclude, found[2]), found[1], found[2])
     if _entry is False or not (isinstance(send.buf, np.ndarray) and isinstance(recv.buf, np.ndarray)):
         return None
-    run, convert = _entry
+    run, convert, count_bytes = _entry
     size = pcomm.Get_size()
+    vectors = np.concatenate([send.counts, send.displs, recv.counts, recv.displs])
+    if count_bytes == 4:  # C ints: a call whose counts or displacements do not fit goes through mpi4py
+        if vectors.size and (vectors.max() > np.iinfo(np.int32).max or vectors.min() < 0):
+            return None
+        vectors = vectors.astype(np.int32)
     plan = np.zeros(_VECTORS + 4 * size, np.int64)
     plan[:_CODES] = [length, convert(MPI.DOUBLE.handle), convert(pcomm.handle), send.buf.ctypes.data,
                      convert(send.datatype.handle), recv.buf.ctypes.data, convert(recv.datatype.handle), size, length,
                      bypass, strategy]
-    plan[_VECTORS:] = np.concatenate([send.counts, send.displs, recv.counts, recv.displs])
+    plan[_VECTORS:].view(np.uint8)[:vectors.nbytes] = vectors.view(np.uint8)
     result = Plan()
     result.run, result.plan = run, plan
     return result
