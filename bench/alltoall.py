@@ -19,7 +19,8 @@ With ``--device cupy`` (a GPU machine) the send and receive buffers are cupy arr
 compresses on the GPU and stages the frames through host memory (or hands them to MPI when it
 is CUDA-aware: see docs/comm.md); the plain baseline stages the raw payload through host
 memory (``cupy.asnumpy`` -> ``Alltoallv`` -> copy back), which is what a non-CUDA-aware MPI
-needs; the control is left out. Time per call ends after a device synchronize.
+needs; with a CUDA-aware MPI, plain ``Alltoallv`` of the device buffers is timed too. The
+control is left out. Time per call ends after a device synchronize.
 
 Usage::
 
@@ -127,6 +128,10 @@ def run(args):
     }
     if args.device == "cupy":
         del methods["control: Iallgather + Alltoallv"]  # a host-only measure
+        from embzip.comm import _device
+
+        if _device.cuda_aware_mpi():  # MPI takes device buffers: the plain call needs no staging
+            methods["plain Alltoallv, device buffers (CUDA-aware MPI)"] = lambda c, r: c.Alltoallv(send, r)
     methods = {k: v for k, v in methods.items() if not args.methods or any(m in k for m in args.methods.split(","))}
     subs = {name: comm.Dup() for name in methods}  # a communicator per method: its own cost-model state
     recvs = {name: zeros_like(send) for name in methods}

@@ -11,11 +11,12 @@
 # Steps: env (versions, GPU, MPI), tests (every test that needs a real GPU), overhead
 # (bench/gpu_overhead.py: what a small compress's time is made of), comm (bench/alltoall.py
 # with cupy buffers, 4 ranks sharing the GPU), hostab (host buffers, plain vs bypass), gpu (bench/gpu.py: bound + CPU parity on real data,
-# then compress/decompress GB/s; GPU_ARGS="--max-mib 256" to shorten it).
+# then compress/decompress GB/s; GPU_ARGS="--max-mib 256" to shorten it), cudaaware and cudacomm
+# (only when .ompi-cuda is carried: bench/cuda_mpi.sh builds it).
 set -u
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"env tests overhead comm hostab gpu"}
+STEPS=${STEPS:-"env tests overhead comm hostab gpu cudaaware cudacomm"}
 VENV=/tmp/embzip-venv
 started=$(date +%s)
 
@@ -51,10 +52,8 @@ from numba import cuda
 from mpi4py import MPI
 print("numpy", numpy.__version__, "numba", numba.__version__, "cupy", cupy.__version__)
 print("MPI:", MPI.Get_library_version().splitlines()[0])
-try:
-    print("MPI CUDA support:", MPI.Query_cuda_support())
-except Exception as exc:
-    print("MPI CUDA support: unknown", exc)
+from embzip.comm import _mpi
+print("MPI says CUDA-aware:", _mpi.library_cuda_support())
 print("numba sees", cuda.gpus)
 EOF'
 
@@ -78,6 +77,24 @@ step hostab 150 bash -c 'for run in 1 2 3; do
 done'
 
 step gpu 100 python bench/gpu.py --glove .whl/glove50k.npy ${GPU_ARGS:-}
+
+# A CUDA-aware MPI (Open MPI 4.1 built by bench/cuda_mpi.sh, carried as .ompi-cuda, run from the
+# prefix it was built for): the cupy exchanges with MPI moving device blobs and buffers itself
+# (the worker fails unless MPI says it is CUDA-aware), then the same 4-rank timings, where plain
+# Alltoallv of device buffers is the baseline to read.
+if [ -d .ompi-cuda ]; then
+    rm -rf /tmp/embzip-ompi-cuda && cp -a .ompi-cuda /tmp/embzip-ompi-cuda
+    OMPI=/tmp/embzip-ompi-cuda
+    aware=(env PATH="$OMPI/bin:$PATH" LD_LIBRARY_PATH="$OMPI/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+           MPI4PY_MPIABI=openmpi MPI4PY_LIBMPI="$OMPI/lib/libmpi.so.40" EMBZIP_MPIEXEC="$OMPI/bin/mpiexec"
+           OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 EMBZIP_TEST_CUDA_AWARE_MPI=1)
+    step cudaaware 200 "${aware[@]}" python -m pytest -q -p no:cacheprovider --timeout 180 -rs \
+        tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_cuda_aware_on_a_real_gpu \
+        tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu
+    step cudacomm 120 "${aware[@]}" mpiexec --oversubscribe -n 4 python bench/alltoall.py --device cupy \
+        --glove .whl/glove50k.npy --label "cupy, 4 ranks, 1 GPU, CUDA-aware Open MPI" --reps 10 --warmup 4 \
+        --json "$OUT/cudacomm.json" ${COMM_ARGS:-}
+fi
 
 echo "device_check: status $status after $(( $(date +%s) - started ))s"
 exit $status

@@ -11,14 +11,12 @@ H100 through bench/device_check.sh.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import mpirun
 import numpy as np
 import pytest
 
@@ -41,27 +39,22 @@ if not IN_SIMULATOR:
         if result.returncode != 0:
             pytest.fail(f"simulator tests failed:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
 
-    def _device_worker(env_extra):
-        """Run tests/mpi/worker_device.py on 2 ranks with ``env_extra``; fail on error or hang."""
-        if importlib.util.find_spec("mpi4py") is None:
-            pytest.skip("mpi4py is not installed (pip install 'embzip[mpi]')")
-        local = Path(sys.executable).parent / "mpiexec"
-        mpiexec = str(local) if local.exists() else shutil.which("mpiexec")
+    def _device_worker(env_extra, cuda_aware="0"):
+        """Run tests/mpi/worker_device.py on 2 ranks with ``env_extra``; fail on error or hang.
+        ``cuda_aware``: EMBZIP_CUDA_AWARE_MPI for the ranks ("0": staging, which any MPI can
+        do; None: unset, MPI is asked)."""
+        mpiexec, why = mpirun.find()
         if mpiexec is None:
-            pytest.skip("no mpiexec found (pip install mpich, or put one on PATH)")
-        env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_COMM_WARMUP="0",
-                   PYTHONWARNINGS="ignore::RuntimeWarning", EMBZIP_CUDA_AWARE_MPI="0")  # staging: any MPI
+            pytest.skip(why)
+        env = mpirun.environment(NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_COMM_WARMUP="0",
+                                 PYTHONWARNINGS="ignore::RuntimeWarning")
+        env.pop("EMBZIP_CUDA_AWARE_MPI", None)
+        if cuda_aware is not None:
+            env["EMBZIP_CUDA_AWARE_MPI"] = cuda_aware
         env.update(env_extra)
-        proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, str(ROOT / "tests" / "mpi" / "worker_device.py")],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks: the session we started
-            out, _ = proc.communicate()
-            pytest.fail(f"TIMEOUT after {TIMEOUT_S} s (a hang?)\n{out[-6000:]}")
-        assert proc.returncode == 0, out[-8000:]
+        code, out = mpirun.run(mpirun.command(2, sys.executable, str(ROOT / "tests" / "mpi" / "worker_device.py")),
+                               env, TIMEOUT_S, cwd=ROOT)
+        assert code == 0, out[-8000:]
         assert out.count("DEVICE-OK") == 2, out[-8000:]
 
     def _need_cupy_gpu():
@@ -85,7 +78,7 @@ if not IN_SIMULATOR:
         staged). The simulator's device memory is host memory, so the PyPI MPICH moves it as a
         CUDA-aware MPI moves device memory; the bits must match the host-only exchange."""
         _need_numba_cuda()
-        _device_worker({"NUMBA_ENABLE_CUDASIM": "1", "EMBZIP_CUDA_AWARE_MPI": "1"})
+        _device_worker({"NUMBA_ENABLE_CUDASIM": "1"}, cuda_aware="1")
 
     def test_mpi_two_ranks_cupy_buffers_on_a_real_gpu():
         """The same exchanges with cupy arrays (~1 MB per destination) on a real GPU, frames
@@ -96,6 +89,20 @@ if not IN_SIMULATOR:
         if os.environ.get("NUMBA_ENABLE_CUDASIM") is not None:
             env["NUMBA_ENABLE_CUDASIM"] = "0"
         _device_worker(env)
+
+    def test_mpi_two_ranks_cupy_buffers_cuda_aware_on_a_real_gpu():
+        """The cupy exchanges with a CUDA-aware MPI, detected (EMBZIP_CUDA_AWARE_MPI unset): MPI
+        moves the device blobs and raw device buffers itself. Needs a GPU and such an MPI, named
+        by EMBZIP_TEST_CUDA_AWARE_MPI=1 (bench/cuda_mpi.sh builds one; bench/device_check.sh's
+        cudaaware step runs this with it); the worker fails if the MPI does not say it is."""
+        _need_numba_cuda()
+        _need_cupy_gpu()
+        if os.environ.get("EMBZIP_TEST_CUDA_AWARE_MPI") != "1":
+            pytest.skip("no CUDA-aware MPI named (EMBZIP_TEST_CUDA_AWARE_MPI=1; bench/cuda_mpi.sh builds one)")
+        env = {"EMBZIP_WORKER_ARRAYS": "cupy", "EMBZIP_WORKER_EXPECT_CUDA_AWARE": "1"}
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") is not None:
+            env["NUMBA_ENABLE_CUDASIM"] = "0"
+        _device_worker(env, cuda_aware=None)
 
     def test_cupy_segments_on_a_real_gpu():
         """cupy in, cupy blobs out: the same bytes as the CPU's (needs cupy and a GPU)."""

@@ -40,11 +40,12 @@ def library_cuda_support() -> bool:
     """Whether the MPI library says it handles CUDA device memory in this run.
 
     MPICH and Open MPI both export ``int MPIX_Query_cuda_support(void)``: true when the library
-    was built with CUDA and its CUDA support is switched on at run time (MPICH:
-    ``MPIR_CVAR_ENABLE_GPU``; Open MPI: the CUDA components loaded). It is looked up through
-    mpi4py's extension module, so it is the library mpi4py uses. An MPI without the query
-    counts as not CUDA-aware. Asked once MPI is initialized; the answer is kept (it is fixed
-    for the life of the process).
+    was built with CUDA and its CUDA support is on (MPICH: ``MPIR_CVAR_ENABLE_GPU``; Open MPI
+    4.1 answers how it was built, even on a machine without a GPU, unless ``--mca
+    opal_cuda_support 0``; it is only asked when device buffers show up, which needs a GPU).
+    It is looked up through mpi4py's extension module, so it is the library mpi4py uses. An MPI
+    without the query counts as not CUDA-aware. Asked once MPI is initialized; the answer is
+    kept (it is fixed for the life of the process).
     """
     global _CUDA_SUPPORT
     if _CUDA_SUPPORT is None:

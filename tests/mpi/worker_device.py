@@ -82,6 +82,8 @@ _segment._header = _header
 COMM = MPI.COMM_WORLD
 P, ME = COMM.Get_size(), COMM.Get_rank()
 CUDA_AWARE = _device.cuda_aware_mpi()  # EMBZIP_CUDA_AWARE_MPI=1 under the simulator: its device memory is host memory
+if os.environ.get("EMBZIP_WORKER_EXPECT_CUDA_AWARE") == "1":  # a run meant for a CUDA-aware MPI
+    assert CUDA_AWARE, f"MPI does not say it is CUDA-aware: {MPI.Get_library_version().splitlines()[0]}"
 ARRAYS = os.environ.get("EMBZIP_WORKER_ARRAYS", "numba")  # "numba" (simulator or GPU) or "cupy" (GPU)
 ROWS = 4 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 20_000
 N = ROWS * 12  # elements per destination: ROWS rows of 3 tables x dim 4
