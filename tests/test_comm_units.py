@@ -628,3 +628,32 @@ def test_native_handles_are_c_integers_of_their_width():
     assert signed_handle(0x7F0012345678, 64) == 0x7F0012345678  # a pointer handle (Open MPI, the MPI ABI)
     assert signed_handle((1 << 64) - 1, 64) == -1
 
+
+
+@pytest.mark.parametrize("count_bytes", [8, 4])
+def test_native_plan_vectors_in_the_payload_calls_width(monkeypatch, count_bytes):
+    """The plan holds the four count / displacement vectors as the payload call reads them:
+    8-byte MPI_Count / MPI_Aint (MPI_Alltoallv_c) or packed C ints (MPI_Alltoallv, Open MPI
+    5.0); with C ints, a call whose counts or displacements do not fit takes mpi4py's lane."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'embzip[mpi]')")
+    from embzip.comm import _mpi, _native
+
+    MPI = _mpi.load()
+    monkeypatch.setattr(_native, "_entries", {"large": (None, lambda handle: 0, count_bytes)})
+    monkeypatch.delenv("EMBZIP_NATIVE_MPI", raising=False)
+
+    def spec(counts, displs):
+        return types.SimpleNamespace(buf=np.zeros(4, np.float32), datatype=MPI.FLOAT,
+                                     counts=np.asarray(counts, np.int64), displs=np.asarray(displs, np.int64))
+
+    comm = types.SimpleNamespace(Get_size=lambda: 3, handle=0)
+    send, recv = spec([1, 2, 3], [0, 1, 3]), spec([4, 5, 6], [7, 8, 2**31 - 1])
+    plan = _native.exchange(comm, send, recv, 5, None, -1, 0).plan
+    want = np.array([1, 2, 3, 0, 1, 3, 4, 5, 6, 7, 8, 2**31 - 1])
+    width = np.int64 if count_bytes == 8 else np.int32
+    assert plan[_native._VECTORS:].view(width)[:12].tolist() == want.tolist()
+    recv.displs[2] = 2**31  # beyond a C int
+    got = _native.exchange(comm, send, recv, 5, None, -1, 0)
+    assert (got is None) == (count_bytes == 4)
+    if got is not None:
+        assert got.plan[_native._VECTORS + 11] == 2**31

@@ -12,7 +12,8 @@ The functions are the ones mpi4py itself calls: looked up (``dlsym``) through mp
 extension module, whose dependencies include the MPI library it was built for. Handles come
 from mpi4py objects (``.handle``), their width from ``MPI._sizeof``. The payload goes through
 ``MPI_Alltoallv_c`` (MPI-4 large counts: MPICH) or, where the library lacks it (Open MPI 5.0),
-``MPI_Alltoallv`` with C ``int`` counts for calls whose counts and displacements fit. When
+``MPI_Alltoallv`` with C ``int`` counts for calls whose counts and displacements fit
+(``EMBZIP_NATIVE_MPI=int`` picks that one anywhere: the tests run both on MPICH). When
 anything needed is missing (a symbol, a handle wider than 8 bytes, ``MPI_Aint`` /
 ``MPI_Count`` not 8 bytes, counts too large for ``int``), :func:`exchange` returns None and
 the lane calls MPI through mpi4py.
@@ -52,10 +53,12 @@ _STATUS = 15  # MPI_Status: at most _STATUS_SLOTS * 8 bytes (checked)
 _STATUS_SLOTS = 8
 _VECTORS = _STATUS + _STATUS_SLOTS
 
-_entry = None  # (compiled exchange, handle converter) once resolved; False: unavailable
+# per payload call wanted ("large" or "int"): (compiled exchange, handle converter, bytes per
+# count) once resolved; False: unavailable
+_entries = {}
 
 
-def _functions(MPI):
+def _functions(MPI, large: bool = True):
     """The ctypes functions, or None when this MPI does not offer what the lane needs."""
     try:  # (private helpers of mpi4py: an mpi4py without them has no native lane)
         widths = {MPI._sizeof(cls) for cls in (MPI.Comm, MPI.Datatype, MPI.Request)}
@@ -75,12 +78,11 @@ def _functions(MPI):
         gather, wait, wtime = lib.MPI_Iallgather, lib.MPI_Wait, lib.MPI_Wtime
     except (OSError, AttributeError):
         return None
-    try:  # MPI-4's large-count call (MPICH); Open MPI 5.0 has only the int one
-        payload, count_bytes = lib.MPI_Alltoallv_c, 8
-    except AttributeError:
-        try:
-            payload, count_bytes = lib.MPI_Alltoallv, 4
-        except AttributeError:
+    payload = getattr(lib, "MPI_Alltoallv_c", None) if large else None  # MPI-4 large counts (MPICH)
+    count_bytes = 8
+    if payload is None:  # Open MPI 5.0 has only the int one
+        payload, count_bytes = getattr(lib, "MPI_Alltoallv", None), 4
+        if payload is None:
             return None
     gather.argtypes = [pointer, c_int, handle, pointer, c_int, handle, handle, pointer]
     payload.argtypes = [pointer, pointer, pointer, handle, pointer, pointer, pointer, handle, handle]
@@ -162,16 +164,18 @@ def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: in
     The buffers' addresses are taken now: the lane runs only on the same array objects (kept
     alive by the memo) with the same shapes, and an array's data moves only when its size does.
     """
-    global _entry
-    if os.environ.get("EMBZIP_NATIVE_MPI", "1") == "0":
+    setting = os.environ.get("EMBZIP_NATIVE_MPI", "1")  # 0: off; int: the int payload call (tests)
+    if setting == "0":
         return None
     MPI = _mpi.load()
-    if _entry is None:
-        found = _functions(MPI)
-        _entry = False if found is None else (_compile(found[0], conclude, found[2]), found[1], found[2])
-    if _entry is False or not (isinstance(send.buf, np.ndarray) and isinstance(recv.buf, np.ndarray)):
+    wanted = "int" if setting == "int" else "large"
+    if wanted not in _entries:
+        found = _functions(MPI, large=wanted == "large")
+        _entries[wanted] = False if found is None else (_compile(found[0], conclude, found[2]), found[1], found[2])
+    entry = _entries[wanted]
+    if entry is False or not (isinstance(send.buf, np.ndarray) and isinstance(recv.buf, np.ndarray)):
         return None
-    run, convert, count_bytes = _entry
+    run, convert, count_bytes = entry
     size = pcomm.Get_size()
     vectors = np.concatenate([send.counts, send.displs, recv.counts, recv.displs])
     if count_bytes == 4:  # C ints: a call whose counts or displacements do not fit goes through mpi4py

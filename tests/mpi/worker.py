@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a sourc
 from mpi4py import MPI  # noqa: E402
 
 import embzip.comm as ec  # noqa: E402
-from worker_errors import KNOWN_MPI  # noqa: E402  (same directory)
+from worker_errors import KNOWN_MPI, NATIVE_LANES  # noqa: E402  (same directory)
 
 COMM = MPI.COMM_WORLD
 P, ME = COMM.Get_size(), COMM.Get_rank()
@@ -261,9 +261,9 @@ def express_lane():
     """Repeats of an uncompressed call take the express lane (see embzip/comm/_express.py):
     exact results while the buffers' contents change, the same statistics as the full path,
     and back to the full path when an argument changes. Both lanes: one compiled call on MPI's
-    C API (embzip/comm/_native.py: MPICH's large-count call, Open MPI's int one), and mpi4py's
-    calls (EMBZIP_NATIVE_MPI=0)."""
-    from embzip.comm import _express, _mpi
+    C API (embzip/comm/_native.py: MPICH's large-count call, Open MPI's int one, and the int
+    one on MPICH with EMBZIP_NATIVE_MPI=int), and mpi4py's calls (EMBZIP_NATIVE_MPI=0)."""
+    from embzip.comm import _express, _mpi, _native
 
     counts = uneven_counts(21, scale=9)
     sc, rc = counts[ME], counts[:, ME]
@@ -277,7 +277,7 @@ def express_lane():
 
     _express.try_call = counting
     try:
-        for native in ("1", "0"):
+        for native in NATIVE_LANES:
             os.environ["EMBZIP_NATIVE_MPI"] = native
             fresh = COMM.Dup()
             for dtype, kwargs in ((np.float32, dict(abs_error=1e-3, bypass=True)), (np.int32, dict(rel_error=0.1))):
@@ -300,7 +300,10 @@ def express_lane():
                 lane = _mpi.peek_state(fresh).memo.lane
                 assert (lane is None) == PAIRWISE
                 if lane is not None:  # MPICH and Open MPI: the compiled lane resolves MPI's C functions
-                    assert (lane.native is not None) == (native == "1" and KNOWN_MPI)
+                    assert (lane.native is not None) == (native != "0" and KNOWN_MPI)
+                if lane is not None and lane.native is not None:  # the payload call asked for
+                    large = MPI.Get_library_version().startswith("MPICH") and native == "1"
+                    assert _native._entries["large" if native == "1" else "int"][2] == (8 if large else 4)
             # another bound: a new key, the full path, a new lane
             before = lanes["calls"]
             send, got = payload(int(sc.sum()), np.float32, 40), np.zeros(int(rc.sum()), np.float32)
@@ -325,7 +328,7 @@ def express_lane_decisions():
         return  # one rank sends nobody anything: nothing is measured; the pairwise handshake has no lane
     send = payload(64 * P, np.float32, 60)
     got = np.zeros_like(send)
-    for native in ("1", "0"):
+    for native in NATIVE_LANES:
         os.environ["EMBZIP_NATIVE_MPI"] = native
         fresh = COMM.Dup()
         try:
@@ -345,7 +348,7 @@ def express_lane_decisions():
                                                                        expected.model), (step, stats, expected.model)
                     assert state.costs.schedule == schedule, (step, state.costs.schedule, schedule)
             lane = _mpi.peek_state(fresh).memo.lane
-            assert lane is not None and (lane.native is not None) == (native == "1" and KNOWN_MPI), \
+            assert lane is not None and (lane.native is not None) == (native != "0" and KNOWN_MPI), \
                 "the lane under test is not open"
             probes = [i for i, reason in enumerate(reasons) if reason == "probe"]
             assert probes and all(modes[i] == "compressed" for i in probes), (reasons, modes)

@@ -19,6 +19,9 @@ P, ME = COMM.Get_size(), COMM.Get_rank()
 LAST = P - 1
 # the two MPIs whose C entry points the native express lane is known to resolve (CI: MPICH)
 KNOWN_MPI = MPI.Get_library_version().startswith(("MPICH", "Open MPI"))
+# EMBZIP_NATIVE_MPI: the compiled lane with the large-count payload call where MPI has it, with
+# the C-int one (what Open MPI 5.0 offers), and mpi4py's calls
+NATIVE_LANES = ("1", "int", "0")
 CASES = {}
 
 
@@ -264,7 +267,7 @@ def error_inside_the_native_lane():
 
     _native.Plan.codes = recording
     try:
-        for native in ("1", "0"):
+        for native in NATIVE_LANES:
             os.environ["EMBZIP_NATIVE_MPI"] = native
             for n in (6, 50_000):
                 fresh = COMM.Dup()
@@ -275,7 +278,7 @@ def error_inside_the_native_lane():
                 lane = _mpi.peek_state(fresh).memo.lane
                 pairwise = os.environ.get("EMBZIP_TEST_PAIRWISE") == "1"  # (that handshake has no lane)
                 assert pairwise or lane is not None and (lane.native is not None) == (
-                    native == "1" and KNOWN_MPI), "the lane under test is not open"
+                    native != "0" and KNOWN_MPI), "the lane under test is not open"
                 if ME == LAST:
                     counts = [n + 1] + [n] * (P - 1)
                 del codes[:]
