@@ -119,9 +119,11 @@ def stage_raw(job):
     s, r = job.send, job.recv
     if not (s.device or r.device):
         return s.mpi_message(), r.mpi_message(), None
-    if _device.cuda_aware_mpi():
+    if _device.cuda_aware_mpi():  # device sides as their flat views: contiguous 1-D, in memory order
         _device.ready_for_mpi(s.flat, r.flat)
-        return s.mpi_message(), r.mpi_message(), None
+        smsg, rmsg = ([x.flat if x.device and x.flat is not None else x.buf, (x.counts, x.displs), x.datatype]
+                      for x in (s, r))
+        return smsg, rmsg, None
     send_host, recv_host = host_flat(s, True), host_flat(r, not r.tiles_flat)  # keep what is not received
     smsg = [send_host, (s.counts, s.displs), s.datatype]
     rmsg = [recv_host, (r.counts, r.displs), r.datatype]
