@@ -15,6 +15,7 @@ path (tests/test_comm_device.py does). Prints ``DEVICE-OK``.
 from __future__ import annotations
 
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -46,24 +47,67 @@ def _counting(name):
 
 _api.compress, _api.decompress = _counting("compress"), _counting("decompress")
 
-# How blobs and raw buffers met MPI: device byte buffers allocated (blobs assembled on, or
-# received into, the device), GPU synchronizations before handing them over, staging copies.
-MET = {"device_blobs": 0, "synchronized": 0, "staged": 0}
+# How frames and raw buffers met MPI, counted per rank:
+# - downloaded / uploaded: a device segment encoded into a host blob / a host blob decoded into
+#   a device segment (frames staged through host memory, the non-CUDA-aware way);
+# - staged: a device array copied to the host other than a blob header (raw staging);
+# - handed: MPI read or wrote a device buffer (simulator only: mpi4py takes a simulated device
+#   array through __dlpack__, which is intercepted below; cupy goes to MPI in C);
+# - unsynced: of those, buffers written by embzip (allocated, copied into) or by this worker
+#   and not followed by a GPU synchronize before MPI got them: must stay empty.
+MET = {"downloaded": 0, "uploaded": 0, "staged": 0, "handed": 0}
+UNSYNCED = []
+_PENDING = []  # (start, end) byte ranges of device memory written since the last synchronize
+_GUARD = threading.Lock()  # (the pipelined call's compressing thread writes too)
 
 
-def _counted(name, key, when=lambda *args, **kwargs: True):
-    real = getattr(_device, name)
+def _span(arr):
+    """The device bytes ``arr`` covers (simulated arrays: their host memory)."""
+    host = getattr(arr, "_ary", None)
+    if host is None:
+        return None
+    start = host.__array_interface__["data"][0]
+    return start, start + host.nbytes
+
+
+def _written(arr):
+    span = _span(arr)
+    if span is not None:
+        with _GUARD:
+            _PENDING.append(span)
+
+
+def _wrap(module, name, before=None, after=None):
+    real = getattr(module, name)
 
     def wrapper(*args, **kwargs):
-        if when(*args, **kwargs):
-            MET[key] += 1
-        return real(*args, **kwargs)
-    setattr(_device, name, wrapper)
+        if before is not None:
+            before(*args, **kwargs)
+        got = real(*args, **kwargs)
+        if after is not None:
+            after(got, *args, **kwargs)
+        return got
+    setattr(module, name, wrapper)
 
 
-_counted("empty", "device_blobs", lambda n, dtype, like=None: np.dtype(dtype) == np.uint8)
-_counted("synchronize", "synchronized")
-_counted("to_host", "staged", lambda *args: not READING_HEADER)  # (a device blob's header is read on the host)
+def _count(key):
+    MET[key] += 1
+
+
+def _synchronized():
+    with _GUARD:
+        _PENDING.clear()
+
+
+_wrap(_device, "empty", after=lambda got, *a, **k: _written(got))
+_wrap(_device, "copy", before=lambda dst, src: _written(dst))
+_wrap(_device, "to_device", before=lambda host, view: _written(view))
+_wrap(_device, "synchronize", after=lambda got: _synchronized())
+_wrap(_segment, "encode", after=lambda blob, region, *a, **k: _backend.is_device(region)
+      and not _backend.is_device(blob) and _count("downloaded"))
+_wrap(_segment, "decode", before=lambda blob, seg: blob.size and _backend.is_device(seg)
+      and not _backend.is_device(blob) and _count("uploaded"))
+_wrap(_device, "to_host", before=lambda *a: READING_HEADER or _count("staged"))  # (headers are read on the host)
 READING_HEADER = False
 _read_header = _segment._header
 
@@ -78,6 +122,22 @@ def _header(*args):
 
 
 _segment._header = _header
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    _forward = FakeCUDAArray.__getattr__
+
+    def _handed_to_mpi(self, attr):
+        if attr == "__dlpack__":  # how mpi4py takes a simulated device array
+            MET["handed"] += 1
+            span = _span(self)
+            with _GUARD:
+                if any(lo < span[1] and span[0] < hi for lo, hi in _PENDING):
+                    UNSYNCED.append(f"{self._ary.nbytes} bytes at {span[0]:#x}")
+        return _forward(self, attr)
+
+    FakeCUDAArray.__getattr__ = _handed_to_mpi
 
 COMM = MPI.COMM_WORLD
 P, ME = COMM.Get_size(), COMM.Get_rank()
@@ -116,6 +176,9 @@ def run(call, device_ranks, **kwargs):
     send, recv = payload(), np.full(P * N, 9.0, np.float32)
     if ME in device_ranks:
         send, recv = to_device(send), to_device(recv)
+    if ME in device_ranks:
+        _written(send)  # (the caller's last writes: a CUDA-aware exchange must synchronize first)
+        _written(recv)
     before, met = dict(ON_DEVICE), dict(MET)
     stats = call(send, recv, **kwargs)
     raw = kwargs.get("bypass") is True
@@ -124,13 +187,17 @@ def run(call, device_ranks, **kwargs):
         assert ON_DEVICE["compress"] > before["compress"] and ON_DEVICE["decompress"] > before["decompress"]
     else:
         assert ON_DEVICE == before
+    assert not UNSYNCED, f"MPI got device memory written after the last synchronize: {UNSYNCED}"
     grew = {key: MET[key] > met[key] for key in MET}
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if ME not in device_ranks:
         assert not any(grew.values()), (MET, met)
-    elif CUDA_AWARE:  # MPI got device buffers (blobs on the device), synchronized first; nothing staged
-        assert grew["synchronized"] and not grew["staged"] and grew["device_blobs"] is not raw, (MET, met)
-    else:  # blobs (or raw segments) staged through host memory, no device blob buffer
-        assert grew["staged"] and not grew["device_blobs"], (MET, met)
+    elif CUDA_AWARE:  # frames (or raw segments) stay on the device both ways; MPI moves device memory
+        assert not (grew["downloaded"] or grew["uploaded"] or grew["staged"]), (MET, met)
+        assert grew["handed"] or not simulated, (MET, met)
+    else:  # frames (or raw segments) through host memory both ways; MPI never sees device memory
+        assert (grew["staged"] if raw else grew["downloaded"] and grew["uploaded"]), (MET, met)
+        assert not grew["handed"], (MET, met)
     return to_host(recv) if ME in device_ranks else recv
 
 
