@@ -657,3 +657,15 @@ def test_native_plan_vectors_in_the_payload_calls_width(monkeypatch, count_bytes
     assert (got is None) == (count_bytes == 4)
     if got is not None:
         assert got.plan[_native._VECTORS + 11] == 2**31
+
+
+def test_threads_adopt_the_callers_gpu(monkeypatch):
+    """current_device names the caller's GPU (cupy's runtime when it answers); use_device makes
+    it current in another thread; None (nothing to name) does nothing."""
+    calls = []
+    runtime = types.SimpleNamespace(getDevice=lambda: 2, setDevice=calls.append)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime)))
+    assert _device.current_device() == 2
+    _device.use_device(5)
+    _device.use_device(None)
+    assert calls == [5]

@@ -28,7 +28,8 @@ import numpy as np
 
 from .. import _backend
 
-__all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "ready_for_mpi", "codec_on_device",
+__all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "ready_for_mpi", "current_device",
+           "use_device", "codec_on_device",
            "empty", "empty_like", "copy", "gather_columns", "scatter_columns", "LOCK"]
 
 #: Serializes the GPU codec calls of one process: the pipelined call encodes in one thread and
@@ -163,6 +164,39 @@ def cuda_aware_mpi() -> bool:
     from . import _mpi
 
     return _mpi.library_cuda_support()
+
+
+def current_device():
+    """The calling thread's current CUDA device (an id), or None where none can be named (no GPU
+    API answers, e.g. under the simulator): for :func:`use_device` in another thread."""
+    cupy = _cupy_module()
+    if cupy is not None:
+        try:
+            return int(cupy.cuda.runtime.getDevice())
+        except Exception:  # cupy without a usable GPU: numba may still have one (or the simulator)
+            pass
+    cuda = _numba_cuda()
+    return None if cuda is None else getattr(cuda.get_current_device(), "id", None)
+
+
+def use_device(device) -> None:
+    """Make ``device`` (from :func:`current_device`) current in this thread.
+
+    Why: a new thread starts on device 0, whatever device the caller made current (one rank
+    per GPU: ``cupy.cuda.Device(local_rank).use()``); the pipelined call's threads would launch
+    kernels on another GPU than the one holding the buffers. cupy's ``setDevice`` makes that
+    device's primary context current, which numba's kernels then use too.
+    """
+    if device is None:
+        return
+    cupy = _cupy_module()
+    if cupy is not None:
+        try:
+            cupy.cuda.runtime.setDevice(device)
+            return
+        except Exception:
+            pass
+    _numba_cuda().select_device(device)
 
 
 def synchronize() -> None:

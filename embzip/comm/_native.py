@@ -177,7 +177,7 @@ def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: in
         return None
     run, convert, count_bytes = entry
     size = pcomm.Get_size()
-    vectors = np.concatenate([send.counts, send.displs, recv.counts, recv.displs])
+    vectors = np.concatenate([send.counts, send.displs, recv.counts, recv.displs]).astype(np.int64, copy=False)
     if count_bytes == 4:  # C ints: a call whose counts or displacements do not fit goes through mpi4py
         if vectors.size and (vectors.max() > np.iinfo(np.int32).max or vectors.min() < 0):
             return None

@@ -128,6 +128,8 @@ class _Pipeline:
         self.send_host, self.recv_host = codec_flat(s, False), codec_flat(r, True)
         self.blob_kw = blob_placement(self.send_host)
         self.recv_on_device = _device.is_device(self.recv_host) and _device.cuda_aware_mpi()
+        # the caller's GPU, for this call's threads (which would start on device 0)
+        self.gpu = _device.current_device() if s.device or r.device else None
         self.compress_error = self.decode_error = None  # set by the producer / by this thread
         self.bad_source = set()
 
@@ -135,6 +137,7 @@ class _Pipeline:
         start = time.perf_counter()
         s, r, rank = self.job.send, self.job.recv, self.rank
         try:
+            _device.use_device(self.gpu)  # (this may be the Ialltoallv thread)
             if s.counts[rank]:  # own segment: a local copy, exact
                 _device.copy(self.recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]],
                              self.send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]])
@@ -208,6 +211,7 @@ class _Pipeline:
                         seg_start = int(s.displs[d]) + offset
                         t = time.perf_counter()
                         try:
+                            _device.use_device(self.gpu)  # (a thread of its own)
                             blob = _segment.encode(self.send_host[seg_start:seg_start + count], offset,
                                                    self.job.plan, d, int(self.my_units[d]), self.decision.encoder,
                                                    **self.blob_kw)

@@ -139,6 +139,20 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 
     FakeCUDAArray.__getattr__ = _handed_to_mpi
 
+    # The simulator has one GPU and no device ids: pretend the caller made device 3 current, and
+    # record which threads make it current again (the pipelined call's threads must).
+    SIMULATED_GPU = 3
+    USED = []
+    _real_use_device = _device.use_device
+    _device.current_device = lambda: SIMULATED_GPU
+
+    def _use_device(device):
+        USED.append((threading.current_thread().name, device))
+        if device != SIMULATED_GPU:
+            _real_use_device(device)
+
+    _device.use_device = _use_device
+
 COMM = MPI.COMM_WORLD
 P, ME = COMM.Get_size(), COMM.Get_rank()
 CUDA_AWARE = _device.cuda_aware_mpi()  # EMBZIP_CUDA_AWARE_MPI=1 under the simulator: its device memory is host memory
@@ -188,6 +202,9 @@ def run(call, device_ranks, **kwargs):
     else:
         assert ON_DEVICE == before
     assert not UNSYNCED, f"MPI got device memory written after the last synchronize: {UNSYNCED}"
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and ME in device_ranks and stats.overlapped and not raw:
+        assert ("embzip-compress", SIMULATED_GPU) in USED, USED  # the compressing thread is on the caller's GPU
+        USED.clear()
     grew = {key: MET[key] > met[key] for key in MET}
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if ME not in device_ranks:
