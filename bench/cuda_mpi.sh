@@ -3,7 +3,7 @@
 # configured --with-cuda, so that bench/device_check.sh's "cudaaware" step can hand device
 # buffers to MPI for real. The MPI wheels on PyPI (MPICH 5.0, Open MPI 5.0) are built without
 # CUDA, and the GPU machines reach no network, so the build happens here and travels with the
-# working tree (about 14 MB; never committed: .ompi-cuda/ is git-ignored).
+# working tree (about 14 MB, glibc >= 2.34; never committed: .ompi-cuda/ is git-ignored).
 #
 #     bash bench/cuda_mpi.sh              # ~25 min on 2 cores; needs apt (Debian), gcc, and
 #                                         # the CUDA headers (CUDA_HOME, default /usr/local/cuda*)
@@ -37,7 +37,14 @@ tar -C "$WORK" -xf "$WORK"/openmpi_4.1.4.orig.tar.xz
 
 # Only what a single-node test needs: shared memory (smcuda moves device buffers through CUDA
 # IPC) and TCP; no Fortran, no MPI-IO, no OpenSHMEM, no InfiniBand.
+# glibc's arc4random (2.36) is declined, as if absent, so that the build also loads where glibc
+# is 2.34 or 2.35 (Ubuntu 22.04): libevent then compiles its own, as static functions of the
+# same names, which clash with glibc 2.36's declarations; they are renamed after the headers.
 cd "$WORK/openmpi-4.1.4"
+export ac_cv_func_arc4random=no ac_cv_func_arc4random_buf=no ac_cv_func_arc4random_addrandom=no
+sed -i 's|^#define ARC4RANDOM_EXPORT static$|&\n#define arc4random ev_arc4random_\n#define arc4random_buf ev_arc4random_buf_|' \
+    opal/mca/event/libevent2022/libevent/evutil_rand.c
+grep -q "define arc4random_buf ev_arc4random_buf_" opal/mca/event/libevent2022/libevent/evutil_rand.c
 ./configure --prefix="$PREFIX" --with-cuda="$CUDA_HOME" --disable-mpi-fortran --disable-oshmem \
     --disable-io-romio --with-hwloc=internal --with-libevent=internal --with-pmix=internal \
     --without-ucx --without-verbs --disable-man-pages >"$WORK/configure.log" 2>&1 \
@@ -49,4 +56,6 @@ make install >"$WORK/install.log" 2>&1 || { tail -40 "$WORK/install.log"; exit 1
 cd - >/dev/null
 rm -rf .ompi-cuda
 cp -a "$PREFIX" .ompi-cuda
-echo "CUDA-aware Open MPI in $PREFIX and .ompi-cuda ($(du -sh .ompi-cuda | cut -f1)); carry .ompi-cuda"
+glibc=$(find .ompi-cuda -name "*.so*" -o -path "*/bin/*" -type f | xargs objdump -T 2>/dev/null \
+        | grep -o "GLIBC_[0-9.]*" | sort -V -u | tail -1)
+echo "CUDA-aware Open MPI in $PREFIX and .ompi-cuda ($(du -sh .ompi-cuda | cut -f1), needs $glibc); carry .ompi-cuda"
