@@ -438,6 +438,12 @@ def test_cuda_awareness_is_asked_of_the_mpi_library(monkeypatch, tmp_path, answe
     assert _device.cuda_aware_mpi() is not bool(answer)
     monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", "auto")
     assert _device.cuda_aware_mpi() is bool(answer)
+    for word, meaning in (("true", True), ("Off", False), (" yes ", True), ("no", False)):
+        monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", word)
+        assert _device.cuda_aware_mpi() is meaning
+    monkeypatch.setenv("EMBZIP_CUDA_AWARE_MPI", "maybe")
+    with pytest.warns(UserWarning, match="not 1/0/auto"):
+        assert _device.cuda_aware_mpi() is bool(answer)
 
 
 def test_cuda_awareness_of_an_mpi_that_cannot_say(monkeypatch, tmp_path):

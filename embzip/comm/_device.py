@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -150,17 +151,24 @@ def copy(dst, src) -> None:
             _copy_kernel()(src, dst)
 
 
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def cuda_aware_mpi() -> bool:
     """Whether MPI may be given device pointers.
 
-    ``EMBZIP_CUDA_AWARE_MPI=1`` or ``0`` decides; unset (or any other value) the MPI library
-    is asked (:func:`._mpi.library_cuda_support`: MPICH's and Open MPI's
-    ``MPIX_Query_cuda_support``). An MPI that cannot say counts as not CUDA-aware: staging
-    through host memory always works, a wrong True crashes.
+    ``EMBZIP_CUDA_AWARE_MPI=1`` or ``0`` (also true/false, yes/no, on/off) decides; unset or
+    ``auto``, the MPI library is asked (:func:`._mpi.library_cuda_support`: MPICH's and Open
+    MPI's ``MPIX_Query_cuda_support``). An MPI that cannot say counts as not CUDA-aware:
+    staging through host memory always works, a wrong True crashes. Another value warns and
+    asks (never raises: only ranks with device buffers get here, and one rank raising alone
+    would leave the others waiting).
     """
-    setting = os.environ.get("EMBZIP_CUDA_AWARE_MPI", "auto")
-    if setting in ("0", "1"):
-        return setting == "1"
+    setting = os.environ.get("EMBZIP_CUDA_AWARE_MPI", "auto").strip().lower()
+    if setting in _YES or setting in _NO:
+        return setting in _YES
+    if setting != "auto":
+        warnings.warn(f"EMBZIP_CUDA_AWARE_MPI={setting!r} is not 1/0/auto: asking the MPI library", stacklevel=2)
     from . import _mpi
 
     return _mpi.library_cuda_support()
