@@ -56,6 +56,7 @@ make install >"$WORK/install.log" 2>&1 || { tail -40 "$WORK/install.log"; exit 1
 cd - >/dev/null
 rm -rf .ompi-cuda
 cp -a "$PREFIX" .ompi-cuda
-glibc=$(find .ompi-cuda -name "*.so*" -o -path "*/bin/*" -type f | xargs objdump -T 2>/dev/null \
-        | grep -o "GLIBC_[0-9.]*" | sort -V -u | tail -1)
+# the newest glibc symbol version it needs (objdump fails on the shell scripts in bin/: ignored)
+glibc=$( { find .ompi-cuda -type f \( -name "*.so*" -o -path "*/bin/*" \) -print0 \
+           | xargs -0 objdump -T 2>/dev/null || true; } | grep -o "GLIBC_[0-9.]*" | sort -V -u | tail -1)
 echo "CUDA-aware Open MPI in $PREFIX and .ompi-cuda ($(du -sh .ompi-cuda | cut -f1), needs $glibc); carry .ompi-cuda"
