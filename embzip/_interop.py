@@ -9,9 +9,9 @@ embzip never imports torch: if a tensor exists, torch is already in ``sys.module
 Examples
 --------
 >>> import numpy as np, embzip
->>> torch = __import__("torch")  # doctest: +SKIP
->>> t = torch.randn(128, 16)  # doctest: +SKIP
->>> embzip.decompress(embzip.compress(t, abs_error=1e-3), like=t).dtype  # doctest: +SKIP
+>>> torch = __import__("torch")
+>>> t = torch.randn(128, 16)
+>>> embzip.decompress(embzip.compress(t, abs_error=1e-3), like=t).dtype
 torch.float32
 """
 

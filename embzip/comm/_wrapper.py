@@ -36,12 +36,17 @@ def _make():
 
         Examples
         --------
-        >>> from mpi4py import MPI                                       # doctest: +SKIP
-        >>> import embzip.comm                                           # doctest: +SKIP
-        >>> comm = embzip.comm.Comm(MPI.COMM_WORLD, rel_error=0.01)       # doctest: +SKIP
-        >>> comm.Alltoallv(send, recv)            # compressed            # doctest: +SKIP
-        >>> comm.Allreduce(a, b)                  # plain mpi4py           # doctest: +SKIP
-        >>> comm.stats.sent_bytes                                         # doctest: +SKIP
+        >>> import numpy as np
+        >>> from mpi4py import MPI
+        >>> import embzip.comm
+        >>> comm = embzip.comm.Comm(MPI.COMM_WORLD, rel_error=0.01)
+        >>> send = np.linspace(-1, 1, comm.size * 1000, dtype=np.float32)
+        >>> recv = np.empty_like(send)
+        >>> comm.Alltoallv(send, recv).mode       # compressed
+        'compressed'
+        >>> comm.allreduce(1)                     # plain mpi4py
+        1
+        >>> comm.Free()
         """
 
         def __new__(cls, comm=None, **defaults):
