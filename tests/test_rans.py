@@ -240,8 +240,10 @@ def test_caller_mistakes_raise_builtin_errors():
 
 
 def test_docstring_examples():
-    failures, tried = doctest.testmod(rans, verbose=False)
-    assert tried >= 4 and failures == 0
+    from embzip.stages.rans import _decoder, _encoder
+
+    results = [doctest.testmod(module, verbose=False) for module in (_encoder, _decoder)]
+    assert sum(r.attempted for r in results) >= 4 and sum(r.failed for r in results) == 0
 
 
 # --------------------------------------------------------------------- hostile input

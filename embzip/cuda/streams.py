@@ -15,7 +15,8 @@ from ..cpu import rans as cpu_rans
 from ..cpu import rans_table as cpu_rans_table
 from ..errors import CorruptFrameError
 from ..stages import bitpack as host_bitpack
-from ..stages import rans as host_rans
+from ..stages.rans import _encoder as host_rans_encoder
+from ..stages.rans import _section as host_rans_section
 from . import bitpack as kb
 from . import dedup as kd
 from . import rans as kr
@@ -164,7 +165,7 @@ def decode_bits(frame, at: int, length: int, count: int, step=None, out=None):
 # ---------------------------------------------------------------------------------- rANS
 
 
-def rans_histogram(symbols, chunk_size: int = host_rans.DEFAULT_CHUNK_SIZE):
+def rans_histogram(symbols, chunk_size: int = host_rans_section.DEFAULT_CHUNK_SIZE):
     """The stage's SymbolHistogram, counted on the device (280 counts and per-chunk raw bits
     come back to the host)."""
     n = symbols.shape[0]
@@ -182,7 +183,7 @@ def rans_histogram(symbols, chunk_size: int = host_rans.DEFAULT_CHUNK_SIZE):
     constant = None
     if present.size == 1 and low == high:  # one token holding one value (escapes hold many)
         constant = int(low)
-    return host_rans.SymbolHistogram(n, chunk_size, kr.DIRECT_BITS, token_counts,
+    return host_rans_encoder.SymbolHistogram(n, chunk_size, kr.DIRECT_BITS, token_counts,
                                      raw_bits.copy_to_host()[:chunks], constant)
 
 
@@ -192,8 +193,8 @@ def rans_encode(symbols, hist=None):
     if hist.symbol_count == 0:
         return device_empty(0, np.uint8)
     if hist.constant_value is not None:
-        return to_device(host_rans._constant_section(hist.constant_value))
-    plan = host_rans._plan(hist, host_rans.DEFAULT_MAX_SCALE_BITS, None)
+        return to_device(host_rans_encoder.constant_section(hist.constant_value))
+    plan = host_rans_encoder.make_plan(hist, host_rans_section.DEFAULT_MAX_SCALE_BITS, None)
     enc_table = np.empty((hist.token_counts.size, 5), np.int64)
     cpu_rans.build_encoder_table(plan.freqs, plan.scale_bits, enc_table)
     chunks = hist.chunk_count
@@ -210,9 +211,9 @@ def rans_encode(symbols, hist=None):
         symbols, chunk_size, plan.lanes, to_device(enc_table.reshape(-1)), words, word_starts,
         to_device(hist.chunk_raw_bits), raw, raw_offsets_dev)
     rans_bytes = 2 * (row_words - word_starts.copy_to_host())
-    directory = host_rans._directory(rans_bytes, raw_bytes)
-    header = host_rans._header(hist, plan)
-    prefix = np.empty(header.size + int(host_rans._varint_sizes(directory).sum()), np.uint8)
+    directory = host_rans_encoder.chunk_directory(rans_bytes, raw_bytes)
+    header = host_rans_encoder.section_header(hist, plan)
+    prefix = np.empty(header.size + int(host_rans_encoder.varint_sizes(directory).sum()), np.uint8)
     prefix[:header.size] = header
     cpu_rans_table.write_varints(directory, prefix, header.size)
     chunk_bytes = rans_bytes + raw_bytes
@@ -227,14 +228,10 @@ def rans_encode(symbols, hist=None):
 def rans_decode(frame, at: int, length: int, count: int):
     """Decode ``count`` symbols from the rANS section at ``frame[at:at + length]``."""
     out = device_empty(count, np.uint32)
-    if count == 0:
-        if length != 0:
-            raise host_rans._corrupt("section length for 0 symbols", 0, length)
+    if host_rans_section.check_length(count, length):
         return out
-    if length == 0:
-        raise host_rans._corrupt(f"section length for {count} symbols", ">= 2", 0)
     parsed = parse_section(frame, at, length, count)
-    if parsed[0] == host_rans.KIND_CONSTANT:
+    if parsed[0] == host_rans_section.KIND_CONSTANT:
         fill(out, np.uint32(parsed[1]))
         return out
     _, scale_bits, direct_bits, chunk_size, lanes, freqs, bounds = parsed
@@ -244,14 +241,7 @@ def rans_decode(frame, at: int, length: int, count: int):
     errors = device_empty((bounds.shape[0], 3), np.int64)
     kr.decode_chunks[blocks(bounds.shape[0]), THREADS](
         frame, to_device(bounds + at), chunk_size, direct_bits, scale_bits, lanes, table, out, errors)
-    found = errors.copy_to_host()
-    failed = np.flatnonzero(found[:, 0])
-    if failed.size:
-        chunk = int(failed[0])
-        code, expected, got = (int(v) for v in found[chunk])
-        if code == cpu_rans.ERR_STATE_RANGE:
-            raise host_rans._corrupt(f"chunk {chunk}: initial state of lane {expected}", "[2**15, 2**31)", got)
-        raise host_rans._corrupt(f"chunk {chunk}: {host_rans._CHUNK_ERRORS[code]}", expected, got)
+    host_rans_section.check_chunk_errors(errors.copy_to_host())
     return out
 
 

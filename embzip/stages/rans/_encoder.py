@@ -1,10 +1,9 @@
-"""Compact entropy coder: uint32 symbol stream <-> self-contained rANS byte section.
+"""rANS encoder wrapper: histogram, table plan, size estimate and encode.
 
-The section layout is normative and specified in ``docs/entropy.md``.  This module
-validates inputs and every length and offset of a section, allocates all arrays, and
-calls the kernels in :mod:`embzip.cpu.rans`, which trust what they are given.
-
-Public functions: :func:`histogram`, :func:`estimate_size`, :func:`encode`, :func:`decode`.
+Validates the symbols, allocates every array and calls the kernels of :mod:`embzip.cpu.rans`.
+The device encoder (:mod:`embzip.cuda.streams`) reuses :func:`make_plan`,
+:func:`section_header`, :func:`chunk_directory`, :func:`varint_sizes` and
+:func:`constant_section`, so both backends write the same bytes.
 """
 
 from __future__ import annotations
@@ -16,24 +15,22 @@ import numpy as np
 from embzip._jit import for_size
 from embzip.cpu import rans as _k
 from embzip.cpu import rans_table as _t
-from embzip.errors import CorruptFrameError
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "SymbolHistogram",
-    "histogram",
-    "estimate_size",
-    "encode",
-    "decode",
-]
+from ._section import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_DIRECT_BITS,
+    DEFAULT_MAX_SCALE_BITS,
+    KIND_CONSTANT,
+    KIND_RANS,
+    MAX_CHUNK_LOG2,
+    MAX_DIRECT_BITS,
+    MAX_LANES_LOG2,
+    MAX_SCALE_BITS,
+    MIN_CHUNK_LOG2,
+    RANS_HEADER_BYTES,
+    alphabet_size,
+)
 
-KIND_CONSTANT = 1
-KIND_RANS = 2
-RANS_HEADER_BYTES = 3
-
-DEFAULT_CHUNK_SIZE = 1 << 16
-DEFAULT_DIRECT_BITS = 8
-DEFAULT_MAX_SCALE_BITS = 14
 SCALE_BELOW_COUNT_LOG2 = 2
 #: Inputs at least this long use 4 interleaved states per chunk (speed); shorter ones use
 #: one, saving ~6 bytes of final-state overhead per lane where those bytes matter.
@@ -42,22 +39,6 @@ MULTI_LANES = 4
 
 #: Parallel tasks of the histogram pass (each owns one set of counters).
 HISTOGRAM_GROUPS = 64
-
-MIN_CHUNK_LOG2, MAX_CHUNK_LOG2 = 8, 24
-MAX_DIRECT_BITS = 12
-MAX_SCALE_BITS = 15
-MAX_LANES_LOG2 = 5
-
-_STATUS_TEXT = {
-    _t.ERR_TRUNCATED: "data running past the end of the section",
-    _t.ERR_BAD_VARINT: "a varint longer than 5 bytes, >= 2**32, or not minimal",
-}
-
-
-def alphabet_size(direct_bits: int) -> int:
-    """Tokens of the coder's alphabet: ``2**direct_bits`` direct values, one escape per
-    bit length ``direct_bits + 1 .. 32``."""
-    return (1 << direct_bits) + 32 - direct_bits
 
 
 @dataclass(frozen=True)
@@ -171,7 +152,7 @@ def _ceil_log2(value: int) -> int:
     return max(int(value) - 1, 0).bit_length()
 
 
-def _plan(hist: SymbolHistogram, max_scale_bits: int, lanes: int | None) -> _Plan:
+def make_plan(hist: SymbolHistogram, max_scale_bits: int, lanes: int | None) -> _Plan:
     present = np.flatnonzero(hist.token_counts)
     # Table bits grow with the scale, precision losses shrink with it: a scale of about
     # count / 4 minimized section size for 64..100k-symbol Laplace streams (measured,
@@ -185,7 +166,7 @@ def _plan(hist: SymbolHistogram, max_scale_bits: int, lanes: int | None) -> _Pla
     return _Plan(scale_bits, lanes, freqs, int(present[-1]) + 1)
 
 
-def _header(hist: SymbolHistogram, plan: _Plan) -> np.ndarray:
+def section_header(hist: SymbolHistogram, plan: _Plan) -> np.ndarray:
     """Kind, packed parameters and frequency table: everything before the chunk directory."""
     # A table entry is <= 3 Exp-Golomb codes / fields of <= 65 bits together: 16 bytes is ample.
     out = np.empty(RANS_HEADER_BYTES + 16 * (plan.token_end + 2), np.uint8)
@@ -196,18 +177,18 @@ def _header(hist: SymbolHistogram, plan: _Plan) -> np.ndarray:
     return out[:end]
 
 
-def _varint_sizes(values: np.ndarray) -> np.ndarray:
+def varint_sizes(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.int64)
     return 1 + sum((values >= 1 << (7 * i)).astype(np.int64) for i in range(1, 5))
 
 
-def _constant_section(value: int) -> np.ndarray:
+def constant_section(value: int) -> np.ndarray:
     out = np.empty(6, np.uint8)
     out[0] = KIND_CONSTANT
     return out[: _t.write_varint(value, out, 1)]
 
 
-def _directory(rans_bytes: np.ndarray, raw_bytes: np.ndarray) -> np.ndarray:
+def chunk_directory(rans_bytes: np.ndarray, raw_bytes: np.ndarray) -> np.ndarray:
     """Chunk directory values: raw and rANS byte counts per chunk, interleaved, without
     the last chunk's rANS count (the section end implies it)."""
     directory = np.empty(2 * raw_bytes.size, np.int64)
@@ -220,8 +201,8 @@ def _estimate(hist: SymbolHistogram, max_scale_bits=DEFAULT_MAX_SCALE_BITS, lane
     if hist.symbol_count == 0:
         return 0
     if hist.constant_value is not None:
-        return _constant_section(hist.constant_value).size
-    plan = _plan(hist, max_scale_bits, lanes)
+        return constant_section(hist.constant_value).size
+    plan = make_plan(hist, max_scale_bits, lanes)
     present = plan.freqs > 0
     counts = hist.token_counts[present]
     ideal_bits = float(np.sum(counts * (plan.scale_bits - np.log2(plan.freqs[present]))))
@@ -230,8 +211,8 @@ def _estimate(hist: SymbolHistogram, max_scale_bits=DEFAULT_MAX_SCALE_BITS, lane
     # Per chunk: final states cost 4 bytes a lane but carry ~2 bytes of payload each, and
     # the stream rounds up to whole 16-bit words.
     rans_bytes = ideal_bits / 8 + chunks * (2 * plan.lanes + 1)
-    directory = _varint_sizes(_directory(np.full(chunks, rans_bytes / chunks), raw_bytes)).sum()
-    header = _header(hist, plan).size
+    directory = varint_sizes(chunk_directory(np.full(chunks, rans_bytes / chunks), raw_bytes)).sum()
+    header = section_header(hist, plan).size
     return int(round(header + directory + rans_bytes + raw_bytes.sum()))
 
 
@@ -283,8 +264,8 @@ def _encode(
     if hist.symbol_count == 0:
         return np.empty(0, np.uint8)
     if hist.constant_value is not None:
-        return _constant_section(hist.constant_value)
-    plan = _plan(hist, max_scale_bits, lanes)
+        return constant_section(hist.constant_value)
+    plan = make_plan(hist, max_scale_bits, lanes)
     enc_table = np.empty((hist.token_counts.size, 5), np.int64)
     _k.build_encoder_table(plan.freqs, plan.scale_bits, enc_table)
     chunks = hist.chunk_count
@@ -303,9 +284,9 @@ def _encode(
     )  # fmt: skip
 
     rans_bytes = 2 * (words.shape[1] - word_starts)
-    directory = _directory(rans_bytes, raw_bytes)
-    header = _header(hist, plan)
-    payload_start = header.size + int(_varint_sizes(directory).sum())
+    directory = chunk_directory(rans_bytes, raw_bytes)
+    header = section_header(hist, plan)
+    payload_start = header.size + int(varint_sizes(directory).sum())
     chunk_bytes = rans_bytes + raw_bytes
     offsets = payload_start + np.concatenate(([0], np.cumsum(chunk_bytes)[:-1]))
     out = np.empty(payload_start + int(chunk_bytes.sum()), np.uint8)
@@ -338,6 +319,7 @@ def encode(symbols: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.n
     Examples
     --------
     >>> import numpy as np
+    >>> from embzip.stages.rans import decode
     >>> symbols = np.array([0, 0, 0, 1, 0, 2, 70000, 0], dtype=np.uint32)
     >>> section = encode(symbols)
     >>> np.array_equal(decode(section, symbols.size), symbols)
@@ -346,207 +328,3 @@ def encode(symbols: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.n
     symbols = _check_symbols(symbols)
     _check_chunk_size(chunk_size)
     return _encode(symbols, int(chunk_size))
-
-
-def _corrupt(what: str, expected, found) -> CorruptFrameError:
-    return CorruptFrameError(f"rANS section: {what}: expected {expected}, found {found}")
-
-
-def _check_section(section) -> np.ndarray:
-    if not isinstance(section, np.ndarray):
-        section = np.frombuffer(section, np.uint8)
-    if section.dtype != np.uint8 or section.ndim != 1:
-        raise TypeError(f"section must be a 1-D uint8 array, found {section.dtype} {section.shape}")
-    section = np.ascontiguousarray(section).view()
-    # Kernels only read sections; typing every section read-only compiles them once
-    # instead of once per writeability.
-    section.flags.writeable = False
-    return section
-
-
-def _check_out(out, count: int, step=None) -> None:
-    if out is None:
-        return
-    dtype = np.dtype(np.uint32) if step is None else step.dtype
-    if not isinstance(out, np.ndarray) or out.dtype != dtype:
-        found = getattr(out, "dtype", type(out).__name__)
-        raise TypeError(f"out must be a {dtype} numpy array, found {found}")
-    if out.shape != (count,):
-        raise ValueError(f"out must have shape ({count},), found {out.shape}")
-    if not out.flags.writeable or not out.flags.aligned:
-        raise ValueError("out must be writeable and aligned")
-
-
-def _parse_header(section: np.ndarray):
-    if section.size < RANS_HEADER_BYTES:
-        raise _corrupt("header length", f">= {RANS_HEADER_BYTES} bytes", section.size)
-    packed1, packed2 = int(section[1]), int(section[2])
-    scale_bits, direct_bits = packed1 & 0xF, packed1 >> 4
-    chunk_log2, lanes_log2 = packed2 & 0x1F, packed2 >> 5
-    for name, value, low, high in (
-        ("scale_bits", scale_bits, 1, MAX_SCALE_BITS),
-        ("direct_bits", direct_bits, 0, MAX_DIRECT_BITS),
-        ("chunk_log2", chunk_log2, MIN_CHUNK_LOG2, MAX_CHUNK_LOG2),
-        ("lanes_log2", lanes_log2, 0, MAX_LANES_LOG2),
-    ):
-        if not low <= value <= high:
-            raise _corrupt(name, f"{low}..{high}", value)
-    return scale_bits, direct_bits, chunk_log2, 1 << lanes_log2
-
-
-_TABLE_ERRORS = {
-    _t.ERR_TABLE_COUNT: "present-token count",
-    _t.ERR_TABLE_TOKEN: "token index",
-    _t.ERR_TABLE_FREQ: "frequency (bit length) leaving every later token >= 1",
-    _t.ERR_TABLE_PADDING: "padding bits",
-}
-
-
-def _parse_table(section: np.ndarray, scale_bits: int, direct_bits: int):
-    freqs = np.zeros(alphabet_size(direct_bits), np.int64)
-    pos, status, found = _t.read_frequency_table(
-        section, RANS_HEADER_BYTES, section.size, scale_bits, freqs
-    )
-    if status in _STATUS_TEXT:
-        raise _corrupt("frequency table", "a complete table", _STATUS_TEXT[status])
-    if status == _t.ERR_TABLE_PADDING:
-        raise _corrupt("frequency-table padding bits", 0, found)
-    if status != _t.OK:
-        limit = {
-            _t.ERR_TABLE_COUNT: f"<= {min(freqs.size, 1 << scale_bits)}",
-            _t.ERR_TABLE_TOKEN: f"< {freqs.size}",
-            _t.ERR_TABLE_FREQ: "a value leaving >= 1 for every later token",
-        }[status]
-        raise _corrupt(f"frequency-table {_TABLE_ERRORS[status]}", limit, found)
-    return freqs, pos
-
-
-def _parse_directory(section: np.ndarray, pos: int, chunk_count: int, lanes: int):
-    """Byte bounds ``(rans_start, raw_start, raw_end)`` of every chunk, all checked."""
-    # A chunk needs >= 1 directory byte (2 unless last) and 4 state bytes per lane: reject
-    # an impossible count before allocating anything proportional to it.
-    min_bytes = chunk_count * (2 + 4 * lanes) - 1
-    if section.size - pos < min_bytes:
-        left = section.size - pos
-        raise _corrupt(f"bytes left for {chunk_count} chunks", f">= {min_bytes}", left)
-    directory = np.empty(2 * chunk_count, np.int64)
-    pos, status = _t.read_varints(section, pos, section.size, directory[:-1])
-    if status != _t.OK:
-        raise _corrupt("chunk directory", "well-formed varints", _STATUS_TEXT[status])
-    directory[-1] = section.size - pos - directory[:-1].sum()  # the last chunk's rANS bytes
-    raw_bytes, rans_bytes = directory[0::2], directory[1::2]
-    bad = np.flatnonzero((rans_bytes < 4 * lanes) | (rans_bytes % 2 != 0))
-    if bad.size:
-        chunk = int(bad[0])
-        raise _corrupt(
-            f"rANS byte count of chunk {chunk} of {chunk_count}",
-            f"even and >= {4 * lanes}",
-            int(rans_bytes[chunk]),
-        )
-    bounds = np.empty((chunk_count, 3), np.int64)
-    bounds[:, 0] = pos + np.concatenate(([0], np.cumsum(rans_bytes + raw_bytes)[:-1]))
-    bounds[:, 1] = bounds[:, 0] + rans_bytes
-    bounds[:, 2] = bounds[:, 1] + raw_bytes
-    return bounds
-
-
-_CHUNK_ERRORS = {
-    _k.ERR_RANS_LENGTH: "rANS bytes consumed",
-    _k.ERR_FINAL_STATE: "final state",
-    _k.ERR_RAW_LENGTH: "raw-bit bytes consumed",
-    _k.ERR_RAW_PADDING: "raw-bit padding",
-}
-
-
-def _decode_rans(section: np.ndarray, count: int, out: np.ndarray | None, step=None) -> np.ndarray:
-    scale_bits, direct_bits, chunk_log2, lanes = _parse_header(section)
-    freqs, pos = _parse_table(section, scale_bits, direct_bits)
-    chunk_size = 1 << chunk_log2
-    bounds = _parse_directory(section, pos, -(-count // chunk_size), lanes)
-    if out is None:  # only now: the section is consistent with `count`
-        out = np.empty(count, np.uint32 if step is None else step.dtype)
-    table = np.empty(1 << scale_bits, np.int64)
-    _k.build_decoder_table(freqs, table)
-    states = np.empty((bounds.shape[0], lanes), np.int64)
-    errors = np.zeros((bounds.shape[0], 3), np.int64)
-    if step is None:
-        kernel, step = _k.decode_chunks, 0.0
-    else:
-        kernel = _k.decode_dequantize_f32 if step.dtype == np.float32 else _k.decode_dequantize_f64
-    kernel = for_size(kernel, out.nbytes)
-    kernel(section, bounds, chunk_size, direct_bits, scale_bits, table, states, step, out, errors)
-    failed = np.flatnonzero(errors[:, 0])
-    if failed.size:
-        chunk = int(failed[0])
-        code, expected, found = (int(v) for v in errors[chunk])
-        if code == _k.ERR_STATE_RANGE:
-            what = f"chunk {chunk}: initial state of lane {expected}"
-            raise _corrupt(what, "[2**15, 2**31)", found)
-        raise _corrupt(f"chunk {chunk}: {_CHUNK_ERRORS[code]}", expected, found)
-    return out
-
-
-def decode(section, count: int, out: np.ndarray | None = None, step=None) -> np.ndarray:
-    """Decode ``count`` symbols from a section written by :func:`encode`.
-
-    Safe on hostile bytes: every length and offset is validated before the kernels run,
-    kernels clamp their reads to the chunk, and any inconsistency raises.
-
-    Parameters
-    ----------
-    section : numpy.ndarray or bytes-like
-        uint8 section; may be a read-only, unaligned view into a larger frame.
-    count : int
-        Number of symbols the section holds (the caller stores it).
-    out : numpy.ndarray, optional
-        Writeable, aligned array of shape ``(count,)`` to decode into: uint32, or step's
-        dtype when ``step`` is given.  On error its contents are unspecified.
-    step : numpy.float32 or numpy.float64, optional
-        Dequantize while decoding: write ``dtype(unzigzag(symbol)) * step`` (the codec's
-        decode rule) instead of the symbol, sparing a pass and a code array.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``out`` (or a new array) holding the symbols.
-
-    Raises
-    ------
-    embzip.errors.CorruptFrameError
-        The section is malformed or does not hold exactly ``count`` symbols.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> section = encode(np.arange(1000, dtype=np.uint32) % 7)
-    >>> decode(section, 1000)[:8].tolist()
-    [0, 1, 2, 3, 4, 5, 6, 0]
-    """
-    count = int(count)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, found {count}")
-    section = _check_section(section)
-    _check_out(out, count, step)
-    out_dtype = np.uint32 if step is None else step.dtype
-    if count == 0:
-        if section.size != 0:
-            raise _corrupt("section length for 0 symbols", 0, section.size)
-        return np.empty(0, out_dtype) if out is None else out
-    if section.size == 0:
-        raise _corrupt(f"section length for {count} symbols", ">= 2", 0)
-    kind = int(section[0])
-    if kind == KIND_CONSTANT:
-        value, end, status = _t.read_varint(section, 1, section.size)
-        if status != _t.OK:
-            raise _corrupt("constant value", "a well-formed varint", _STATUS_TEXT[status])
-        if end != section.size:
-            raise _corrupt("constant section length", end, section.size)
-        if step is not None:
-            value = step.dtype.type((value >> 1) ^ -(value & 1)) * step
-        if out is None:
-            return np.full(count, value, out_dtype)
-        out[:] = value
-        return out
-    if kind == KIND_RANS:
-        return _decode_rans(section, count, out, step)
-    raise _corrupt("section kind", f"{KIND_CONSTANT} or {KIND_RANS}", kind)
