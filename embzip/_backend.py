@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ._stream_order import results_ready, wait_for_producer
 from .errors import BackendUnavailableError
 
 __all__ = ["is_device", "compress", "decompress", "frame_header", "to_host_frame"]
@@ -86,7 +87,11 @@ def _interface(obj) -> dict:
 
 
 def _span(obj, desc: dict, dtype: np.dtype):
-    """(1-D device array over the memory ``obj`` covers, first element, element strides)."""
+    """(1-D device array over the memory ``obj`` covers, first element, element strides).
+
+    Waits first for the stream ``obj``'s producer exported (embzip._stream_order); the view
+    itself is bound to no stream."""
+    wait_for_producer(desc)
     shape = tuple(desc["shape"])
     itemsize = dtype.itemsize
     strides = desc.get("strides")
@@ -161,6 +166,7 @@ def compress(data, abs_error, rel_error, strategy, resolve_bound, bandwidth=None
     span = pipeline.finite_range(flat) if rel_error is not None else None
     mode, given, bound, constant = resolve_bound(abs_error, rel_error, span)
     frame = pipeline.encode_array(flat, shape, mode, given, bound, strategy, constant, bandwidth, dedup_hint=dedup)
+    results_ready()  # the frame is complete for a caller on any stream
     return _as_kind(frame, _kind(data))
 
 
@@ -213,6 +219,7 @@ def decompress(frame, out=None, verify: bool = True):
     if out is None:
         result = device_empty(n, dtype)
         pipeline.decode_frame(flat, header, result, verify)
+        results_ready()  # complete for a caller on any stream
         kind = _kind(frame) if is_device(frame) else ("cupy" if _usable_cupy() is not None else "numba")
         return _as_kind(result.reshape(header.shape), kind)
     if not is_device(out):
@@ -227,6 +234,7 @@ def decompress(frame, out=None, verify: bool = True):
     c_strides = tuple(math.prod(out_shape[d + 1:]) for d in range(len(out_shape)))
     if n <= 1 or all(s == c or e == 1 for s, c, e in zip(strides, c_strides, out_shape)):
         pipeline.decode_frame(flat, header, span[first:first + n], verify)
+        results_ready()
         return out
     result = pipeline.decode_frame(flat, header, device_empty(n, dtype), verify)
     from .cuda import layout
@@ -234,4 +242,5 @@ def decompress(frame, out=None, verify: bool = True):
     from .cuda.scan import to_device
     layout.strided_scatter[blocks(n), THREADS](result, span, first, to_device(np.array(out_shape, np.int64)),
                                                to_device(np.array(strides, np.int64)))
+    results_ready()
     return out

@@ -25,6 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = int(os.environ.get("EMBZIP_MPI_TEST_TIMEOUT", "150"))
 
 
+def check_receive_view_of_fortran_buffer(cuda):
+    """What is written through the flat view of an F-ordered numba receive buffer lands in the
+    caller's buffer (on a GPU a numba transpose is a copy: a view made with one would not)."""
+    from embzip.comm import _device
+
+    for shape in ((4, 6), (2, 3, 4)):
+        buf = cuda.to_device(np.zeros(shape, np.float32, order="F"))
+        view, _ = _device.device_flat(buf, True, "recvbuf")
+        _device.to_device(np.arange(24, dtype=np.float32), view)
+        assert buf.copy_to_host().reshape(-1, order="F").tolist() == list(range(24))
+
+
 if not IN_SIMULATOR:
     def _need_numba_cuda():
         pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install 'embzip[cuda]')")
@@ -104,6 +116,14 @@ if not IN_SIMULATOR:
             env["NUMBA_ENABLE_CUDASIM"] = "0"
         _device_worker(env, cuda_aware=None)
 
+    def test_fortran_receive_view_on_a_real_gpu():
+        """See check_receive_view_of_fortran_buffer: a numba device array on a real GPU."""
+        _need_numba_cuda()
+        from numba import config, cuda
+        if config.ENABLE_CUDASIM or not cuda.is_available():
+            pytest.skip("no CUDA GPU on this machine (the simulator version runs in test_device_flat_views)")
+        check_receive_view_of_fortran_buffer(cuda)
+
     def test_cupy_segments_on_a_real_gpu():
         """cupy in, cupy blobs out: the same bytes as the CPU's (needs cupy and a GPU)."""
         cupy = _need_cupy_gpu()
@@ -165,6 +185,7 @@ else:
         assert _device.to_host(flat).tolist() == x.reshape(-1).tolist()
         fflat, _ = _device.device_flat(cuda.to_device(np.asfortranarray(x)), False, "sendbuf")
         assert _device.to_host(fflat).tolist() == x.reshape(-1, order="F").tolist()  # memory order
+        check_receive_view_of_fortran_buffer(cuda)
         with pytest.raises(ValueError, match="non-contiguous"):
             _device.device_flat(cuda.to_device(np.zeros((4, 6), np.float32))[:, ::2], False, "sendbuf")
         _device.to_device(np.ones(24, np.float32), flat)

@@ -93,6 +93,37 @@ def test_cupy_in_cupy_out():
     assert cupy.asnumpy(frame).tobytes() == embzip.compress(cupy.asnumpy(x), rel_error=0.01).tobytes()
 
 
+def test_caller_on_a_nonblocking_cupy_stream():
+    """A caller whose current cupy stream is non-blocking: that stream does not order with the
+    legacy stream embzip's kernels use. The input is still being written there when compress
+    starts (a freshly pooled array, then a queue of kernels writing it), and the results are
+    read there right after: compress must wait for the producer's stream, and both calls must
+    return complete results (embzip._stream_order). Frames and values must match the CPU's."""
+    _gpu()
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed")
+    import warnings
+
+    import embzip
+    x = np.random.default_rng(8).normal(0, 1, size=(8192, 64)).astype(np.float32)
+    expected_frame = embzip.compress(x, abs_error=1e-3)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream, warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. cupy's DLPack "stream 0" warning: nothing to warn about
+        source = cupy.asarray(x)
+        for _ in range(3):
+            data = cupy.empty_like(source)
+            for _ in range(200):  # keeps the stream busy well past the moment compress starts
+                cupy.multiply(source, 1.0, out=data)
+            frame = embzip.compress(data, abs_error=1e-3)
+            assert cupy.asnumpy(frame).tobytes() == expected_frame.tobytes()
+            out = cupy.empty_like(data)
+            cupy.multiply(source, 0.0, out=out)  # a queued write to out the decoder must come after
+            embzip.decompress(frame, out=out)
+            got = cupy.asnumpy(out)  # read on the non-blocking stream, no synchronize of our own
+            np.testing.assert_array_equal(_bits(got), _bits(embzip.decompress(expected_frame)))
+    stream.synchronize()
+
+
 def test_torch_cuda_tensor():
     _gpu()
     torch = pytest.importorskip("torch", reason="torch is not installed")

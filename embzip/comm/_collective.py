@@ -98,9 +98,13 @@ def blob_placement(send_flat) -> dict:
 
 
 def put_back(spec, flat) -> None:
-    """After decoding into ``codec_flat(spec)``: copy a host staging buffer back to the GPU."""
+    """After decoding into ``codec_flat(spec)``: copy a host staging buffer back to the GPU, and
+    wait until the GPU has written the receive buffer (the caller may read it on any stream
+    once the call returns, as after a plain Alltoallv)."""
     if spec.device and not _device.is_device(flat):
         _device.to_device(flat, spec.flat)
+    if spec.device:
+        _device.results_ready(spec.flat)
 
 
 def _own_segment(job, rank: int, send_flat, recv_flat) -> None:
@@ -130,7 +134,7 @@ def stage_raw(job):
 
     def finish_copy():
         if r.device:
-            _device.to_device(recv_host, r.flat)
+            put_back(r, recv_host)
     return smsg, rmsg, finish_copy
 
 

@@ -27,10 +27,10 @@ import warnings
 
 import numpy as np
 
-from .. import _backend
+from .. import _backend, _stream_order
 
 __all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "ready_for_mpi", "current_device",
-           "use_device", "codec_on_device",
+           "use_device", "results_ready", "codec_on_device",
            "empty", "empty_like", "copy", "gather_columns", "scatter_columns", "LOCK"]
 
 #: Serializes the GPU codec calls of one process: the pipelined call encodes in one thread and
@@ -77,15 +77,14 @@ def device_flat(buf, writable: bool, name: str):
         raise ValueError(f"{name} is a read-only GPU buffer; the receive buffer must be writable")
     cupy = _cupy_module() if not _is_numba(buf) else None
     if cupy is not None:
+        _stream_order.wait_for_producer(desc)  # cupy.asarray would not wait for the caller's stream
         arr = cupy.asarray(buf)
         if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
             raise ValueError(f"{name} is a non-contiguous GPU array (strides {arr.strides}); pass a contiguous one")
         return arr.ravel(order="K" if not arr.flags.c_contiguous else "C"), arr.dtype
-    cuda = _numba_cuda()
-    if cuda is None:
+    if _numba_cuda() is None:
         raise TypeError("a GPU buffer was given, and embzip.comm needs cupy or numba-cuda (with a GPU) to "
                         "handle it: pip install cupy-cuda12x, or 'embzip[cuda]'")
-    arr = buf if _is_numba(buf) else cuda.as_cuda_array(buf)
     dtype = np.dtype(desc["typestr"])
     shape = tuple(int(n) for n in desc["shape"])
     strides = desc.get("strides")
@@ -95,9 +94,12 @@ def device_flat(buf, writable: bool, name: str):
         live = [i for i, n in enumerate(shape) if n > 1]
         if not (all(strides[i] == c[i] for i in live) or all(strides[i] == f[i] for i in live)):
             raise ValueError(f"{name} is a non-contiguous GPU array (strides {tuple(strides)}); pass a contiguous one")
-        if live and not all(strides[i] == c[i] for i in live):  # F order: memory order is the reverse
-            arr = arr.T
-    return arr.reshape(int(np.prod(shape, dtype=np.int64))), dtype
+    # Contiguous in C or F order: the elements fill [pointer, pointer + n * itemsize) in memory
+    # order, so a 1-D view over that range is the flat buffer. (Not arr.T.reshape(n): on a GPU a
+    # numba array's transpose is a copy, made by a kernel, and what the call then received
+    # would land in the copy, not in the caller's buffer.)
+    view, first, _ = _backend._span(buf, desc, dtype)
+    return view[first:first + int(np.prod(shape, dtype=np.int64))], dtype
 
 
 def codec_on_device(spec) -> bool:
@@ -109,7 +111,8 @@ def to_host(device_array) -> np.ndarray:
     """Copy a device array into a new host numpy array."""
     if hasattr(device_array, "copy_to_host"):
         return device_array.copy_to_host()
-    return _cupy_module().asnumpy(device_array)
+    with _stream_order.on_default_stream():
+        return _cupy_module().asnumpy(device_array)
 
 
 def to_device(host: np.ndarray, device_view) -> None:
@@ -118,13 +121,15 @@ def to_device(host: np.ndarray, device_view) -> None:
     if hasattr(device_view, "copy_to_device"):
         device_view.copy_to_device(host)
     else:
-        device_view.set(host)
+        with _stream_order.on_default_stream():
+            device_view.set(host)
 
 
 def empty(n: int, dtype, like=None):
     """A new 1-D device array (cupy when ``like`` is cupy, else numba)."""
     if like is not None and not _is_numba(like) and _cupy_module() is not None:
-        return _cupy_module().empty(int(n), dtype=dtype)
+        with _stream_order.on_default_stream():  # the pool's memory, ordered on the stream embzip uses
+            return _cupy_module().empty(int(n), dtype=dtype)
     return _numba_cuda().device_array(int(n), dtype=dtype)
 
 
@@ -145,10 +150,11 @@ def copy(dst, src) -> None:
         if dst.size:
             dst.copy_to_device(src)
     elif not _is_numba(dst) and not _is_numba(src):
-        dst[...] = src
-    else:  # a cupy side and a numba side: let the GPU copy through the interface
+        with _stream_order.on_default_stream():
+            dst[...] = src
+    else:  # a cupy side and a numba side: a kernel copies, reading the cupy side as a numba view
         if dst.size:
-            _copy_kernel()(src, dst)
+            _copy_kernel()(_stream_order.numba_view(src), _stream_order.numba_view(dst))
 
 
 _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -216,6 +222,13 @@ def synchronize() -> None:
         _cupy_module().cuda.Device().synchronize()
 
 
+def results_ready(*buffers) -> None:
+    """Call before a call returns having written device ``buffers``: waits until the GPU has
+    run what embzip queued, so the caller may read them on any stream (as after MPI returns)."""
+    if any(is_device(b) for b in buffers):
+        _stream_order.results_ready()
+
+
 def ready_for_mpi(*buffers) -> None:
     """Call before handing device buffers to a CUDA-aware MPI.
 
@@ -245,22 +258,25 @@ def _copy_kernel():
 
 
 def _index(idx: np.ndarray):
-    return _numba_cuda().to_device(np.ascontiguousarray(idx, dtype=np.int64))
+    from ..cuda.scan import to_device as upload  # (pooled memory when cupy works here)
+    return upload(np.ascontiguousarray(idx, dtype=np.int64))
 
 
 def gather_columns(region, idx: np.ndarray, tables: int, dim: int):
     """The columns of tables ``idx`` of a device region (rows x tables x dim), as a new device
     array of shape (rows * len(idx), dim): what ``cube[:, idx, :]`` gives on the host."""
+    from ..cuda.scan import device_empty
+
     rows = int(region.size) // (tables * dim)
-    out = _numba_cuda().device_array(rows * idx.size * dim, dtype=region.dtype)
-    if out.size:
-        _launch("gather", int(out.size))(region, _index(idx), tables, dim, out)
+    out = device_empty(rows * idx.size * dim, np.dtype(region.dtype))
+    if out.size:  # (kernels get numba views: numba would take a cupy array through DLPack on stream 0)
+        _launch("gather", int(out.size))(_stream_order.numba_view(region), _index(idx), tables, dim, out)
     return out.reshape(rows * idx.size, dim)
 
 
 def scatter_columns(values, region, idx: np.ndarray, tables: int, dim: int) -> None:
     """Write ``values`` (rows * len(idx) x dim, C order, on the device) into the columns of
     tables ``idx`` of a device region (rows x tables x dim)."""
-    flat = values.reshape(int(values.size))
+    flat = _stream_order.numba_view(values.reshape(int(values.size)))
     if flat.size:
-        _launch("scatter", int(flat.size))(flat, _index(idx), tables, dim, region)
+        _launch("scatter", int(flat.size))(flat, _index(idx), tables, dim, _stream_order.numba_view(region))

@@ -14,6 +14,7 @@ import os
 import numpy as np
 from numba import cuda, int64
 
+from .._stream_order import numba_view
 from ._launch import MAX_THREADS, SIMULATOR, THREADS, blocks, kernel
 
 __all__ = ["exclusive_scan", "fill", "copy_bytes", "device_empty", "to_device", "scalars", "collect"]
@@ -115,12 +116,17 @@ def device_empty(shape, dtype):
 
     A compress makes a few dozen small arrays; numba allocates each with cudaMalloc, tens of
     microseconds apiece. When cupy works here they come from cupy's memory pool instead
-    (wrapped zero-copy; ``EMBZIP_CUDA_ALLOCATOR=numba`` turns that off).
+    (wrapped zero-copy; ``EMBZIP_CUDA_ALLOCATOR=numba`` turns that off), taken on the legacy
+    default stream where the kernels using them run, and wrapped bound to no stream, so
+    neither the allocation nor the array's copies wait on or run in the caller's current
+    cupy stream (see embzip._stream_order).
     """
     shape = int(shape) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
     cupy = _cupy_pool()
     if cupy and np.prod(shape) > 0:  # a size-0 cupy array has a null pointer: numba allocates
-        return cuda.as_cuda_array(cupy.empty(shape, dtype=np.dtype(dtype)))
+        with cupy.cuda.Stream.null:
+            memory = cupy.empty(shape, dtype=np.dtype(dtype))
+        return numba_view(memory)
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
 

@@ -1,0 +1,85 @@
+"""How embzip's GPU work is ordered with the caller's: one stream inside, a sync at each edge.
+
+Inside a call, every piece of GPU work embzip queues goes to the legacy default stream:
+numba launches kernels and copies there, and cupy operations run with cupy's current stream
+set to it (:func:`on_default_stream`). One stream orders the work by itself, with no host
+waits; cupy's memory pool, which hands out memory per stream, reuses a scratch block only
+behind the work that used it.
+
+The caller may use any stream (a non-blocking cupy stream, a torch side stream), which does
+not wait for the legacy stream, nor it for them. So at the edges of a call:
+
+* entering: :func:`wait_for_producer` waits for the stream a buffer's producer exported in
+  its ``__cuda_array_interface__`` (version 3: the consumer must wait on it before touching
+  the memory);
+* leaving: :func:`results_ready` waits until the legacy stream has run everything queued,
+  so an array returned or written is complete for any stream, as a buffer is once MPI
+  returns.
+
+Scratch arrays built over cupy memory must not carry the stream cupy exports either
+(:func:`numba_view`): numba would bind it to the array and run that array's copies on it,
+outside the order above. Under the simulator there are no streams and all of this is a
+no-op. Nothing here imports cupy or numba.cuda until a device array shows up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+__all__ = ["wait_for_producer", "on_default_stream", "results_ready", "numba_view"]
+
+
+def _simulated() -> bool:
+    from .cuda._launch import SIMULATOR
+    return SIMULATOR
+
+
+def _cupy():
+    from ._backend import _usable_cupy
+    return _usable_cupy()
+
+
+def wait_for_producer(desc: dict) -> None:
+    """Wait for the stream in a ``__cuda_array_interface__`` (``desc``), if it names one."""
+    stream = desc.get("stream")
+    if stream is None or _simulated():
+        return
+    from numba import cuda
+    cuda.external_stream(int(stream)).synchronize()
+
+
+@contextlib.contextmanager
+def on_default_stream():
+    """Run the block's cupy operations on the legacy default stream (where numba launches).
+
+    Why: cupy queues on its current stream, which the caller may have set to a non-blocking
+    stream; work there would race with embzip's kernels on the legacy stream.
+    """
+    cupy = _cupy()
+    if cupy is None:
+        yield
+        return
+    with cupy.cuda.Stream.null:
+        yield
+
+
+def results_ready() -> None:
+    """Block until the legacy default stream has run everything queued on it."""
+    if _simulated():
+        return
+    from numba import cuda
+    cuda.default_stream().synchronize()
+
+
+def numba_view(obj):
+    """A numba device array over ``obj``'s memory (same shape and strides), bound to no stream.
+
+    A numba array is returned as it is. Others are wrapped without waiting on, or binding,
+    the stream they export (see the module docstring): for embzip's own scratch, and for
+    buffers whose producer :func:`wait_for_producer` has already waited for.
+    """
+    if getattr(obj, "__cuda_ndarray__", False) is True:
+        return obj
+    from numba import cuda
+    desc = {key: value for key, value in obj.__cuda_array_interface__.items() if key != "stream"}
+    return cuda.from_cuda_array_interface(desc, owner=obj, sync=False)
