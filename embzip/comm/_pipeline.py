@@ -128,6 +128,9 @@ class _Pipeline:
         self.send_host, self.recv_host = codec_flat(s, False), codec_flat(r, True)
         self.blob_kw = blob_placement(self.send_host)
         self.recv_on_device = _device.is_device(self.recv_host) and _device.cuda_aware_mpi()
+        self.decode_on_device = _device.is_device(self.recv_host)  # (then decoding takes _device.LOCK)
+        self.deferred = []  # (source, chunk, blob) received while the codec lock was taken (_poll)
+        self.deferred_count = 0
         # the caller's GPU, for this call's threads (which would start on device 0)
         self.gpu = _device.current_device() if s.device or r.device else None
         self.compress_error = self.decode_error = None  # set by the producer / by this thread
@@ -193,6 +196,7 @@ class _Pipeline:
             else:
                 nap = 1e-5
         producer.join()
+        self._decode_deferred(wait=True)
         while not MPI.Request.Testall(sends):  # receivers drain them; nap meanwhile
             time.sleep(1e-4)
 
@@ -226,8 +230,14 @@ class _Pipeline:
             ready.put(None)
 
     def _poll(self) -> int:
-        """Receive and decode every chunk that has arrived; return how many."""
-        MPI, r = self.MPI, self.job.recv
+        """Receive every chunk that has arrived and decode what can be; return how many arrived.
+
+        A GPU chunk whose decode would wait for the codec lock (the other thread is encoding)
+        is kept for a later poll instead: blocked on the lock, this thread would stop calling
+        MPI, and sends and receives in flight would stop moving meanwhile.
+        """
+        MPI = self.MPI
+        self._decode_deferred(wait=False)
         handled = 0
         while self.expected:
             status = MPI.Status()
@@ -242,23 +252,49 @@ class _Pipeline:
             self.expected -= 1
             handled += 1
             self.stats.recv_bytes += n
-            if n == 0 or src in self.bad_source or self.decode_error is not None:
-                continue  # the sender reports its own failure; after a failure, only drain
-            t = time.perf_counter()
-            try:
-                chunks = self.in_chunks[src]
-                if not 0 <= k < len(chunks):
-                    raise ValueError(f"rank {src} sent chunk {k}, expected chunks 0..{len(chunks) - 1}")
-                seg = self.recv_host[r.displs[src]:r.displs[src] + r.counts[src]]
-                placed = _segment.decode(blob, seg)
-                if placed != chunks[k]:
-                    raise ValueError(f"chunk {k} from rank {src} covers elements {placed}, expected {chunks[k]}")
-            except Exception as exc:
-                self.decode_error = LocalError.from_exception(exc, self.rank, f"decoding chunk {k} from rank {src}")
-                self.decode_error.category = "decode"
-                self.bad_source.add(src)
-            self.stats.decompress_s += time.perf_counter() - t
+            if n == 0:
+                continue  # the sender reports its own failure
+            if not self.decode_on_device:
+                self._decode(src, k, blob)
+            elif _device.LOCK.acquire(blocking=False):
+                try:
+                    self._decode(src, k, blob)
+                finally:
+                    _device.LOCK.release()
+            else:
+                self.deferred.append((src, k, blob))
         return handled
+
+    def _decode_deferred(self, wait: bool) -> None:
+        """Decode the chunks :meth:`_poll` kept, if the codec lock is free (or, ``wait``, once it is)."""
+        if not self.deferred or not _device.LOCK.acquire(blocking=wait):
+            return
+        try:
+            while self.deferred:
+                self._decode(*self.deferred.pop(0))
+                self.deferred_count += 1
+        finally:
+            _device.LOCK.release()
+
+    def _decode(self, src: int, k: int, blob) -> None:
+        """Decode chunk ``k`` from rank ``src`` into the receive buffer (errors are recorded)."""
+        if src in self.bad_source or self.decode_error is not None:
+            return  # after a failure, only drain
+        r = self.job.recv
+        t = time.perf_counter()
+        try:
+            chunks = self.in_chunks[src]
+            if not 0 <= k < len(chunks):
+                raise ValueError(f"rank {src} sent chunk {k}, expected chunks 0..{len(chunks) - 1}")
+            seg = self.recv_host[r.displs[src]:r.displs[src] + r.counts[src]]
+            placed = _segment.decode(blob, seg)
+            if placed != chunks[k]:
+                raise ValueError(f"chunk {k} from rank {src} covers elements {placed}, expected {chunks[k]}")
+        except Exception as exc:
+            self.decode_error = LocalError.from_exception(exc, self.rank, f"decoding chunk {k} from rank {src}")
+            self.decode_error.category = "decode"
+            self.bad_source.add(src)
+        self.stats.decompress_s += time.perf_counter() - t
 
 
 class _Outcome:
