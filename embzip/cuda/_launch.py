@@ -19,6 +19,7 @@ per GPU thread, so it gets 32-thread blocks and at most 4 blocks.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from numba import config, cuda
@@ -39,6 +40,9 @@ _WAVES = 8  # blocks per multiprocessor: enough in flight to hide memory latency
 _max_blocks = None
 
 
+_CONFIG_LOCK = threading.Lock()
+
+
 class _QuietKernel:
     """A compiled kernel whose launches skip numba-cuda's low-occupancy warning.
 
@@ -56,12 +60,13 @@ class _QuietKernel:
         self.dispatcher = dispatcher
 
     def __getitem__(self, launch):
-        saved = config.CUDA_LOW_OCCUPANCY_WARNINGS
-        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
-        try:
-            return self.dispatcher[launch]
-        finally:
-            config.CUDA_LOW_OCCUPANCY_WARNINGS = saved
+        with _CONFIG_LOCK:  # two threads (embzip.comm's pipeline) would restore each other's value
+            saved = config.CUDA_LOW_OCCUPANCY_WARNINGS
+            config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+            try:
+                return self.dispatcher[launch]
+            finally:
+                config.CUDA_LOW_OCCUPANCY_WARNINGS = saved
 
     def __getattr__(self, name):
         return getattr(self.dispatcher, name)
