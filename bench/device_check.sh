@@ -62,6 +62,7 @@ step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs \
     tests/test_cuda_device.py tests/test_cuda_ptx.py \
     tests/test_comm_units.py::test_real_cupy_staging_roundtrip \
     tests/test_comm_device.py::test_cupy_segments_on_a_real_gpu \
+    tests/test_comm_device.py::test_fortran_receive_view_on_a_real_gpu \
     tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu
 
 step overhead 90 python bench/gpu_overhead.py
