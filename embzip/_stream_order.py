@@ -18,8 +18,8 @@ not wait for the legacy stream, nor it for them. So at the edges of a call:
 
 Scratch arrays built over cupy memory must not carry the stream cupy exports either
 (:func:`numba_view`): numba would bind it to the array and run that array's copies on it,
-outside the order above. Under the simulator there are no streams and all of this is a
-no-op. Nothing here imports cupy or numba.cuda until a device array shows up.
+outside the order above. The simulator runs everything synchronously: all of this is a
+no-op there. Nothing here imports cupy or numba.cuda until a device array shows up.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _cupy():
 def wait_for_producer(desc: dict) -> None:
     """Wait for the stream in a ``__cuda_array_interface__`` (``desc``), if it names one."""
     stream = desc.get("stream")
-    if stream is None or _simulated():
+    if stream is None or _simulated():  # (the simulator runs everything at once, and has no external streams)
         return
     from numba import cuda
     cuda.external_stream(int(stream)).synchronize()
@@ -65,9 +65,7 @@ def on_default_stream():
 
 def results_ready() -> None:
     """Block until the legacy default stream has run everything queued on it."""
-    if _simulated():
-        return
-    from numba import cuda
+    from numba import cuda  # (the simulator's streams are synchronous: a no-op there)
     cuda.default_stream().synchronize()
 
 
