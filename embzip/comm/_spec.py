@@ -31,6 +31,10 @@ __all__ = ["Spec", "parse", "FLOAT_KINDS", "kind_name"]
 #: Element dtypes the collective compresses, and their wire codes (0: passed through unchanged).
 FLOAT_KINDS = {np.dtype(np.float32): 1, np.dtype(np.float64): 2}
 _KIND_NAMES = {0: "non-float (passed through)", 1: "float32", 2: "float64"}
+#: Largest element (bytes) of a derived datatype that _check_committed tries on COMM_SELF.
+_CHECK_BYTES = 1 << 24
+#: Bound on count and displacement bytes: keeps the segment-end arithmetic within int64.
+_MAX_ELEMENTS = 1 << 60
 # Buffer dtypes that carry untyped bytes: with a float datatype they are read as floats.
 _BYTE_KINDS = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype("S1"), np.dtype("V1"))
 
@@ -159,6 +163,31 @@ def _datatype(dtype_arg, own_dtype, name: str, MPI):
     return dtype_arg
 
 
+def _check_committed(datatype, name: str, MPI) -> None:
+    """Raise TypeError if MPI refuses ``datatype`` (a derived datatype not committed, say).
+
+    Why: MPI finds out only when a call uses the datatype, and only on the rank that passed it;
+    inside the exchange the other ranks would then wait for that rank forever. An exchange of
+    one element with itself (``COMM_SELF``) finds it first, and the handshake makes every rank
+    raise. Predefined datatypes need no check; derived ones whose element spans more than
+    ``_CHECK_BYTES`` are not checked (the scratch would be that large).
+    """
+    if datatype.is_predefined:
+        return
+    true_lb, true_extent = datatype.Get_true_extent()
+    if not 0 <= true_extent <= _CHECK_BYTES or abs(true_lb) > _CHECK_BYTES:
+        return
+    offset = max(-true_lb, 0)  # MPI reads [pointer + true_lb, pointer + true_lb + true_extent)
+    size = offset + max(true_lb, 0) + true_extent
+    send, recv = np.zeros(size, np.uint8), np.zeros(size, np.uint8)
+    try:
+        MPI.COMM_SELF.Sendrecv([send[offset:], 1, datatype], 0, 0, [recv[offset:], 1, datatype], 0, 0)
+    except MPI.Exception as exc:
+        reason = MPI.Get_error_string(exc.Get_error_class())
+        raise TypeError(f"{name}: MPI refuses the datatype ({reason}); a derived datatype must be committed "
+                        f"(datatype.Commit()) before use") from None
+
+
 def _element_dtype(datatype):
     """The numpy dtype of one element of a predefined datatype, else None (derived types)."""
     try:
@@ -201,6 +230,7 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
         nbytes = arr.nbytes
         row = arr.shape[-1] if arr.ndim >= 2 and arr.flags.c_contiguous else 0
     datatype = _datatype(dtype_arg, own_dtype, name, MPI)
+    _check_committed(datatype, name, MPI)
     elem = _element_dtype(datatype)
     _, extent = datatype.Get_extent()
     true_lb, true_extent = datatype.Get_true_extent()
@@ -225,6 +255,16 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
             raise ValueError(f"{name}: {what}[{bad[0]}] is {vec[bad[0]]}, must be >= 0")
     used = counts > 0
     if used.any():
+        if extent <= 0:
+            raise ValueError(f"{name}: the datatype's extent is {extent} bytes; embzip.comm needs a positive "
+                             f"extent to place segments")
+        # counts or displacements beyond any buffer would overflow the int64 arithmetic below
+        # (a wrapped, negative end would pass): such a segment cannot fit, say so now
+        huge = np.flatnonzero(used & ((counts > _MAX_ELEMENTS // extent) | (displs > _MAX_ELEMENTS // extent)))
+        if huge.size:
+            d = int(huge[0])
+            raise ValueError(f"{name}: the segment for rank {d} (displs {displs[d]}, counts {counts[d]}) ends "
+                             f"beyond the buffer's {nbytes} bytes")
         ends = (displs[used] + counts[used] - 1) * extent + true_lb + true_extent
         worst = int(np.argmax(ends))
         if ends[worst] > nbytes:

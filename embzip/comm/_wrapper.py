@@ -88,8 +88,11 @@ def _make():
 
         def method(self, *args, **kwargs):
             result = base(self, *args, **kwargs)
-            if isinstance(result, Comm):
-                result._embzip = dict(getattr(self, "_embzip", None) or {})
+            defaults = dict(getattr(self, "_embzip", None) or {})
+            if isinstance(result, Comm):  # (mpi4py's Dup and Clone keep the class)
+                result._embzip = defaults
+            elif isinstance(result, MPI.Intracomm) and result != MPI.COMM_NULL:
+                result = Comm(result, **defaults)  # (Split, Create... return a plain Intracomm)
             return result
 
         method.__name__, method.__doc__ = name, base.__doc__

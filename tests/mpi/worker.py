@@ -467,7 +467,8 @@ def pipelined():
 
 @case
 def comm_wrapper():
-    """embzip.comm.Comm: compressed Alltoallv, mpi4py's other methods, defaults kept by Dup."""
+    """embzip.comm.Comm: compressed Alltoallv, mpi4py's other methods, defaults kept by Dup,
+    Split, Split_type, Create and Create_group (mpi4py's own return a plain Intracomm)."""
     wrapped = ec.Comm(COMM, abs_error=1e-3, strategy="fast", bypass=False)
     assert isinstance(wrapped, MPI.Intracomm) and wrapped.Get_size() == P
     send = payload(16 * P, np.float32, 12)
@@ -485,6 +486,14 @@ def comm_wrapper():
     dup.Ialltoallv(send, got).wait()
     assert_close(got, ref, 1e-3, "wrapper Ialltoallv")
     dup.Free()
+    derived = {"Split": wrapped.Split(0, ME), "Split_type": wrapped.Split_type(MPI.COMM_TYPE_SHARED),
+               "Create": wrapped.Create(wrapped.Get_group()), "Create_group": wrapped.Create_group(wrapped.Get_group())}
+    for name, sub in derived.items():  # every derived communicator is a Comm with the same defaults
+        assert type(sub) is type(wrapped) and sub._embzip == wrapped._embzip, name
+        stats = sub.Alltoallv(send[:16 * sub.size], got[:16 * sub.size])
+        assert stats.mode == "compressed", (name, stats)
+        sub.Free()
+    assert wrapped.Split(MPI.UNDEFINED, ME) == MPI.COMM_NULL  # no communicator: nothing to wrap
 
 
 def main(names):

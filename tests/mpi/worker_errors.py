@@ -104,6 +104,17 @@ def error_types():
         expect(lambda: ec.Alltoallv(COMM, mixed_s, mixed_r, abs_error=1e-3), ec.CommTypeError,
                "every rank must use the same type")
     expect(lambda: ec.Alltoallv(COMM, [send, 3, None, "zz"], recv, abs_error=1e-3), TypeError, "typecode")
+    # a derived datatype nobody committed, on one rank (the others pass the same bytes as MPI.DOUBLE):
+    # MPI would refuse it inside the exchange, on that rank only, and the others would wait forever
+    pair = MPI.FLOAT.Create_contiguous(2)
+    as_pairs = (lambda b: [b, pair]) if ME == 0 else (lambda b: [b, MPI.DOUBLE])
+    for bypass in (True, False):
+        expect(lambda: ec.Alltoallv(COMM, as_pairs(send), as_pairs(recv), abs_error=1e-3, bypass=bypass),
+               ec.CommTypeError, "rank 0", "must be committed")
+    pair.Commit()
+    ints = np.zeros(6 * P, dtype=np.int32)
+    ec.Alltoallv(COMM, [ints, pair if ME == 0 else MPI.DOUBLE], [np.zeros_like(ints), pair if ME == 0 else MPI.DOUBLE])
+    pair.Free()
 
 
 @case
@@ -117,6 +128,15 @@ def error_arguments():
     expect(lambda: ec.Alltoallv(COMM, send, recv, rel_error=0.1, bounds=ec.TableLayout(dim=4)), ValueError,
            "not a whole number of rows of 4")
     expect(lambda: ec.Alltoallv(COMM, [send, [-1] * P], recv, abs_error=1e-3), ValueError, "counts[0] is -1")
+    # counts or displacements so large that segment-end arithmetic would wrap in int64: still beyond the buffer
+    huge = [6] * P
+    huge[ME] = 2**61  # own segment: the ranks agree on it, only the buffer check can stop it
+    expect(lambda: ec.Alltoallv(COMM, [send, huge], [recv, huge], abs_error=1e-3), ec.CommValueError,
+           "rank 0", f"counts {2**61}", "beyond the buffer")
+    far = [6 * d for d in range(P)]
+    far[ME] = 2**61
+    expect(lambda: ec.Alltoallv(COMM, send, [recv, [6] * P, far, MPI.FLOAT], abs_error=1e-3, bypass=True),
+           ec.CommValueError, "rank 0", f"displs {2**61}", "beyond the buffer")
     if P > 1:
         expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=1e-3, bypass=True if ME == 0 else "auto"),
                ec.CommValueError, "disagree on bypass")
