@@ -206,9 +206,13 @@ def _decode(header, buf, out):
         raise ValueError(f"out must have shape {header.shape} and dtype {dtype}, found {out.shape} and {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out must be writable, found a read-only array")
-    if out.flags.c_contiguous:
-        return _codec.decode_into(header, buf, out)
-    out[...] = _codec.decode_into(header, buf, _allocate(header, dtype))
+    # A subclass (np.matrix, a masked array...) is decoded into through a plain ndarray view of
+    # its memory: its own reshape and indexing rules (a matrix stays 2-D) are not the codec's.
+    target = out if type(out) is np.ndarray else out.view(np.ndarray)
+    if target.flags.c_contiguous:
+        _codec.decode_into(header, buf, target)
+    else:
+        target[...] = _codec.decode_into(header, buf, _allocate(header, dtype))
     return out
 
 

@@ -219,18 +219,19 @@ def _compressed(state, job, decision, stats, MPI):
     stats.transfer_s = time.perf_counter() - start
     stats.sent_bytes, stats.recv_bytes = int(sizes.sum()), int(rsizes.sum())
     start = time.perf_counter()
-    src, local = None, None
+    what, local = "copying its own segment", None
     try:
         _own_segment(job, rank, send_host, recv_host)  # a local copy, exact
         for src in range(size):
             if src == rank or not (r.counts[src] or rsizes[src]):
                 continue
+            what = f"decoding the segment from rank {src}"
             seg = recv_host[r.displs[src]:r.displs[src] + r.counts[src]]
             blob = recvbytes[rdispls[src]:rdispls[src] + rsizes[src]]
             if _segment.decode(blob, seg) != (0, seg.size):
                 raise CorruptFrameError(f"the frames from rank {src} cover fewer than its {seg.size} elements")
     except Exception as exc:
-        local = LocalError.from_exception(exc, rank, f"decoding the segment from rank {src}")
+        local = LocalError.from_exception(exc, rank, what)
         local.category = "decode"
     put_back(r, recv_host)
     stats.decompress_s = time.perf_counter() - start

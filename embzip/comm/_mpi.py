@@ -83,9 +83,16 @@ class CommState:
         self.last = None  # CallStats of the last completed call on this rank
         self.inflight = None  # the pipelined call not yet completed (at most one per communicator)
         self.memo = Memo()  # the last successful call's arguments and handshake (see _reuse)
+        self.free_pending = False  # the caller freed the communicator while a call was in flight
 
     def free(self):
         MPI = load()
+        if self.inflight is not None:
+            # MPI lets a communicator be freed with an operation pending, which still completes:
+            # the pipelined call keeps this state's communicator until its request completes
+            # (Request._complete frees it then)
+            self.free_pending = True
+            return
         if self.comm is not None and not MPI.Is_finalized():
             try:
                 self.comm.Free()

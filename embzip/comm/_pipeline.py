@@ -84,6 +84,8 @@ class Request:
         if self._state.inflight is self:
             self._state.inflight = None
         finish(self._state, self._stats, self._start, self._alt)
+        if self._state.free_pending:  # the caller freed the communicator meanwhile (see CommState.free)
+            self._state.free()
 
     def wait_quietly(self):
         """Complete without raising (a later embzip call on the communicator does this)."""

@@ -93,7 +93,7 @@ def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chu
         key = (_spec(sendbuf, keep), _spec(recvbuf, keep), abs_error, rel_error, strategy,
                _bounds(bounds, keep), bypass, type(bypass), chunk_bytes)
         hash(key)
-    except (_Skip, TypeError):
+    except Exception:  # (_Skip, unhashable, or an object that breaks when looked at: parse reports it, agreed)
         return None, None
     return key, keep
 

@@ -132,6 +132,8 @@ def _host_array(buf, writable: bool, name: str) -> np.ndarray:
             arr = np.asarray(view)
         except (TypeError, ValueError, NotImplementedError):
             arr = np.frombuffer(view.cast("B"), dtype=np.uint8)
+    if type(arr) is not np.ndarray:  # np.matrix stays 2-D when reshaped, a masked array...: its plain memory
+        arr = arr.view(np.ndarray)
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         raise ValueError(f"{name} is a non-contiguous array (shape {arr.shape}, strides {arr.strides}); "
                          f"MPI needs a contiguous buffer: pass np.ascontiguousarray(...)")

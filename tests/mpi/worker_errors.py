@@ -7,6 +7,8 @@ message, and that the communicator still works afterwards.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from mpi4py import MPI
 
@@ -127,6 +129,11 @@ def error_arguments():
            "one bound per destination")
     expect(lambda: ec.Alltoallv(COMM, send, recv, rel_error=0.1, bounds=ec.TableLayout(dim=4)), ValueError,
            "not a whole number of rows of 4")
+    # an object that looks like a TableLayout, on one rank: it broke the argument memo before
+    # the handshake, on that rank alone, and the others waited in the handshake
+    lookalike = types.SimpleNamespace(dim=2, bounds=[1e-3, 1e-3]) if ME == 0 else None
+    expect(lambda: ec.Alltoallv(COMM, send, recv, abs_error=1e-3, bounds=lookalike), ec.CommTypeError,
+           "rank 0", "bounds must be a TableLayout")
     expect(lambda: ec.Alltoallv(COMM, [send, [-1] * P], recv, abs_error=1e-3), ValueError, "counts[0] is -1")
     # counts or displacements so large that segment-end arithmetic would wrap in int64: still beyond the buffer
     huge = [6] * P
