@@ -13,7 +13,8 @@ Accepted forms (counts and displacements in elements of the datatype, as in mpi4
 ``counts`` / ``displs`` may be None (inferred), one integer (every rank the same count; a
 displacement stride), or one integer per rank. ``TYPE`` is an ``MPI.Datatype``, a typecode
 string (``"f"``, ``"d"``...) or None (taken from the buffer). Unlike MPI, every segment is
-checked to lie inside the buffer.
+checked to lie inside the buffer, receive segments of contiguous elements not to overlap (MPI
+forbids it without checking), and a derived datatype to be usable (committed).
 """
 
 from __future__ import annotations
@@ -165,6 +166,24 @@ def _datatype(dtype_arg, own_dtype, name: str, MPI):
     return dtype_arg
 
 
+def _check_disjoint(counts: np.ndarray, displs: np.ndarray, name: str) -> None:
+    """Raise ValueError if two receive segments (of contiguous elements) share an element.
+
+    MPI forbids overlapping receive segments but does not check; what the buffer then holds
+    depends on arrival order. (Segments of derived datatypes may interleave without sharing a
+    byte, so only contiguous elements are checked.)
+    """
+    ranks = np.flatnonzero(counts > 0)
+    order = ranks[np.argsort(displs[ranks], kind="stable")]
+    ends = displs[order] + counts[order]
+    clash = np.flatnonzero(displs[order[1:]] < ends[:-1])
+    if clash.size:
+        a, b = int(order[clash[0]]), int(order[clash[0] + 1])
+        raise ValueError(f"{name}: the segments for ranks {a} (elements {displs[a]}..{displs[a] + counts[a] - 1}) "
+                         f"and {b} (elements {displs[b]}..{displs[b] + counts[b] - 1}) overlap; MPI forbids "
+                         f"overlapping receive segments")
+
+
 def _check_committed(datatype, name: str, MPI) -> None:
     """Raise TypeError if MPI refuses ``datatype`` (a derived datatype not committed, say).
 
@@ -273,6 +292,8 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
             d = int(np.flatnonzero(used)[worst])
             raise ValueError(f"{name}: the segment for rank {d} (displs {displs[d]}, counts {counts[d]}) ends at "
                              f"byte {int(ends[worst])}, beyond the buffer's {nbytes} bytes")
+        if writable and extent == elem_size == true_extent and true_lb == 0:
+            _check_disjoint(counts, displs, name)
     kind = 0
     if elem is not None and elem in FLOAT_KINDS and (own_dtype == elem or own_dtype in _BYTE_KINDS):
         kind = FLOAT_KINDS[elem]

@@ -83,6 +83,12 @@ def error_recv_buffers():
     readonly = np.zeros_like(recv)
     readonly.flags.writeable = ME != LAST
     expect(lambda: ec.Alltoallv(COMM, send, readonly, abs_error=1e-3), ec.CommValueError, f"rank {LAST}", "read-only")
+    if P > 1:  # two receive segments sharing elements on one rank (MPI forbids it; plain MPI would not say)
+        overlapping = [6 * d for d in range(P)]
+        if ME == LAST:
+            overlapping[1] = 3
+        expect(lambda: ec.Alltoallv(COMM, send, [recv, [6] * P, overlapping, MPI.FLOAT], abs_error=1e-3),
+               ec.CommValueError, f"rank {LAST}", "segments for ranks 0 (elements 0..5) and 1 (elements 3..8) overlap")
     short = np.zeros(6 * P - (ME == LAST), dtype=np.float32)
     expect(lambda: ec.Alltoallv(COMM, [send, [6] * P], [short, [6] * P], abs_error=1e-3), ValueError,
            f"rank {LAST}", "beyond the buffer")
