@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import embzip
 from embzip import costmodel
 from embzip.checksum import crc32c
 from embzip.cpu.checksum import CRC_TABLES, crc32c_update
@@ -80,6 +81,54 @@ def test_dedup_references_and_outlier_rows():
     assert found.refs.tolist() == [0, 0, 1, 0, 2, 1]
     assert found.unique_rows.tolist() == [0, 1, 3]
     assert dedup.resolve(found.refs, 3).tolist() == [0, 1, 0, 2, 1, 0]
+
+
+
+
+def _flooding_codes(n: int, seed: int) -> np.ndarray:
+    """n distinct one-column rows whose hashes under key ``seed`` all fall in the first n/32
+    slots of the table: what an attacker who knows the key can build (found by search)."""
+    from embzip.cpu import dedup as kernels
+
+    table = 1 << (2 * n - 1).bit_length()
+    found, start = [], 0
+    while sum(map(len, found)) < n:
+        codes = np.arange(start, start + (1 << 18), dtype=np.uint32).reshape(-1, 1)
+        start += 1 << 18
+        hashes = np.empty(codes.shape[0], np.uint64)
+        kernels.row_hashes(codes, np.zeros(codes.shape, np.uint8), np.uint64(seed), hashes,
+                           np.empty(codes.shape[0], np.uint8))
+        found.append(codes[(hashes & np.uint64(table - 1)) < n // 32])
+    return np.concatenate(found)[:n]
+
+
+def test_dedup_hash_is_keyed_so_crafted_rows_do_not_share_slots():
+    """Unkeyed, rows chosen to hash into n/32 slots made the linear probing quadratic (a 1 MiB
+    array compressed in 46 s). Rows crafted for one key spread out under the process's key."""
+    from embzip.cpu import dedup as kernels
+
+    n = 1 << 12
+    codes = _flooding_codes(n, seed=0)
+    table = 1 << (2 * n - 1).bit_length()
+    slots = {}
+    for key in (0, int(dedup.HASH_SEED)):
+        hashes = np.empty(n, np.uint64)
+        kernels.row_hashes(codes, np.zeros(codes.shape, np.uint8), np.uint64(key), hashes, np.empty(n, np.uint8))
+        slots[key] = np.unique(hashes & np.uint64(table - 1)).size
+    assert slots[0] <= n // 32  # the attack, against the key it was built for
+    assert slots[int(dedup.HASH_SEED)] > n // 2, slots  # ~0.88 n for a random key
+
+
+def test_frames_do_not_depend_on_the_hash_key(monkeypatch):
+    x = np.random.default_rng(9).normal(size=(300, 8)).astype(np.float32)
+    x[::3] = x[1]
+    frames = set()
+    for key in (0, 1, 2**63 + 12345):
+        monkeypatch.setattr(dedup, "HASH_SEED", np.uint64(key))
+        frame = embzip.compress(x, abs_error=1e-3, dedup=True)
+        assert "dedup" in embzip.inspect(frame).stages
+        frames.add(frame.tobytes())
+    assert len(frames) == 1
 
 
 @pytest.mark.parametrize("refs,unique", [([0, 2], 1), ([1], 1), ([0, 0], 1), ([0], 2)])

@@ -16,20 +16,23 @@ _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
 
 @parallel_kernel
-def row_hashes(codes, outlier_mask, hashes, row_has_outlier):
-    """64-bit hash of each row of ``codes`` (rows x cols, uint32) and its outlier flag."""
+def row_hashes(codes, outlier_mask, seed, hashes, row_has_outlier):
+    """64-bit hash of each row of ``codes`` (rows x cols, uint32), keyed by ``seed``, and its
+    outlier flag."""
     # Four independent multiply chains, each taking two codes per multiply (one 64-bit word):
     # one chain of one code per step is latency-bound (~6 cycles a value); pairs halved the
     # time again (0.46 -> 0.26 ms for 13312 x 50 codes). The hash only places rows in the
     # table (equality is checked on the codes), so frames do not depend on it; the CUDA
-    # backend uses its own.
+    # backend uses its own. The key (stages.dedup.HASH_SEED, random per process) is why
+    # crafted rows cannot pile into one run of slots: unkeyed, rows chosen to share a few
+    # slots made the linear probing quadratic (a 1 MiB array took 46 s to compress).
     rows, cols = codes.shape
     body = cols - cols % 8  # columns taken as 4 chains x 2 codes
     for r in prange(rows):
-        h0 = np.uint64(cols)
-        h1 = np.uint64(1)
-        h2 = np.uint64(2)
-        h3 = np.uint64(3)
+        h0 = seed ^ np.uint64(cols)
+        h1 = seed ^ np.uint64(1)
+        h2 = seed ^ np.uint64(2)
+        h3 = seed ^ np.uint64(3)
         for c in range(0, body, 8):
             h0 = (h0 ^ (np.uint64(codes[r, c]) | (np.uint64(codes[r, c + 1]) << np.uint64(32)))) * _MULTIPLIER
             h1 = (h1 ^ (np.uint64(codes[r, c + 2]) | (np.uint64(codes[r, c + 3]) << np.uint64(32)))) * _MULTIPLIER
@@ -43,7 +46,7 @@ def row_hashes(codes, outlier_mask, hashes, row_has_outlier):
             h0 = (h0 ^ np.uint64(codes[r, c])) * _MULTIPLIER
             h0 ^= h0 >> np.uint64(29)
         h = h0
-        for part in (h1, h2, h3):
+        for part in (h1, h2, h3, seed):  # the key again last: no slot is a fixed function of the codes
             h = (h ^ part) * _MULTIPLIER
             h ^= h >> np.uint64(29)
         flag = np.uint8(0)

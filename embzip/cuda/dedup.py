@@ -24,20 +24,24 @@ _LOW32 = uint64(0xFFFFFFFF)
 
 
 @kernel
-def row_hashes(codes, mask, cols, hashes, has_outlier):
-    """A 32-bit hash of each row of the flat ``codes`` (rows x cols) and its outlier flag.
+def row_hashes(codes, mask, cols, seed, hashes, has_outlier):
+    """A 32-bit hash of each row of the flat ``codes`` (rows x cols), keyed by the 32-bit
+    ``seed``, and its outlier flag.
 
-    (Any hash works: equal rows are confirmed by comparing codes. Products stay below 2**64,
-    so the simulator's numpy scalars never overflow.)
+    (Any hash works: equal rows are confirmed by comparing codes; the key keeps crafted rows
+    from piling into a few slots, see stages.dedup.HASH_SEED. Products stay below 2**64, so
+    the simulator's numpy scalars never overflow.)
     """
     rows = hashes.shape[0]
     for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
-        h = uint64(cols)
+        h = seed ^ uint64(cols)
         flag = uint8(0)
         for c in range(cols):
             h = ((h ^ uint64(codes[r * cols + c])) * _MULTIPLIER) & _LOW32
             h ^= h >> uint64(15)
             flag |= mask[r * cols + c]
+        h = ((h ^ seed) * _MULTIPLIER) & _LOW32
+        h ^= h >> uint64(15)
         hashes[r] = h
         has_outlier[r] = flag
 

@@ -15,6 +15,7 @@ from ..cpu import rans as cpu_rans
 from ..cpu import rans_table as cpu_rans_table
 from ..errors import CorruptFrameError
 from ..stages import bitpack as host_bitpack
+from ..stages import dedup as host_dedup
 from ..stages.rans import _encoder as host_rans_encoder
 from ..stages.rans import _section as host_rans_section
 from . import bitpack as kb
@@ -28,6 +29,7 @@ __all__ = ["BitPlan", "plan_bits", "write_bits", "decode_bits", "rans_histogram"
            "rans_decode", "deduplicate", "resolve_rows"]
 
 BLOCK = kb.BLOCK_SIZE
+_HASH_SEED32 = np.uint64(int(host_dedup.HASH_SEED) & 0xFFFFFFFF)  # the device hash is 32-bit
 LANES = kb.LANES
 
 
@@ -252,7 +254,7 @@ def deduplicate(codes, mask, rows: int, cols: int):
     """(refs uint32, unique_rows int64, unique count) exactly as stages.dedup.deduplicate."""
     hashes = device_empty(rows, np.uint64)
     has_outlier = device_empty(rows, np.uint8)
-    kd.row_hashes[blocks(rows), THREADS](codes, mask, cols, hashes, has_outlier)
+    kd.row_hashes[blocks(rows), THREADS](codes, mask, cols, _HASH_SEED32, hashes, has_outlier)
     table = device_empty(1 << max(1, (2 * rows - 1).bit_length()), np.int64)
     fill(table, -1)
     slot_of = device_empty(rows, np.int64)

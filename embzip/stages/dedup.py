@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -18,6 +19,10 @@ __all__ = ["Deduplicated", "deduplicate", "resolve", "expand", "sample_rows", "w
 #: and far are seen) holds a repeat: hashing every row of a big array costs time.
 SAMPLE_ROWS = 4096
 SAMPLE_RUNS = 16
+#: Key of the row hashes, drawn per process. The hash only places rows in the table (equal
+#: rows are confirmed on their codes), so frames do not depend on it; a key nobody can predict
+#: keeps crafted rows from piling into a few slots (quadratic probing; see cpu/dedup.py).
+HASH_SEED = np.uint64(int.from_bytes(os.urandom(8), "little"))
 
 
 def sample_rows(rows: int) -> np.ndarray:
@@ -55,7 +60,7 @@ def deduplicate(codes: np.ndarray, outlier_mask: np.ndarray) -> Deduplicated:
     rows = codes.shape[0]
     hashes = np.empty(rows, dtype=np.uint64)
     has_outlier = np.empty(rows, dtype=np.uint8)
-    for_size(kernels.row_hashes, codes.nbytes)(codes, outlier_mask, hashes, has_outlier)
+    for_size(kernels.row_hashes, codes.nbytes)(codes, outlier_mask, HASH_SEED, hashes, has_outlier)
     table = np.full(1 << max(1, (2 * rows - 1).bit_length()), -1, dtype=np.int64)
     refs = np.empty(rows, dtype=np.uint32)
     unique_rows = np.empty(rows, dtype=np.int64)
