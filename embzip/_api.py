@@ -13,7 +13,7 @@ from . import _interop  # issue 7: torch tensors by duck typing (torch never imp
 from ._jit import threads_for
 from .errors import EmbzipError
 from .format import parse_frame, read_header
-from .format.header import as_frame_bytes
+from .format.header import as_frame_bytes, check_shape
 from .format.ids import DTypeId, ErrorMode, Flags, SectionKind, Strategy
 
 __all__ = ["compress", "decompress", "inspect", "FrameInfo"]
@@ -43,6 +43,7 @@ def _as_float_array(data) -> np.ndarray:
             raise TypeError(f"expected an array-like of floats, found {type(data).__name__}: {exc}") from None
     if data.dtype.kind != "f" or data.dtype.itemsize not in (4, 8):  # either byte order
         raise TypeError(f"expected a float32 or float64 array, found dtype {data.dtype}")
+    check_shape(data.shape)  # before any copy
     # not ascontiguousarray: it turns 0-d arrays into 1-d ones
     return np.asarray(data, dtype=data.dtype.newbyteorder("="), order="C")
 
@@ -180,7 +181,10 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         frame = _backend.to_host_frame(frame)
     header, buf = parse_frame(frame, verify=verify)
     with threads_for(header.raw_size):
-        return _decode(header, buf, out)
+        try:
+            return _decode(header, buf, out)
+        except MemoryError:  # the output, or a stage's scratch (dedup's unique rows...): see _allocate
+            raise _too_big(header) from None
 
 
 def _allocate(header, dtype) -> np.ndarray:
@@ -189,8 +193,12 @@ def _allocate(header, dtype) -> np.ndarray:
     try:
         return np.empty(header.shape, dtype=dtype)
     except MemoryError:
-        raise EmbzipError(f"frame declares shape {header.shape} ({header.raw_size} bytes), "
-                          "more than can be allocated here") from None
+        raise _too_big(header) from None
+
+
+def _too_big(header) -> EmbzipError:
+    return EmbzipError(f"frame declares shape {header.shape} ({header.raw_size} bytes), more than can be "
+                       "allocated here")
 
 
 _NATIVE = {dtype_id: dtype_id.numpy.newbyteorder("=") for dtype_id in DTypeId}  # newbyteorder: ~0.5 us
@@ -209,7 +217,9 @@ def _decode(header, buf, out):
     # A subclass (np.matrix, a masked array...) is decoded into through a plain ndarray view of
     # its memory: its own reshape and indexing rules (a matrix stays 2-D) are not the codec's.
     target = out if type(out) is np.ndarray else out.view(np.ndarray)
-    if target.flags.c_contiguous:
+    if np.may_share_memory(target, buf):  # decoding in place would overwrite what it still reads
+        target[...] = _codec.decode_into(header, buf, _allocate(header, dtype))
+    elif target.flags.c_contiguous:
         _codec.decode_into(header, buf, target)
     else:
         target[...] = _codec.decode_into(header, buf, _allocate(header, dtype))

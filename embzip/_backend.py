@@ -163,6 +163,8 @@ def compress(data, abs_error, rel_error, strategy, resolve_bound, bandwidth=None
     flat, shape, dtype, _ = _device_flat(data, "data")
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"expected a float32 or float64 array, found dtype {dtype}")
+    from .format.header import check_shape
+    check_shape(shape)
     span = pipeline.finite_range(flat) if rel_error is not None else None
     mode, given, bound, constant = resolve_bound(abs_error, rel_error, span)
     frame = pipeline.encode_array(flat, shape, mode, given, bound, strategy, constant, bandwidth, dedup_hint=dedup)

@@ -98,6 +98,11 @@ class Embzip(Codec):
         elif not arr.flags.c_contiguous:
             # memory order, flat: what decode's reshape by the caller (zarr, numcodecs) expects
             arr = ensure_contiguous_ndarray(arr)
+        if not arr.dtype.isnative:
+            # Frames hold values, decoded in native order; a codec's caller (zarr) reads the
+            # decoded bytes in the array's order, and would read swapped bytes: garbage.
+            raise TypeError(f"the Embzip codec needs native byte order, found dtype {arr.dtype}: store the "
+                            f"array as {arr.dtype.newbyteorder('=')} (or call embzip.compress, which takes either)")
         frame = _api.compress(arr, abs_error=self.abs_error, rel_error=self.rel_error,
                               strategy=self.strategy)
         return frame.tobytes()
@@ -116,6 +121,10 @@ class Embzip(Codec):
         if out_arr.nbytes != decoded.nbytes:
             raise ValueError(f"out holds {out_arr.nbytes} bytes, the frame decodes to "
                              f"{decoded.nbytes}")
+        if out_arr.dtype != decoded.dtype and out_arr.dtype == decoded.dtype.newbyteorder():
+            # a float out of the other byte order: its bytes must hold the values in that order
+            # (ndarray_copy copies bytes, and would leave native-order bytes there)
+            decoded = decoded.astype(out_arr.dtype)
         return ndarray_copy(decoded, out)
 
 

@@ -192,3 +192,38 @@ def test_error_classes_form_the_documented_tree():
         assert issubclass(cls, embzip.FormatError)
     assert issubclass(embzip.BackendUnavailableError, embzip.EmbzipError)
     assert issubclass(embzip.CommError, embzip.EmbzipError)
+
+
+@pytest.mark.parametrize("shape", [(1,) * 33, (0, 2**49), (2**25, 0, 2**24)])
+def test_compress_refuses_shapes_no_frame_can_describe(shape):
+    """(Such frames were written, then refused by every decoder: the data was lost.)"""
+    with pytest.raises(ValueError, match="dimensions can be compressed|exceeds 2\\*\\*48"):
+        embzip.compress(np.zeros(shape, np.float32), abs_error=0.1)
+
+
+def test_out_overlapping_the_frame_is_decoded_through_a_copy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 8)).astype(np.float32)
+    x[5, 5] = np.nan  # an outlier section too
+    for strategy in ("fast", "compact"):
+        frame = embzip.compress(x, abs_error=1e-3, strategy=strategy, dedup=False)
+        expected = embzip.decompress(frame)
+        memory = np.zeros(max(frame.size, x.nbytes), np.uint8)
+        memory[:frame.size] = frame
+        out = memory[:x.nbytes].view(np.float32).reshape(x.shape)  # shares bytes with the frame
+        embzip.decompress(memory[:frame.size], out=out)
+        np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+def test_running_out_of_memory_while_decoding_is_an_embzip_error(monkeypatch):
+    """Not only the output: a stage's scratch (dedup's unique rows) may not fit either."""
+    from embzip import _api
+
+    frame = embzip.compress(np.ones((4, 3)), abs_error=0.1)
+
+    def exhausted(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(_api, "_decode", exhausted)
+    with pytest.raises(embzip.EmbzipError, match=r"declares shape \(4, 3\).*more than can be allocated"):
+        embzip.decompress(frame)

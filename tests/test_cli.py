@@ -75,6 +75,7 @@ def test_compress_and_inspect_json_describe_the_frame(npy, tmp_path, capsys):
     (["compress", "{ints}", "{tmp}/o.ezf", "--abs-error", "1"], 2, "float32 or float64"),
     (["decompress", "{junk}", "{tmp}/o.npy"], 1, "Error"),
     (["inspect", "{npy}"], 1, "Error"),
+    (["decompress", "{zeros}", "{tmp}/o.npy"], 1, "is not an embzip frame: it starts with b'\\x00\\x00"),
     (["inspect", "{truncated}"], 1, "Truncated"),
     (["bench", "{ints}", "--methods", "fp16"], 2, "float32 or float64"),
     (["bench", "--bounds", "rel:x"], 2, "bad bound"),
@@ -84,9 +85,11 @@ def test_bad_input_is_one_line_on_stderr_and_nonzero(npy, tmp_path, capsys, argv
     path, x = npy
     junk, ints, truncated = tmp_path / "junk.bin", tmp_path / "ints.npy", tmp_path / "t.ezf"
     junk.write_bytes(b"EMBZ not a frame at all" * 3)
+    zeros = tmp_path / "zeros.bin"  # (stands in for /dev/zero: refused before it is read whole)
+    zeros.write_bytes(bytes(1 << 20))
     np.save(ints, np.arange(10))
     truncated.write_bytes(embzip.compress(x, abs_error=1e-2).tobytes()[:-10])
-    argv = [a.format(npy=path, tmp=tmp_path, junk=junk, ints=ints, truncated=truncated)
+    argv = [a.format(npy=path, tmp=tmp_path, junk=junk, ints=ints, truncated=truncated, zeros=zeros)
             for a in argv]
     got, out, err = run(capsys, *argv)
     assert got == status, err

@@ -131,3 +131,17 @@ def test_zarr_glove_example_stores_real_rows_within_bound(tmp_path):
     result = example.store_and_check(str(tmp_path / "g.zarr"), rows=5000, abs_error=1e-3)
     assert result["within_bound"] and result["max_error"] <= 1e-3
     assert result["ratio"] > 2.0  # GloVe at 1e-3 compresses ~3x (measured 3.0x on 20000 rows)
+
+
+def test_byte_order_through_the_codec():
+    """Frames hold values; a caller of the codec (zarr) reads decoded bytes in its array's order.
+    Big-endian input is refused with a clear error (it came back as garbage), and a float out of
+    the other byte order gets the values, not native-order bytes."""
+    codec = Embzip(abs_error=1e-3)
+    x = np.linspace(-1, 1, 8)
+    with pytest.raises(TypeError, match="native byte order"):
+        codec.encode(x.astype(">f4"))
+    frame = codec.encode(x.astype(np.float32))
+    out = np.zeros(8, ">f4")
+    codec.decode(frame, out=out)
+    assert np.abs(out.astype(np.float64) - x).max() <= 1e-3

@@ -17,9 +17,17 @@ def _add_bound_args(p, required: bool):
                        help="the bound is X * (max - min) of the finite values")
 
 
-def _read_bytes(path: str) -> bytes:
+def _read_frame(path: str) -> bytes:
+    """A frame file's bytes; anything that does not start like a frame is refused before it is
+    read whole (``/dev/zero`` or a huge unrelated file would fill the memory first)."""
+    from embzip.errors import FormatError
+    from embzip.format.ids import MAGIC
+
     with open(path, "rb") as fh:
-        return fh.read()
+        head = fh.read(len(MAGIC))
+        if head != MAGIC:
+            raise FormatError(f"{path} is not an embzip frame: it starts with {head!r}, expected {MAGIC!r}")
+        return head + fh.read()
 
 
 def _info_dict(info) -> dict:
@@ -78,7 +86,7 @@ def add_decompress(subparsers):
 def _run_decompress(args) -> int:
     import numpy as np
     import embzip
-    array = embzip.decompress(_read_bytes(args.input), verify=not args.no_verify)
+    array = embzip.decompress(_read_frame(args.input), verify=not args.no_verify)
     with open(args.output, "wb") as fh:  # a handle: np.save(path) would append ".npy"
         np.save(fh, array, allow_pickle=False)
     return 0
@@ -95,7 +103,7 @@ def add_inspect(subparsers):
 
 def _run_inspect(args) -> int:
     import embzip
-    info = embzip.inspect(_read_bytes(args.input))
+    info = embzip.inspect(_read_frame(args.input))
     if args.json:
         print(json.dumps({"file": args.input, **_info_dict(info)}))
         return 0

@@ -262,11 +262,25 @@ def _table_struct(ndim: int, section_count: int) -> struct.Struct:
     return struct.Struct(f"<{ndim}Q" + _SECTION.format[1:] * section_count)
 
 
+#: Most elements a frame's shape may span (the product of its nonzero extents).
+MAX_EXTENT_PRODUCT = 1 << 48
+
+
+def check_shape(shape) -> None:
+    """Raise ValueError for a shape no frame can hold (checked before compressing: a frame
+    written with it would be refused by every decoder)."""
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"arrays of up to {MAX_NDIM} dimensions can be compressed, found {len(shape)}")
+    if math.prod(extent for extent in shape if extent) > MAX_EXTENT_PRODUCT:
+        raise ValueError(f"shape {tuple(shape)}: the product of its extents exceeds 2**48, the most a frame "
+                         f"can describe")
+
+
 def _validate_semantics(h: FrameHeader) -> None:
     """Cross-field checks: a frame that passes them can be decoded without any out-of-bounds access."""
     n = math.prod(h.shape)
     # The nonzero extents too: (2**40, 0, 2**40) has no elements, but no array can have it.
-    if math.prod(extent for extent in h.shape if extent) > 1 << 48:
+    if math.prod(extent for extent in h.shape if extent) > MAX_EXTENT_PRODUCT:
         raise CorruptFrameError(f"shape {h.shape}: the product of its extents exceeds 2**48")
     itemsize = h.dtype.numpy.itemsize
     if sum(s.length for s in h.sections) != h.payload_length:
