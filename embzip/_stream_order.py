@@ -30,8 +30,8 @@ __all__ = ["wait_for_producer", "on_default_stream", "results_ready", "numba_vie
 
 
 def _simulated() -> bool:
-    from .cuda._launch import SIMULATOR
-    return SIMULATOR
+    from numba import config  # (numba's own: importable without numba-cuda)
+    return bool(getattr(config, "ENABLE_CUDASIM", False))
 
 
 def _cupy():
@@ -39,13 +39,29 @@ def _cupy():
     return _usable_cupy()
 
 
+def _numba_cuda():
+    """numba.cuda when it can run here (a GPU, or the simulator), else None: embzip.comm stages
+    cupy buffers through the host when numba-cuda is missing or sees no GPU, and waits with cupy."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return None
+    try:
+        return cuda if cuda.is_available() else None
+    except Exception:  # a broken driver install
+        return None
+
+
 def wait_for_producer(desc: dict) -> None:
     """Wait for the stream in a ``__cuda_array_interface__`` (``desc``), if it names one."""
     stream = desc.get("stream")
     if stream is None or _simulated():  # (the simulator runs everything at once, and has no external streams)
         return
-    from numba import cuda
-    cuda.external_stream(int(stream)).synchronize()
+    cuda = _numba_cuda()
+    if cuda is not None:
+        cuda.external_stream(int(stream)).synchronize()
+    elif _cupy() is not None:  # 1 and 2 (legacy, per-thread default) are valid handles too
+        _cupy().cuda.runtime.streamSynchronize(int(stream))
 
 
 @contextlib.contextmanager
@@ -65,8 +81,11 @@ def on_default_stream():
 
 def results_ready() -> None:
     """Block until the legacy default stream has run everything queued on it."""
-    from numba import cuda  # (the simulator's streams are synchronous: a no-op there)
-    cuda.default_stream().synchronize()
+    cuda = _numba_cuda()
+    if cuda is not None:  # (the simulator's streams are synchronous: a no-op there)
+        cuda.default_stream().synchronize()
+    elif _cupy() is not None:
+        _cupy().cuda.Stream.null.synchronize()
 
 
 def numba_view(obj):

@@ -692,3 +692,28 @@ def test_threads_adopt_the_callers_gpu(monkeypatch):
     _device.use_device(5)
     _device.use_device(None)
     assert calls == [5]
+
+
+def test_stream_waits_without_a_usable_numba_cuda(monkeypatch):
+    """embzip.comm stages cupy buffers through the host when numba-cuda cannot run (missing, or
+    no GPU); its stream waits must then use cupy, not fail in numba (they did: CudaSupportError).
+    Here first for real (numba-cuda without a GPU, or with one: either way nothing may raise),
+    then with a stand-in for cupy, which cannot run without a GPU."""
+    from types import SimpleNamespace
+
+    from embzip import _stream_order
+
+    _stream_order.wait_for_producer({"stream": 1})
+    _stream_order.results_ready()
+
+    calls = []
+    cupy = SimpleNamespace(cuda=SimpleNamespace(
+        runtime=SimpleNamespace(streamSynchronize=lambda handle: calls.append(("stream", handle))),
+        Stream=SimpleNamespace(null=SimpleNamespace(synchronize=lambda: calls.append(("legacy",))))))
+    monkeypatch.setattr(_stream_order, "_numba_cuda", lambda: None)
+    monkeypatch.setattr(_stream_order, "_simulated", lambda: False)
+    monkeypatch.setattr(_stream_order, "_cupy", lambda: cupy)
+    _stream_order.wait_for_producer({"stream": 2})
+    _stream_order.wait_for_producer({"shape": (3,)})  # no stream exported: nothing to wait for
+    _stream_order.results_ready()
+    assert calls == [("stream", 2), ("legacy",)]
