@@ -198,7 +198,10 @@ class _Pipeline:
             else:
                 nap = 1e-5
         producer.join()
-        self._decode_deferred(wait=True)
+        while self.deferred:  # one chunk at a time, MPI driven between them (sends may be in flight)
+            self._decode_deferred(wait=True, limit=1)
+            if sends:
+                MPI.Request.Testall(sends)
         while not MPI.Request.Testall(sends):  # receivers drain them; nap meanwhile
             time.sleep(1e-4)
 
@@ -267,14 +270,17 @@ class _Pipeline:
                 self.deferred.append((src, k, blob))
         return handled
 
-    def _decode_deferred(self, wait: bool) -> None:
-        """Decode the chunks :meth:`_poll` kept, if the codec lock is free (or, ``wait``, once it is)."""
+    def _decode_deferred(self, wait: bool, limit: int | None = None) -> None:
+        """Decode (up to ``limit`` of) the chunks :meth:`_poll` kept, if the codec lock is free
+        (or, ``wait``, once it is)."""
         if not self.deferred or not _device.LOCK.acquire(blocking=wait):
             return
         try:
-            while self.deferred:
+            done = 0
+            while self.deferred and (limit is None or done < limit):
                 self._decode(*self.deferred.pop(0))
                 self.deferred_count += 1
+                done += 1
         finally:
             _device.LOCK.release()
 
