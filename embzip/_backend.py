@@ -219,7 +219,7 @@ def decompress(frame, out=None, verify: bool = True):
     n = header.element_count
     from .cuda.scan import device_empty
     if out is None:
-        result = device_empty(n, dtype)
+        result = device_empty(n, dtype, for_caller=True)
         pipeline.decode_frame(flat, header, result, verify)
         results_ready()  # complete for a caller on any stream
         kind = _kind(frame) if is_device(frame) else ("cupy" if _usable_cupy() is not None else "numba")

@@ -60,7 +60,7 @@ def _new_frame(header: FrameHeader):
     """(frame, section offsets, header length) for a header whose sections are final."""
     hlen = header_length_for(len(header.shape), len(header.sections))
     payload = sum(s.length for s in header.sections)
-    return device_empty(hlen + payload, np.uint8), section_offsets(header), hlen
+    return device_empty(hlen + payload, np.uint8, for_caller=True), section_offsets(header), hlen
 
 
 def _finish(frame, header: FrameHeader, hlen: int):

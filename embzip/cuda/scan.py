@@ -111,7 +111,7 @@ def _cupy_pool():
     return _pool
 
 
-def device_empty(shape, dtype):
+def device_empty(shape, dtype, for_caller: bool = False):
     """An uninitialized device array (a numba device array); ``shape`` an int or a tuple.
 
     A compress makes a few dozen small arrays; numba allocates each with cudaMalloc, tens of
@@ -120,12 +120,21 @@ def device_empty(shape, dtype):
     default stream where the kernels using them run, and wrapped bound to no stream, so
     neither the allocation nor the array's copies wait on or run in the caller's current
     cupy stream (see embzip._stream_order).
+
+    ``for_caller``: an array handed to the caller (a frame, a decoded array) is taken on the
+    caller's current cupy stream instead, so that when the caller drops it, cupy reuses the
+    memory only behind the caller's own work on it; the block may come from work still queued
+    on that stream, so the stream is drained first (once per call).
     """
     shape = int(shape) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
     cupy = _cupy_pool()
     if cupy and np.prod(shape) > 0:  # a size-0 cupy array has a null pointer: numba allocates
-        with cupy.cuda.Stream.null:
+        if for_caller:
             memory = cupy.empty(shape, dtype=np.dtype(dtype))
+            cupy.cuda.get_current_stream().synchronize()
+        else:
+            with cupy.cuda.Stream.null:
+                memory = cupy.empty(shape, dtype=np.dtype(dtype))
         return numba_view(memory)
     return cuda.device_array(shape, dtype=np.dtype(dtype))
 
