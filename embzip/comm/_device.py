@@ -53,16 +53,7 @@ def _cupy_module():
     return cupy
 
 
-def _numba_cuda():
-    """numba.cuda when it can run kernels here (a GPU or the simulator), else None."""
-    try:
-        from numba import cuda
-    except ImportError:
-        return None
-    try:
-        return cuda if cuda.is_available() else None
-    except Exception:  # a broken driver install
-        return None
+_numba_cuda = _stream_order._numba_cuda  # numba.cuda when it can run kernels here (a GPU or the simulator), else None
 
 
 def _is_numba(arr) -> bool:
