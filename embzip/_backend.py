@@ -91,7 +91,7 @@ def _span(obj, desc: dict, dtype: np.dtype):
 
     Waits first for the stream ``obj``'s producer exported (embzip._stream_order); the view
     itself is bound to no stream."""
-    wait_for_producer(desc)
+    wait_for_producer(obj, desc)
     shape = tuple(desc["shape"])
     itemsize = dtype.itemsize
     strides = desc.get("strides")

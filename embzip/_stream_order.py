@@ -11,7 +11,8 @@ not wait for the legacy stream, nor it for them. So at the edges of a call:
 
 * entering: :func:`wait_for_producer` waits for the stream a buffer's producer exported in
   its ``__cuda_array_interface__`` (version 3: the consumer must wait on it before touching
-  the memory);
+  the memory); torch exports no stream (version 2), so for a torch tensor it waits for torch's
+  current stream on the tensor's device, as a DLPack exchange would;
 * leaving: :func:`results_ready` waits until the legacy stream has run everything queued,
   so an array returned or written is complete for any stream, as a buffer is once MPI
   returns.
@@ -52,10 +53,16 @@ def _numba_cuda():
         return None
 
 
-def wait_for_producer(desc: dict) -> None:
-    """Wait for the stream in a ``__cuda_array_interface__`` (``desc``), if it names one."""
+def wait_for_producer(obj, desc: dict) -> None:
+    """Wait for the stream in ``obj``'s ``__cuda_array_interface__`` (``desc``), if it names one;
+    for a torch tensor, which names none, for torch's current stream."""
+    if _simulated():  # (the simulator runs everything at once, and has no external streams)
+        return
     stream = desc.get("stream")
-    if stream is None or _simulated():  # (the simulator runs everything at once, and has no external streams)
+    if stream is None:
+        if type(obj).__module__.split(".")[0] == "torch":  # a side stream may still be writing it
+            import torch
+            torch.cuda.current_stream(obj.device).synchronize()
         return
     cuda = _numba_cuda()
     if cuda is not None:

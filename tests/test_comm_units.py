@@ -10,6 +10,7 @@ import ctypes.util
 import shutil
 import subprocess
 import sys
+import threading
 import types
 
 import numpy as np
@@ -703,7 +704,7 @@ def test_stream_waits_without_a_usable_numba_cuda(monkeypatch):
 
     from embzip import _stream_order
 
-    _stream_order.wait_for_producer({"stream": 1})
+    _stream_order.wait_for_producer(None, {"stream": 1})
     _stream_order.results_ready()
 
     calls = []
@@ -713,7 +714,55 @@ def test_stream_waits_without_a_usable_numba_cuda(monkeypatch):
     monkeypatch.setattr(_stream_order, "_numba_cuda", lambda: None)
     monkeypatch.setattr(_stream_order, "_simulated", lambda: False)
     monkeypatch.setattr(_stream_order, "_cupy", lambda: cupy)
-    _stream_order.wait_for_producer({"stream": 2})
-    _stream_order.wait_for_producer({"shape": (3,)})  # no stream exported: nothing to wait for
+    _stream_order.wait_for_producer(None, {"stream": 2})
+    _stream_order.wait_for_producer(None, {"shape": (3,)})  # no stream exported: nothing to wait for
     _stream_order.results_ready()
     assert calls == [("stream", 2), ("legacy",)]
+
+
+def test_torch_tensors_wait_for_torchs_current_stream(monkeypatch):
+    """torch exports no stream in ``__cuda_array_interface__`` (version 2), and its side streams
+    do not wait for the legacy stream embzip works on: embzip must wait for torch's current
+    stream on the tensor's device before reading (or, as ``out=``, writing) a CUDA tensor.
+    torch's CUDA streams need a GPU, so a stand-in for torch.cuda records the calls."""
+    from embzip import _stream_order
+
+    calls = []
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+        def synchronize(self):
+            calls.append(self.device)
+
+    fake_torch = types.ModuleType("torch")
+    fake_torch.cuda = types.SimpleNamespace(current_stream=Stream)
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setattr(_stream_order, "_simulated", lambda: False)
+    Tensor = type("Tensor", (), {"__module__": "torch", "device": "cuda:1"})
+    _stream_order.wait_for_producer(Tensor(), {"shape": (3,), "version": 2})
+    assert calls == ["cuda:1"]
+    _stream_order.wait_for_producer(object(), {"shape": (3,), "version": 2})  # not torch, no stream: no wait
+    assert calls == ["cuda:1"]
+
+
+def test_poll_decodes_one_kept_chunk_at_a_time():
+    """GPU chunks kept while the other thread held the codec lock are decoded one per poll, so
+    that the sends in flight are driven (between polls) while a backlog is worked off; a poll
+    that decoded them all at once stalled MPI for as many GPU decodes."""
+    from embzip.comm._pipeline import _Pipeline
+
+    decoded = []
+    pipe = types.SimpleNamespace(MPI=None, expected=0, deferred_count=0, deferred=[(1, k, None) for k in range(3)],
+                                 _decode=lambda src, k, blob: decoded.append((src, k)))
+    pipe._decode_deferred = lambda wait, limit=None: _Pipeline._decode_deferred(pipe, wait, limit)
+    for polls in (1, 2, 3):
+        assert _Pipeline._poll(pipe) == 0  # nothing arrived
+        assert decoded == [(1, k) for k in range(polls)] and pipe.deferred_count == polls
+    assert not pipe.deferred
+    free = []
+    other = threading.Thread(target=lambda: free.append(_device.LOCK.acquire(blocking=False) and _device.LOCK.release() is None))
+    other.start()
+    other.join()
+    assert free == [True]  # the codec lock (an RLock) was released

@@ -68,7 +68,7 @@ def device_flat(buf, writable: bool, name: str):
         raise ValueError(f"{name} is a read-only GPU buffer; the receive buffer must be writable")
     cupy = _cupy_module() if not _is_numba(buf) else None
     if cupy is not None:
-        _stream_order.wait_for_producer(desc)  # cupy.asarray would not wait for the caller's stream
+        _stream_order.wait_for_producer(buf, desc)  # cupy.asarray would not wait for the caller's stream
         arr = cupy.asarray(buf)
         if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
             raise ValueError(f"{name} is a non-contiguous GPU array (strides {arr.strides}); pass a contiguous one")

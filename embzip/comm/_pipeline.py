@@ -242,7 +242,7 @@ class _Pipeline:
         MPI, and sends and receives in flight would stop moving meanwhile.
         """
         MPI = self.MPI
-        self._decode_deferred(wait=False)
+        self._decode_deferred(wait=False, limit=1)  # one per poll: the caller drives the sends between polls
         handled = 0
         while self.expected:
             status = MPI.Status()
