@@ -170,6 +170,7 @@ def run(args):
                              payload_bytes_per_call=wire, max_err_over_bound=bounds[name],
                              modes=sorted({s.mode for s in st if s is not None}),
                              encoders=sorted({s.strategy for s in st if s is not None and s.strategy}),
+                             codec=sorted({s.codec for s in st if s is not None and s.codec}),
                              model={k: float(v) for k, v in model.items()}))
     for sub in subs.values():
         sub.Free()
@@ -192,6 +193,7 @@ def format_table(rows) -> str:
         err = f"{r['max_err_over_bound']:.3f}" if "embzip" in r["method"] else "-"
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else ""
         mode = "/".join(r["modes"]) + (f" ({'/'.join(r['encoders'])})" if r.get("encoders") else "")
+        mode += f", codec on {'/'.join(r['codec'])}" if r.get("codec") else ""  # (rank 0's: GPU buffers only)
         lines.append(f"| {r['label']} | {r['method']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
                      f"{speed} | {tc} | {pay} | {err} | {mode} |")
     notes = [f"- {r['label']} / {r['method']}: B {m['bandwidth_Bps'] / 1e6:.0f} MB/s per rank, CR {m['ratio']:.1f}, "

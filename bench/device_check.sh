@@ -67,8 +67,12 @@ step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs \
 
 step overhead 90 python bench/gpu_overhead.py
 
-step comm 120 mpiexec -n 4 python bench/alltoall.py --device cupy --glove .whl/glove50k.npy \
-    --label "cupy, 4 ranks, 1 GPU" --reps 10 --warmup 4 --json "$OUT/comm.json" ${COMM_ARGS:-}
+# Where the codec runs for GPU buffers (embzip/comm/_placement.py): forced to each place, then
+# measured (auto; its warm-up of 4 exploring calls is inside --warmup 6).
+step comm 200 bash -c 'for codec in gpu cpu auto; do
+    EMBZIP_COMM_CODEC=$codec mpiexec -n 4 python bench/alltoall.py --device cupy --glove .whl/glove50k.npy \
+        --label "cupy, 4 ranks, 1 GPU, codec $codec" --reps 10 --warmup 6 --json "$OUT/comm-$codec.json" ${COMM_ARGS:-} || exit 1
+done' 
 
 # The bypass's cost with host buffers where every rank has a core of its own (the CPU dev box
 # has 2 cores for 4 ranks): plain vs the same MPI calls the bypass makes vs the bypass, 3 runs.

@@ -61,6 +61,7 @@ if not IN_SIMULATOR:
         env = mpirun.environment(NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_COMM_WARMUP="0",
                                  PYTHONWARNINGS="ignore::RuntimeWarning")
         env.pop("EMBZIP_CUDA_AWARE_MPI", None)
+        env["EMBZIP_COMM_CODEC"] = "gpu"  # (the worker's own placement case measures)
         if cuda_aware is not None:
             env["EMBZIP_CUDA_AWARE_MPI"] = cuda_aware
         env.update(env_extra)

@@ -766,3 +766,36 @@ def test_poll_decodes_one_kept_chunk_at_a_time():
     other.start()
     other.join()
     assert free == [True]  # the codec lock (an RLock) was released
+
+
+def test_codec_placement_measures_both_places_then_keeps_the_faster(monkeypatch):
+    """EMBZIP_COMM_CODEC=auto: two calls on the GPU, two on the CPU (the first of each is
+    dropped: compilation), then the place with the smaller median; the other is tried again
+    after 16 calls, then 32, ... up to 1024, and a faster probe switches the choice. gpu / cpu
+    force a place; another value warns and measures."""
+    from embzip.comm._placement import CodecPlacement
+
+    monkeypatch.delenv("EMBZIP_COMM_CODEC", raising=False)
+    seconds = {"gpu": 0.05, "cpu": 0.02}
+    place = CodecPlacement()
+
+    def calls(n):
+        out = []
+        for _ in range(n):
+            out.append(place.choose())
+            place.record(out[-1], 10.0 if place.calls[out[-1]] == 0 else seconds[out[-1]])  # a slow first call
+        return out
+
+    assert calls(4) == ["gpu", "gpu", "cpu", "cpu"] and place.best == "cpu"
+    assert calls(17) == ["cpu"] * 16 + ["gpu"]  # the probe after 16 calls on the CPU
+    assert calls(33) == ["cpu"] * 32 + ["gpu"]  # still slower: the interval doubled
+    seconds["gpu"] = 0.001  # the GPU got faster (larger segments, say)
+    assert calls(65) == ["cpu"] * 64 + ["gpu"] and place.best == "cpu"  # 1 fast sample of 3: the median holds
+    assert calls(129) == ["cpu"] * 128 + ["gpu"] and place.best == "gpu"  # 2 of 3: switched
+    assert place.interval == 16 and calls(17) == ["gpu"] * 16 + ["cpu"]
+    for forced in ("gpu", "cpu"):
+        monkeypatch.setenv("EMBZIP_COMM_CODEC", forced.upper())
+        assert CodecPlacement().choose() == forced
+    monkeypatch.setenv("EMBZIP_COMM_CODEC", "tpu")
+    with pytest.warns(UserWarning, match="EMBZIP_COMM_CODEC='tpu'"):
+        assert CodecPlacement().choose() == "gpu"

@@ -50,6 +50,8 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
         decision = state.costs.decide(job.bypass, job.strategy)
         stats = CallStats(decision.mode, decision.reason, decision.encoder, model=decision.model)
         stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, pcomm.Get_rank())
+        if decision.mode == "compressed" and (job.send.device or job.recv.device):
+            stats.codec = state.placement.choose() if _device.gpu_codec_usable() else "cpu"
     else:
         stats = CallStats("passthrough", "not float")
         if job.error is None:
@@ -82,13 +84,21 @@ def host_flat(spec, preserve: bool):
     return _device.to_host(spec.flat) if preserve else np.empty(spec.flat.shape, dtype=spec.flat.dtype)
 
 
-def codec_flat(spec, receiving: bool):
+def codec_flat(spec, receiving: bool, place, stats=None):
     """Where this side's segments are encoded from / decoded into: the GPU buffer itself when
-    the CUDA backend runs here (see :mod:`._device`), else ``spec.flat`` or its host staging copy
-    (a receive buffer's staging copy keeps what will not be received)."""
-    if _device.codec_on_device(spec):
+    the codec runs on the GPU (``place``: ``CallStats.codec``, see :mod:`._placement`), else
+    ``spec.flat`` or its host staging copy (a receive buffer's staging copy keeps what will
+    not be received). The copy's time counts as compressing / decompressing in ``stats``."""
+    if spec.device and place == "gpu":
         return spec.flat
-    return host_flat(spec, not (receiving and spec.tiles_flat))
+    start = time.perf_counter()
+    flat = host_flat(spec, not (receiving and spec.tiles_flat))
+    if stats is not None and spec.device:
+        if receiving:
+            stats.decompress_s += time.perf_counter() - start
+        else:
+            stats.compress_s += time.perf_counter() - start
+    return flat
 
 
 def blob_placement(send_flat) -> dict:
@@ -141,6 +151,8 @@ def stage_raw(job):
 def finish(state, stats, start, alt=None, fused=False):
     """Record a completed call: total time, last stats, the measurement for the next call."""
     stats.total_s = time.perf_counter() - start
+    if stats.codec is not None:  # (the caller's time between Ialltoallv and wait() is not the call's)
+        state.placement.record(stats.codec, stats.compress_s + stats.transfer_s + stats.decompress_s)
     state.pending = measurement(stats, 0.0, alt, fused)  # no latency correction: skew makes it unreliable
     state.last = stats
     return stats
@@ -175,7 +187,7 @@ def _compress_all(job, decision, stats, rank: int, size: int):
 
     GPU segments are compressed on the GPU; their blobs stay there for a CUDA-aware MPI."""
     s = job.send
-    send_host = codec_flat(s, False)
+    send_host = codec_flat(s, False, stats.codec, stats)
     on_device = blob_placement(send_host)
     blobs, alt = {}, None
     segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(size)
@@ -186,7 +198,7 @@ def _compress_all(job, decision, stats, rank: int, size: int):
     try:
         for d, seg in segments:
             blobs[d] = _segment.encode(seg, 0, job.plan, d, s.row, decision.encoder, **on_device)
-        stats.compress_s = time.perf_counter() - start
+        stats.compress_s += time.perf_counter() - start
         if decision.calibrate:
             alt = calibrate(segments, job.plan, s.row, decision.encoder)
     except Exception as exc:  # reported in the handshake: every rank raises, nobody waits
@@ -208,7 +220,7 @@ def _compressed(state, job, decision, stats, MPI):
         np.empty(int(sizes.sum()), dtype=np.uint8)
     for d, blob in blobs.items():
         _device.copy(sendbytes[sdispls[d]:sdispls[d] + blob.size], blob)
-    recv_host = codec_flat(r, True)  # the GPU buffer itself, or a host copy that keeps what is not received
+    recv_host = codec_flat(r, True, stats.codec, stats)  # the GPU buffer itself, or a host copy that keeps what is not received
     if _device.is_device(recv_host) and _device.cuda_aware_mpi() and rsizes.sum():  # frames land on the GPU
         recvbytes = _device.empty(int(rsizes.sum()), np.uint8, like=recv_host)
     else:
@@ -234,7 +246,7 @@ def _compressed(state, job, decision, stats, MPI):
         local = LocalError.from_exception(exc, rank, what)
         local.category = "decode"
     put_back(r, recv_host)
-    stats.decompress_s = time.perf_counter() - start
+    stats.decompress_s += time.perf_counter() - start
     _protocol.agree(pcomm, local, MPI, patient=True)
     return alt
 

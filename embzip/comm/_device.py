@@ -30,7 +30,7 @@ import numpy as np
 from .. import _backend, _stream_order
 
 __all__ = ["is_device", "device_flat", "to_host", "to_device", "cuda_aware_mpi", "ready_for_mpi", "current_device",
-           "use_device", "results_ready", "codec_on_device",
+           "use_device", "results_ready", "gpu_codec_usable",
            "empty", "empty_like", "copy", "gather_columns", "scatter_columns", "LOCK"]
 
 #: Serializes the GPU codec calls of one process: the pipelined call encodes in one thread and
@@ -93,9 +93,10 @@ def device_flat(buf, writable: bool, name: str):
     return view[first:first + int(np.prod(shape, dtype=np.int64))], dtype
 
 
-def codec_on_device(spec) -> bool:
-    """Whether this side's compressed segments are encoded / decoded by the CUDA backend."""
-    return bool(spec.device) and _numba_cuda() is not None
+def gpu_codec_usable() -> bool:
+    """Whether the CUDA backend can encode / decode here (else GPU buffers are staged through
+    the host for the CPU codec)."""
+    return _numba_cuda() is not None
 
 
 def to_host(device_array) -> np.ndarray:

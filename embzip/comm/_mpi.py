@@ -72,6 +72,7 @@ class CommState:
 
     def __init__(self, comm):
         from ._costs import CostState
+        from ._placement import CodecPlacement
         from ._reuse import Memo
 
         MPI = load()
@@ -79,6 +80,7 @@ class CommState:
         # whose Alltoallv is the compressed one
         self.comm = MPI.Intracomm(MPI.Comm.Dup(comm))
         self.costs = CostState()
+        self.placement = CodecPlacement()  # where this rank's codec runs for GPU buffers (local)
         self.pending = None  # this rank's measurements of the last call, reduced at the next one
         self.last = None  # CallStats of the last completed call on this rank
         self.inflight = None  # the pipelined call not yet completed (at most one per communicator)

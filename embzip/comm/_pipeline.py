@@ -126,8 +126,8 @@ class _Pipeline:
         self.in_chunks = [chunking(int(r.counts[src]), int(job.units[src]), itemsize, chunk_bytes)
                           if src != self.rank else [] for src in range(self.size)]
         self.expected = sum(len(c) for c in self.in_chunks)
-        # GPU buffers themselves when the CUDA backend runs here, else host arrays (see codec_flat)
-        self.send_host, self.recv_host = codec_flat(s, False), codec_flat(r, True)
+        # GPU buffers themselves when the codec runs on the GPU, else host arrays (see codec_flat)
+        self.send_host, self.recv_host = codec_flat(s, False, stats.codec, stats), codec_flat(r, True, stats.codec, stats)
         self.blob_kw = blob_placement(self.send_host)
         self.recv_on_device = _device.is_device(self.recv_host) and _device.cuda_aware_mpi()
         self.decode_on_device = _device.is_device(self.recv_host)  # (then decoding takes _device.LOCK)
@@ -332,7 +332,7 @@ def exchange_segments(state, job, decision, stats, MPI):
     if not decision.calibrate:
         return None
     s, rank = job.send, state.comm.Get_rank()
-    send_host = codec_flat(s, False)
+    send_host = codec_flat(s, False, stats.codec)
     segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(s.counts.size)
                 if d != rank and s.counts[d] > 0]
     try:  # a measurement only: one that fails is skipped (the next calibration retries)

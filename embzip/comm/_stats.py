@@ -63,6 +63,11 @@ class CallStats:
     overlapped : bool
         A pipelined compressed call: phases overlapped, so ``transfer_s`` is only the part of
         the wall time not spent compressing or decompressing.
+    codec : str or None
+        Where this rank ran the codec for its GPU buffers in a compressed call: ``"gpu"``, or
+        ``"cpu"`` (the buffers staged through host memory; the copies count in ``compress_s``
+        and ``decompress_s``). None when it had no GPU buffer or the call was not compressed.
+        See ``EMBZIP_COMM_CODEC`` in docs/comm.md.
     """
 
     mode: str
@@ -79,6 +84,7 @@ class CallStats:
     total_s: float = 0.0
     model: dict = dataclasses.field(default_factory=dict)
     overlapped: bool = False
+    codec: object = None
 
     @property
     def bypassed(self) -> bool:

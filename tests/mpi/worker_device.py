@@ -31,7 +31,7 @@ from numba import cuda  # noqa: E402
 
 import embzip.comm as ec  # noqa: E402
 from embzip import _api, _backend  # noqa: E402
-from embzip.comm import _device, _pipeline, _segment  # noqa: E402
+from embzip.comm import _device, _mpi, _pipeline, _placement, _segment  # noqa: E402
 
 ON_DEVICE = {"compress": 0, "decompress": 0}  # codec calls that ran on the (simulated) device
 
@@ -195,10 +195,12 @@ def run(call, device_ranks, **kwargs):
         _written(send)  # (the caller's last writes: a CUDA-aware exchange must synchronize first)
         _written(recv)
     before, met = dict(ON_DEVICE), dict(MET)
+    place = _placement.CodecPlacement.choose(_mpi.peek_state(COMM).placement) if _mpi.peek_state(COMM) else "gpu"
     stats = call(send, recv, **kwargs)
     raw = kwargs.get("bypass") is True
     assert stats.mode == ("raw" if raw else "compressed"), stats
-    if ME in device_ranks and not raw:  # the GPU compressed what this rank sent and decoded what it received
+    assert stats.codec == (place if ME in device_ranks and not raw else None), (stats, place)
+    if ME in device_ranks and not raw and place == "gpu":  # the GPU compressed what this rank sent and decoded what it received
         assert ON_DEVICE["compress"] > before["compress"] and ON_DEVICE["decompress"] > before["decompress"]
     else:
         assert ON_DEVICE == before
@@ -210,6 +212,8 @@ def run(call, device_ranks, **kwargs):
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if ME not in device_ranks:
         assert not any(grew.values()), (MET, met)
+    elif place == "cpu" and not raw:  # the buffers staged whole, the CPU codec, host frames for MPI
+        assert grew["staged"] and not (grew["downloaded"] or grew["uploaded"] or grew["handed"]), (MET, met)
     elif CUDA_AWARE:  # frames (or raw segments) stay on the device both ways; MPI moves device memory
         assert not (grew["downloaded"] or grew["uploaded"] or grew["staged"]), (MET, met)
         assert grew["handed"] or not simulated, (MET, met)
@@ -280,6 +284,31 @@ def slow_encoder(send, recv, **kwargs):
     return stats
 
 
+def codec_placement():
+    """Where the codec runs for GPU buffers is each rank's own choice (frames are identical):
+    forced to the CPU (the buffers staged through the host), and measured (``auto``: twice on
+    the GPU, twice on the CPU, then the faster), every call gives the same bits as the host-only
+    exchange. Rank 0 alone has GPU buffers in the last calls, so the ranks' places differ."""
+    kwargs = dict(abs_error=1e-2, strategy="fast", bypass=False)
+    expected = {call: run(call, (), **kwargs).tobytes() for call in (blocking, pipelined)}
+    os.environ["EMBZIP_COMM_CODEC"] = "cpu"
+    for call in (blocking, pipelined):
+        assert run(call, (0, 1), **kwargs).tobytes() == expected[call], call
+    os.environ["EMBZIP_COMM_CODEC"] = "auto"
+    state = _mpi.peek_state(COMM)
+    state.placement = _placement.CodecPlacement()
+    places = []
+    for k in range(6):
+        places.append(state.placement.choose())
+        call = pipelined if k % 2 else blocking
+        assert run(call, (0, 1) if k < 4 else (0,), **kwargs).tobytes() == expected[call], (k, places)
+    best = state.placement.best  # the simulated GPU is far slower, but a rank may measure as it likes
+    assert places[:4] == ["gpu", "gpu", "cpu", "cpu"] and best in ("gpu", "cpu"), places
+    assert places[4:] == [best] * 2 or ME != 0, (places, best)
+    os.environ["EMBZIP_COMM_CODEC"] = "gpu"
+    print(f"rank {ME}: codec placement ok ({places})", flush=True)
+
+
 def main():
     tables = ec.TableLayout(dim=4, bounds=[0.01, 0.1, 0.01])
     for name, call, kwargs in (("plain", blocking, dict(abs_error=1e-2)),
@@ -303,6 +332,8 @@ def main():
             got = run(call, device_ranks, **kwargs)
             assert got.tobytes() == expected.tobytes(), (name, device_ranks, got, expected)
         print(f"rank {ME}: {name} ok", flush=True)
+        if name == "plain":
+            codec_placement()
     if not CUDA_AWARE:  # (a CUDA-aware MPI stages nothing)
         staging_failure()
     print(f"DEVICE-OK rank {ME}", flush=True)
