@@ -20,7 +20,7 @@ from ._errors import CommDecodeError, CommError, CommTypeError, CommValueError
 from ._layout import TableLayout
 from ._stats import CallStats
 
-__all__ = ["Alltoallv", "Ialltoallv", "Comm", "Request", "TableLayout", "CallStats", "last_stats",
+__all__ = ["Alltoallv", "Ialltoallv", "Comm", "Request", "TableLayout", "CallStats", "last_stats", "forget",
            "CommError", "CommValueError", "CommTypeError", "CommDecodeError"]
 
 
@@ -141,6 +141,28 @@ def last_stats(comm):
 
     state = peek_state(comm)
     return None if state is None else state.last
+
+
+def forget(comm) -> None:
+    """Let go of the buffers embzip keeps alive from the last call on ``comm`` (this rank).
+
+    To make a training loop's repeated calls cheap, each communicator remembers the last
+    call's arguments, buffers included, until a call with other arguments or until the
+    communicator is freed: deleting them does not free their memory before that. ``forget``
+    drops them now; the next call validates its arguments in full. Local, not collective.
+
+    Examples
+    --------
+    >>> embzip.comm.Alltoallv(comm, big_send, big_recv, rel_error=0.01)  # doctest: +SKIP
+    >>> del big_send, big_recv  # doctest: +SKIP
+    >>> embzip.comm.forget(comm)  # doctest: +SKIP
+    """
+    from ._mpi import peek_state
+    from ._reuse import Memo
+
+    state = peek_state(comm)
+    if state is not None:
+        state.memo = Memo()
 
 
 def __getattr__(name):

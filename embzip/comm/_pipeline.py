@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import _device, _protocol, _segment
+from . import _device, _protocol, _segment, _threads
 from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flat, finish, put_back, stage_raw
 from ._errors import LocalError
 from ._stats import CallStats
@@ -57,7 +57,7 @@ class Request:
 
     def __init__(self, state, stats: CallStats, start: float):
         self._state, self._stats, self._start = state, stats, start
-        self._thread = None
+        self._work = None
         self._mpi_request = None
         self._on_done = None
         self._error = None
@@ -72,8 +72,10 @@ class Request:
     def _complete(self):
         if self._done:
             return
-        if self._thread is not None:
-            self._thread.join()
+        if self._work is not None:
+            crash = self._work.exception()  # (waits; run records every failure it expects)
+            if crash is not None and self._error is None:
+                self._error = crash
         if self._mpi_request is not None:
             start = time.perf_counter()
             self._mpi_request.Wait()
@@ -101,7 +103,8 @@ class Request:
     def test(self) -> bool:
         """True when complete (then ``wait()`` returns at once); raises the agreed error."""
         if not self._done:
-            if self._thread is not None and self._thread.is_alive():
+            if self._work is not None and not self._work.done():
+                time.sleep(0)  # hand the GIL to the call's MPI thread: a caller spinning on test() starved it
                 return False
             if self._mpi_request is not None and not self._mpi_request.Test():
                 return False
@@ -172,8 +175,7 @@ class _Pipeline:
         # MPI keeps making progress (a rendezvous send moves only while MPI is being called)
         # while the other compresses the next chunk in numba, which releases the GIL.
         ready = queue.SimpleQueue()
-        producer = threading.Thread(target=self._compress_chunks, args=(ready,), name="embzip-compress")
-        producer.start()
+        producer = _threads.start("embzip-compress", self._compress_chunks, ready)
         sends, keep, producing, nap = [], [], True, 1e-5
         while producing or self.expected:
             busy = False
@@ -197,7 +199,7 @@ class _Pipeline:
                 nap = min(2 * nap, 1e-4)
             else:
                 nap = 1e-5
-        producer.join()
+        producer.result()  # (it reports its failures through compress_error)
         while self.deferred:  # one chunk at a time, MPI driven between them (sends may be in flight)
             self._decode_deferred(wait=True, limit=1)
             if sends:
@@ -364,9 +366,7 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
     else:
         work = _Pipeline(state.comm, job, decision, stats, MPI)
         if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
-            request._thread = threading.Thread(target=work.run, args=(request,), name="embzip-ialltoallv",
-                                               daemon=False)
-            request._thread.start()
+            request._work = _threads.start("embzip-ialltoallv", work.run, request)
         else:
             work.run(request)
     state.inflight = request
