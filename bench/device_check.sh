@@ -14,7 +14,7 @@
 # then compress/decompress GB/s; GPU_ARGS="--max-mib 256" to shorten it), cudaaware and cudacomm
 # (only when .ompi-cuda is carried: bench/cuda_mpi.sh builds it).
 set -u
-OUT=${OUT:-$PWD/out}
+export OUT=${OUT:-$PWD/out}  # (exported: steps run under bash -c read it)
 mkdir -p "$OUT"
 STEPS=${STEPS:-"env tests overhead comm hostab gpu cudaaware cudacomm"}
 VENV=/tmp/embzip-venv

@@ -26,6 +26,7 @@ no-op there. Nothing here imports cupy or numba.cuda until a device array shows 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 __all__ = ["wait_for_producer", "on_default_stream", "results_ready", "numba_view"]
 
@@ -60,8 +61,8 @@ def wait_for_producer(obj, desc: dict) -> None:
         return
     stream = desc.get("stream")
     if stream is None:
-        if type(obj).__module__.split(".")[0] == "torch":  # a side stream may still be writing it
-            import torch
+        torch = sys.modules.get("torch")  # (a torch tensor comes from an imported torch)
+        if torch is not None and isinstance(obj, torch.Tensor):  # a side stream may still be writing it
             torch.cuda.current_stream(obj.device).synchronize()
         return
     cuda = _numba_cuda()

@@ -737,14 +737,16 @@ def test_torch_tensors_wait_for_torchs_current_stream(monkeypatch):
             calls.append(self.device)
 
     fake_torch = types.ModuleType("torch")
+    fake_torch.Tensor = type("Tensor", (), {"device": "cuda:1"})
     fake_torch.cuda = types.SimpleNamespace(current_stream=Stream)
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
     monkeypatch.setattr(_stream_order, "_simulated", lambda: False)
-    Tensor = type("Tensor", (), {"__module__": "torch", "device": "cuda:1"})
-    _stream_order.wait_for_producer(Tensor(), {"shape": (3,), "version": 2})
-    assert calls == ["cuda:1"]
+    Parameter = type("Parameter", (fake_torch.Tensor,), {"__module__": "mylib"})  # a subclass made elsewhere
+    _stream_order.wait_for_producer(fake_torch.Tensor(), {"shape": (3,), "version": 2})
+    _stream_order.wait_for_producer(Parameter(), {"shape": (3,), "version": 2})
+    assert calls == ["cuda:1", "cuda:1"]
     _stream_order.wait_for_producer(object(), {"shape": (3,), "version": 2})  # not torch, no stream: no wait
-    assert calls == ["cuda:1"]
+    assert calls == ["cuda:1", "cuda:1"]
 
 
 def test_poll_decodes_one_kept_chunk_at_a_time():
@@ -799,3 +801,39 @@ def test_codec_placement_measures_both_places_then_keeps_the_faster(monkeypatch)
     monkeypatch.setenv("EMBZIP_COMM_CODEC", "tpu")
     with pytest.warns(UserWarning, match="EMBZIP_COMM_CODEC='tpu'"):
         assert CodecPlacement().choose() == "gpu"
+
+
+def test_pool_threads_after_shutdown_and_fork(monkeypatch):
+    """Pipelined calls run on reused pool threads, named for their work while it runs. A pool
+    that refuses work (as at interpreter shutdown, when a late call may still need a thread:
+    the refusal made one rank fail and its peer wait forever) gives way to a thread of the
+    work's own; a forked child starts without the parent's pool."""
+    import concurrent.futures
+    import os
+
+    from embzip.comm import _threads
+
+    def name_of(x):
+        return threading.current_thread().name, x
+
+    first = _threads.start("embzip-test", name_of, 1).result()
+    assert first == ("embzip-test", 1)
+    closed = concurrent.futures.ThreadPoolExecutor(1)
+    closed.shutdown()
+    monkeypatch.setattr(_threads, "_POOL", closed)
+    with pytest.raises(RuntimeError):
+        closed.submit(name_of, 0)
+    assert _threads.start("embzip-late", name_of, 2).result(timeout=30) == ("embzip-late", 2)
+    failing = _threads.start("embzip-late", lambda: 1 / 0)
+    assert isinstance(failing.exception(timeout=30), ZeroDivisionError)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh pool that runs work
+        ok = False
+        try:
+            ok = _threads._POOL is None and _threads.start("embzip-child", name_of, 3).result(timeout=10)[1] == 3
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"

@@ -21,7 +21,7 @@ from . import _device, _express, _handshake, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
-__all__ = ["alltoallv", "begin", "agree_to_start", "stage_raw", "host_flat", "codec_flat", "put_back",
+__all__ = ["alltoallv", "begin", "agree_to_start", "stage_raw", "host_flat", "codec_flat", "codec_flats", "put_back",
            "blob_placement", "remote_bytes", "finish"]
 
 
@@ -88,17 +88,25 @@ def codec_flat(spec, receiving: bool, place, stats=None):
     """Where this side's segments are encoded from / decoded into: the GPU buffer itself when
     the codec runs on the GPU (``place``: ``CallStats.codec``, see :mod:`._placement`), else
     ``spec.flat`` or its host staging copy (a receive buffer's staging copy keeps what will
-    not be received). The copy's time counts as compressing / decompressing in ``stats``."""
+    not be received). The copy's time counts in ``stats.staging_s``."""
     if spec.device and place == "gpu":
         return spec.flat
     start = time.perf_counter()
     flat = host_flat(spec, not (receiving and spec.tiles_flat))
     if stats is not None and spec.device:
-        if receiving:
-            stats.decompress_s += time.perf_counter() - start
-        else:
-            stats.compress_s += time.perf_counter() - start
+        stats.staging_s += time.perf_counter() - start
     return flat
+
+
+def codec_flats(job, stats, rank: int):
+    """(send, receive) flats of a compressed call (:func:`codec_flat`), made before its
+    handshake: a staging copy that fails (out of host memory, a GPU fault) is then this
+    rank's error, agreed on like any other; (None, None) with ``job.error`` set."""
+    try:
+        return codec_flat(job.send, False, stats.codec, stats), codec_flat(job.recv, True, stats.codec, stats)
+    except Exception as exc:
+        job.error = LocalError.from_exception(exc, rank, "staging the buffers through host memory")
+        return None, None
 
 
 def blob_placement(send_flat) -> dict:
@@ -107,12 +115,16 @@ def blob_placement(send_flat) -> dict:
     return {"on_device": True} if _device.is_device(send_flat) and _device.cuda_aware_mpi() else {}
 
 
-def put_back(spec, flat) -> None:
-    """After decoding into ``codec_flat(spec)``: copy a host staging buffer back to the GPU, and
-    wait until the GPU has written the receive buffer (the caller may read it on any stream
-    once the call returns, as after a plain Alltoallv)."""
+def put_back(spec, flat, stats=None) -> None:
+    """After decoding into ``codec_flat(spec)``: copy a host staging buffer back to the GPU
+    (its time counts in ``stats.staging_s``), and wait until the GPU has written the receive
+    buffer (the caller may read it on any stream once the call returns, as after a plain
+    Alltoallv)."""
     if spec.device and not _device.is_device(flat):
+        start = time.perf_counter()
         _device.to_device(flat, spec.flat)
+        if stats is not None:
+            stats.staging_s += time.perf_counter() - start
     if spec.device:
         _device.results_ready(spec.flat)
 
@@ -148,11 +160,11 @@ def stage_raw(job):
     return smsg, rmsg, finish_copy
 
 
-def finish(state, stats, start, alt=None, fused=False):
+def finish(state, stats, start, alt=None, fused=False, failed=False):
     """Record a completed call: total time, last stats, the measurement for the next call."""
     stats.total_s = time.perf_counter() - start
-    if stats.codec is not None:  # (the caller's time between Ialltoallv and wait() is not the call's)
-        state.placement.record(stats.codec, stats.compress_s + stats.transfer_s + stats.decompress_s)
+    if stats.codec is not None and not failed:  # (not total_s: the caller's time before wait() is not the call's)
+        state.placement.record(stats.codec, stats.compress_s + stats.transfer_s + stats.decompress_s + stats.staging_s)
     state.pending = measurement(stats, 0.0, alt, fused)  # no latency correction: skew makes it unreliable
     state.last = stats
     return stats
@@ -182,20 +194,23 @@ def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
 
 
 
-def _compress_all(job, decision, stats, rank: int, size: int):
-    """Compress every remote segment (before the handshake); returns (send flat, blobs, alt calibration).
+def _compress_all(job, decision, stats, rank: int, size: int, send_host):
+    """Compress every remote segment of ``send_host`` (before the handshake); returns (blobs,
+    alt calibration).
 
     GPU segments are compressed on the GPU; their blobs stay there for a CUDA-aware MPI."""
     s = job.send
-    send_host = codec_flat(s, False, stats.codec, stats)
-    on_device = blob_placement(send_host)
     blobs, alt = {}, None
+    if job.error is not None:  # (staging failed)
+        return blobs, alt
+    on_device = blob_placement(send_host)
     segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(size)
                 if d != rank and s.counts[d] > 0]
-    if segments:  # compile time is not codec time
-        _segment.warm_up(segments[0][1], job.plan, segments[0][0], s.row, decision.encoder)
     start = time.perf_counter()
     try:
+        if segments:  # compile time is not codec time
+            _segment.warm_up(segments[0][1], job.plan, segments[0][0], s.row, decision.encoder)
+            start = time.perf_counter()
         for d, seg in segments:
             blobs[d] = _segment.encode(seg, 0, job.plan, d, s.row, decision.encoder, **on_device)
         stats.compress_s += time.perf_counter() - start
@@ -203,7 +218,7 @@ def _compress_all(job, decision, stats, rank: int, size: int):
             alt = calibrate(segments, job.plan, s.row, decision.encoder)
     except Exception as exc:  # reported in the handshake: every rank raises, nobody waits
         job.error = LocalError.from_exception(exc, rank, "compressing")
-    return send_host, blobs, alt
+    return blobs, alt
 
 
 
@@ -211,7 +226,8 @@ def _compressed(state, job, decision, stats, MPI):
     pcomm = state.comm
     r = job.recv
     size, rank = pcomm.Get_size(), pcomm.Get_rank()
-    send_host, blobs, alt = _compress_all(job, decision, stats, rank, size)
+    send_host, recv_host = codec_flats(job, stats, rank)
+    blobs, alt = _compress_all(job, decision, stats, rank, size, send_host)
     sizes = np.array([blobs[d].size if d in blobs else 0 for d in range(size)], dtype=np.int64)
     rsizes = agree_to_start(state, job, decision, stats, MPI, sizes).blob_sizes
     sdispls, rdispls = _exclusive_cumsum(sizes), _exclusive_cumsum(rsizes)
@@ -220,7 +236,6 @@ def _compressed(state, job, decision, stats, MPI):
         np.empty(int(sizes.sum()), dtype=np.uint8)
     for d, blob in blobs.items():
         _device.copy(sendbytes[sdispls[d]:sdispls[d] + blob.size], blob)
-    recv_host = codec_flat(r, True, stats.codec, stats)  # the GPU buffer itself, or a host copy that keeps what is not received
     if _device.is_device(recv_host) and _device.cuda_aware_mpi() and rsizes.sum():  # frames land on the GPU
         recvbytes = _device.empty(int(rsizes.sum()), np.uint8, like=recv_host)
     else:
@@ -245,8 +260,9 @@ def _compressed(state, job, decision, stats, MPI):
     except Exception as exc:
         local = LocalError.from_exception(exc, rank, what)
         local.category = "decode"
-    put_back(r, recv_host)
-    stats.decompress_s += time.perf_counter() - start
+    staged = stats.staging_s
+    put_back(r, recv_host, stats)  # (its wait for the GPU's decodes is decompression time)
+    stats.decompress_s += time.perf_counter() - start - (stats.staging_s - staged)
     _protocol.agree(pcomm, local, MPI, patient=True)
     return alt
 

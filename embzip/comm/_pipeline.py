@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from . import _device, _protocol, _segment, _threads
-from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flat, finish, put_back, stage_raw
+from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flats, finish, put_back, stage_raw
 from ._errors import LocalError
 from ._stats import CallStats
 
@@ -85,7 +85,7 @@ class Request:
         self._done = True
         if self._state.inflight is self:
             self._state.inflight = None
-        finish(self._state, self._stats, self._start, self._alt)
+        finish(self._state, self._stats, self._start, self._alt, failed=self._error is not None)
         if self._state.free_pending:  # the caller freed the communicator meanwhile (see CommState.free)
             self._state.free()
 
@@ -117,7 +117,7 @@ class Request:
 class _Pipeline:
     """The thread's work for one compressed pipelined call."""
 
-    def __init__(self, pcomm, job, decision, stats, MPI, chunk_bytes=None):
+    def __init__(self, pcomm, job, decision, stats, MPI, flats, chunk_bytes=None):
         self.pcomm, self.job, self.decision, self.stats, self.MPI = pcomm, job, decision, stats, MPI
         chunk_bytes = job.chunk_bytes if chunk_bytes is None else chunk_bytes
         self.size, self.rank = pcomm.Get_size(), pcomm.Get_rank()
@@ -129,8 +129,9 @@ class _Pipeline:
         self.in_chunks = [chunking(int(r.counts[src]), int(job.units[src]), itemsize, chunk_bytes)
                           if src != self.rank else [] for src in range(self.size)]
         self.expected = sum(len(c) for c in self.in_chunks)
-        # GPU buffers themselves when the codec runs on the GPU, else host arrays (see codec_flat)
-        self.send_host, self.recv_host = codec_flat(s, False, stats.codec, stats), codec_flat(r, True, stats.codec, stats)
+        # GPU buffers themselves when the codec runs on the GPU, else host arrays (codec_flats,
+        # staged before the handshake)
+        self.send_host, self.recv_host = flats
         self.blob_kw = blob_placement(self.send_host)
         self.recv_on_device = _device.is_device(self.recv_host) and _device.cuda_aware_mpi()
         self.decode_on_device = _device.is_device(self.recv_host)  # (then decoding takes _device.LOCK)
@@ -142,7 +143,7 @@ class _Pipeline:
         self.bad_source = set()
 
     def run(self, request: Request):
-        start = time.perf_counter()
+        start, staged = time.perf_counter(), self.stats.staging_s  # (the copies before the handshake are not in start..)
         s, r, rank = self.job.send, self.job.recv, self.rank
         try:
             _device.use_device(self.gpu)  # (this may be the Ialltoallv thread)
@@ -150,14 +151,14 @@ class _Pipeline:
                 _device.copy(self.recv_host[r.displs[rank]:r.displs[rank] + r.counts[rank]],
                              self.send_host[s.displs[rank]:s.displs[rank] + s.counts[rank]])
             self._exchange()
-            put_back(r, self.recv_host)
+            put_back(r, self.recv_host, self.stats)
         except Exception as exc:  # an MPI or internal failure: still reach the agreement
             failure = LocalError.from_exception(exc, rank, "exchanging chunks")
         else:
             failure = None
         local = self.compress_error or self.decode_error or failure
         st = self.stats
-        st.transfer_s = max(time.perf_counter() - start - st.compress_s - st.decompress_s, 0.0)
+        st.transfer_s = max(time.perf_counter() - start - st.compress_s - st.decompress_s - (st.staging_s - staged), 0.0)
         st.overlapped = True  # transfer_s is what overlap left over: not a bandwidth measurement
         try:
             _protocol.agree(self.pcomm, local, self.MPI, patient=True)
@@ -326,18 +327,18 @@ def exchange_segments(state, job, decision, stats, MPI):
     compress-all, which therefore stays the exchange of compute-bound calls. Returns the other
     encoder's calibration (or None); raises the agreed error.
     """
+    s, rank = job.send, state.comm.Get_rank()
+    flats = codec_flats(job, stats, rank)
     agree_to_start(state, job, decision, stats, MPI, streamed=True)
     outcome = _Outcome()
-    _Pipeline(state.comm, job, decision, stats, MPI, chunk_bytes=WHOLE_SEGMENTS).run(outcome)
+    _Pipeline(state.comm, job, decision, stats, MPI, flats, chunk_bytes=WHOLE_SEGMENTS).run(outcome)
     if outcome._error is not None:
         raise outcome._error
     if not decision.calibrate:
         return None
-    s, rank = job.send, state.comm.Get_rank()
-    send_host = codec_flat(s, False, stats.codec)
-    segments = [(d, send_host[s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(s.counts.size)
-                if d != rank and s.counts[d] > 0]
     try:  # a measurement only: one that fails is skipped (the next calibration retries)
+        segments = [(d, flats[0][s.displs[d]:s.displs[d] + s.counts[d]]) for d in range(s.counts.size)
+                    if d != rank and s.counts[d] > 0]
         return calibrate(segments, job.plan, s.row, decision.encoder)
     except Exception:
         return None
@@ -358,13 +359,14 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
         except Exception as exc:
             job = dataclasses.replace(job, error=LocalError.from_exception(
                 exc, state.comm.Get_rank(), "staging the buffers through host memory"))
+    flats = None if raw or job.error is not None else codec_flats(job, stats, state.comm.Get_rank())
     agree_to_start(state, job, decision, stats, MPI)
     request = Request(state, stats, start)
     if raw:
         request._mpi_request, request._on_done = state.comm.Ialltoallv(staged[0], staged[1]), staged[2]
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
     else:
-        work = _Pipeline(state.comm, job, decision, stats, MPI)
+        work = _Pipeline(state.comm, job, decision, stats, MPI, flats)
         if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
             request._work = _threads.start("embzip-ialltoallv", work.run, request)
         else:

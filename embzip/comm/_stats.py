@@ -65,9 +65,11 @@ class CallStats:
         the wall time not spent compressing or decompressing.
     codec : str or None
         Where this rank ran the codec for its GPU buffers in a compressed call: ``"gpu"``, or
-        ``"cpu"`` (the buffers staged through host memory; the copies count in ``compress_s``
-        and ``decompress_s``). None when it had no GPU buffer or the call was not compressed.
-        See ``EMBZIP_COMM_CODEC`` in docs/comm.md.
+        ``"cpu"`` (the buffers staged through host memory). None when it had no GPU buffer or
+        the call was not compressed. See ``EMBZIP_COMM_CODEC`` in docs/comm.md.
+    staging_s : float
+        Seconds copying GPU buffers to and from host memory for the CPU codec (``codec ==
+        "cpu"``); not part of ``compress_s`` / ``decompress_s``, which are codec time.
     """
 
     mode: str
@@ -85,6 +87,7 @@ class CallStats:
     model: dict = dataclasses.field(default_factory=dict)
     overlapped: bool = False
     codec: object = None
+    staging_s: float = 0.0
 
     @property
     def bypassed(self) -> bool:

@@ -346,7 +346,10 @@ def staging_failure():
     from embzip.comm import _device
 
     last = P - 1
-    for call in (blocking, lambda s, r, **kw: ec.Ialltoallv(COMM, s, r, chunk_bytes=1024, **kw).wait()):
+    calls = (blocking, lambda s, r, **kw: ec.Ialltoallv(COMM, s, r, chunk_bytes=1024, **kw).wait())
+    for call, bypass in [(call, bypass) for bypass in (True, False) for call in calls]:
+        # bypass=False: compressed on the CPU, the GPU buffers staged before the handshake
+        os.environ["EMBZIP_COMM_CODEC"] = "gpu" if bypass else "cpu"
         send, recv = payload(), np.zeros(P * N, np.float32)
         if ME == last:
             send, recv = to_device(send), to_device(recv)
@@ -356,14 +359,15 @@ def staging_failure():
             raise MemoryError("no host memory for the staging copy")
         _device.to_host = failing if ME == last else real
         try:
-            call(send, recv, abs_error=1e-2, bypass=True)
+            call(send, recv, abs_error=1e-2, bypass=bypass, strategy="fast")
         except ec.CommError as exc:
             assert f"rank {last} while staging" in str(exc) and "MemoryError" in str(exc), exc
         else:
             raise AssertionError("a failed staging copy did not raise")
         finally:
             _device.to_host = real
-        call(send, recv, abs_error=1e-2, bypass=True)
+        call(send, recv, abs_error=1e-2, bypass=bypass, strategy="fast")
+    os.environ["EMBZIP_COMM_CODEC"] = "gpu"
     print(f"rank {ME}: staging failure ok", flush=True)
 
 
