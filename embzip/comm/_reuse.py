@@ -113,6 +113,8 @@ class Memo:
         return copy.copy(self.job) if key is not None and key == self.key else None
 
     def store(self, key, keep, job):
-        self.key, self.keep, self.job = key, keep, job
+        # a copy: the call goes on with ``job``, and a failure it meets sets job.error, which
+        # every later call with these arguments would raise again (it did)
+        self.key, self.keep, self.job = key, keep, copy.copy(job)
         self.lane = None  # its objects are kept alive by the old key only
         self.row_key = self.row = None  # keyed on the old Job's objects: never reuse it for a new one

@@ -203,6 +203,17 @@ def error_decode_and_compress():
     send, recv = good_buffers(40)
     for fn in (ec.Alltoallv, lambda *a, **k: ec.Ialltoallv(*a, chunk_bytes=32, **k).wait()):
         _corrupt_then_fail(fn, COMM, send, recv)
+    # the first call with new arguments fails: the remembered arguments must not keep its error
+    # (they did, and every later identical call raised it again)
+    send, recv = good_buffers(41)
+    try:  # (not through expect(): its healthy() call would replace the remembered arguments)
+        _patched(ec.Alltoallv, _failing, LAST)(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False)
+    except ec.CommError as exc:
+        assert f"rank {LAST} while compressing" in str(exc), exc
+    else:
+        raise AssertionError("the failing compression did not raise")
+    ec.Alltoallv(COMM, send, recv, abs_error=1e-3, strategy="fast", bypass=False)
+    assert np.abs(recv.reshape(P, 41) - np.arange(41 * ME, 41 * (ME + 1)) * (np.arange(P)[:, None] + 1)).max() <= 1e-3
 
 
 def _corrupt_then_fail(fn, comm, send, recv):
