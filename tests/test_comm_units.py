@@ -580,23 +580,6 @@ def test_tiles_flat_matches_brute_force_coverage(counts, rnd, shift, where, extr
     assert not padded.tiles_flat
 
 
-@settings(max_examples=400)
-@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12)), min_size=1, max_size=6))
-def test_overlapping_receive_segments_are_refused_exactly_when_they_share_an_element(segments):
-    from embzip.comm._spec import _check_disjoint
-
-    counts = np.array([c for c, _ in segments], np.int64)
-    displs = np.array([d for _, d in segments], np.int64)
-    hits = np.zeros(int((counts + displs).max()) + 1, np.int64)
-    for c, d in segments:
-        hits[d:d + c] += 1
-    if hits.max() > 1:
-        with pytest.raises(ValueError, match="overlap; MPI forbids overlapping receive segments"):
-            _check_disjoint(counts, displs, "recvbuf")
-    else:
-        _check_disjoint(counts, displs, "recvbuf")
-
-
 _MEASURE = st.floats(0.0, 1e9, allow_nan=False)
 
 

@@ -37,8 +37,10 @@ def Alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
         ``[buf, counts, TYPE]``, ``[buf, (counts, displs), TYPE]``, ``[buf, counts, displs, TYPE]``;
         counts and displacements in elements, None to infer them as mpi4py does. ``buf`` is a
         contiguous numpy array, bytes-like object, or GPU array (cupy, torch, anything with
-        ``__cuda_array_interface__``); ``recvbuf`` must be writable.
-        float32 / float64 data are compressed; any other type is sent unchanged.
+        ``__cuda_array_interface__``); ``recvbuf`` must be writable, and share no memory
+        with the send segments. ``sendbuf`` may be ``MPI.IN_PLACE`` (or None): ``recvbuf``'s
+        contents are sent, then replaced. float32 / float64 data are compressed; any other
+        type is sent unchanged.
     abs_error, rel_error : float
         Exactly one (for float data): every received element is within ``abs_error`` of the sent
         one, or within ``rel_error * (max - min)`` where the range is taken over the frame

@@ -52,7 +52,9 @@ class Request:
 
     ``wait()`` blocks until the receive buffer holds the result and returns the
     :class:`CallStats`; ``test()`` says whether it is done. A failure (on any rank) is raised
-    by ``wait()`` / ``test()`` on every rank.
+    by ``wait()`` / ``test()`` on every rank. ``Wait()`` / ``Test()`` are mpi4py's spellings,
+    so code written for ``comm.Ialltoallv`` keeps working; ``MPI.Request.Waitall`` does not
+    take this object (it is not an MPI request): wait for it on its own.
     """
 
     def __init__(self, state, stats: CallStats, start: float):
@@ -99,6 +101,17 @@ class Request:
         if self._error is not None:
             raise self._error
         return self._stats
+
+    def Wait(self, status=None):
+        """mpi4py's spelling: :meth:`wait`, returning True as ``MPI.Request.Wait`` does (the
+        stats are in :attr:`stats`). ``status`` is accepted and left as it is: a collective's
+        status says nothing."""
+        self.wait()
+        return True
+
+    def Test(self, status=None) -> bool:
+        """mpi4py's spelling of :meth:`test` (``status`` as for :meth:`Wait`)."""
+        return self.test()
 
     def test(self) -> bool:
         """True when complete (then ``wait()`` returns at once); raises the agreed error."""

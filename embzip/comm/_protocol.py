@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _spec
+from . import _overlap, _spec
 from ._errors import LocalError, build
 from ._layout import resolve
 
@@ -61,8 +61,13 @@ def prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, si
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, found {strategy!r}")
         _bypass_code(bypass)
-        job.send = _spec.parse(sendbuf, size, False, "sendbuf", MPI)
-        job.recv = _spec.parse(recvbuf, size, True, "recvbuf", MPI)
+        if _spec.is_in_place(sendbuf, MPI):  # send what recvbuf holds now (a copy: see in_place_send)
+            job.recv = _spec.parse(recvbuf, size, True, "recvbuf", MPI)
+            job.send = _spec.in_place_send(job.recv, size, MPI)
+        else:
+            job.send = _spec.parse(sendbuf, size, False, "sendbuf", MPI)
+            job.recv = _spec.parse(recvbuf, size, True, "recvbuf", MPI)
+            _overlap.check_not_aliased(job.send, job.recv)
         s, r = job.send.kind, job.recv.kind
         if s != r:
             raise TypeError(f"sendbuf holds {_spec.kind_name(s)} data but recvbuf {_spec.kind_name(r)}: "

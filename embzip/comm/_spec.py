@@ -25,9 +25,9 @@ import numbers
 
 import numpy as np
 
-from . import _device
+from . import _device, _overlap
 
-__all__ = ["Spec", "parse", "FLOAT_KINDS", "kind_name"]
+__all__ = ["Spec", "parse", "is_in_place", "in_place_send", "FLOAT_KINDS", "kind_name"]
 
 #: Element dtypes the collective compresses, and their wire codes (0: passed through unchanged).
 FLOAT_KINDS = {np.dtype(np.float32): 1, np.dtype(np.float64): 2}
@@ -59,6 +59,8 @@ class Spec:
     device: bool  # the buffer lives on a GPU
     row: int  # row width of an N-d C-contiguous buffer, 0 when unknown
     kind: int = 0  # FLOAT_KINDS code when this side is compressible, else 0
+    true_lb: int = 0  # the datatype's true lower bound and extent (bytes): where its data lie
+    true_extent: int = 0
 
     def mpi_message(self):
         """This spec in mpi4py's explicit form (datatypes, counts, displacements)."""
@@ -164,24 +166,6 @@ def _datatype(dtype_arg, own_dtype, name: str, MPI):
     if dtype_arg == MPI.DATATYPE_NULL:
         raise TypeError(f"{name}: the datatype is MPI.DATATYPE_NULL")
     return dtype_arg
-
-
-def _check_disjoint(counts: np.ndarray, displs: np.ndarray, name: str) -> None:
-    """Raise ValueError if two receive segments (of contiguous elements) share an element.
-
-    MPI forbids overlapping receive segments but does not check; what the buffer then holds
-    depends on arrival order. (Segments of derived datatypes may interleave without sharing a
-    byte, so only contiguous elements are checked.)
-    """
-    ranks = np.flatnonzero(counts > 0)
-    order = ranks[np.argsort(displs[ranks], kind="stable")]
-    ends = displs[order] + counts[order]
-    clash = np.flatnonzero(displs[order[1:]] < ends[:-1])
-    if clash.size:
-        a, b = int(order[clash[0]]), int(order[clash[0] + 1])
-        raise ValueError(f"{name}: the segments for ranks {a} (elements {displs[a]}..{displs[a] + counts[a] - 1}) "
-                         f"and {b} (elements {displs[b]}..{displs[b] + counts[b] - 1}) overlap; MPI forbids "
-                         f"overlapping receive segments")
 
 
 def _check_committed(datatype, name: str, MPI) -> None:
@@ -293,11 +277,36 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
             raise ValueError(f"{name}: the segment for rank {d} (displs {displs[d]}, counts {counts[d]}) ends at "
                              f"byte {int(ends[worst])}, beyond the buffer's {nbytes} bytes")
         if writable and extent == elem_size == true_extent and true_lb == 0:
-            _check_disjoint(counts, displs, name)
+            _overlap.check_receive_disjoint(counts, displs, name)
     kind = 0
     if elem is not None and elem in FLOAT_KINDS and (own_dtype == elem or own_dtype in _BYTE_KINDS):
         kind = FLOAT_KINDS[elem]
         if own_dtype != elem:  # untyped bytes declared as floats: read them as floats
             flat, row = flat[:nbytes - nbytes % elem.itemsize].view(elem), 0
     return Spec(buf=buf, flat=flat, dtype=elem, datatype=datatype, counts=counts, displs=displs,
-                extent=int(extent), elem_size=int(elem_size), device=device, row=int(row), kind=kind)
+                extent=int(extent), elem_size=int(elem_size), device=device, row=int(row), kind=kind,
+                true_lb=int(true_lb), true_extent=int(true_extent))
+
+
+def is_in_place(msg, MPI) -> bool:
+    """Whether ``msg`` is one of mpi4py's in-place send buffers: None, ``MPI.IN_PLACE``, or a
+    ``[MPI.IN_PLACE, ...]`` specification (whose other items MPI ignores)."""
+    if msg is None or msg is MPI.IN_PLACE:
+        return True
+    return isinstance(msg, (list, tuple)) and len(msg) > 0 and msg[0] is MPI.IN_PLACE
+
+
+def in_place_send(recv: Spec, size: int, MPI) -> Spec:
+    """The send side of an in-place call: a copy of ``recv``'s buffer taken now, under ``recv``'s
+    counts, displacements and datatype (what MPI sends from ``MPI_IN_PLACE``).
+
+    Why a copy: the streamed and pipelined calls decode received segments into the buffer while
+    they still encode segments to send from it (MPICH's own in-place algorithm copies too).
+    """
+    if recv.device:
+        snapshot = _device.empty(recv.flat.size, recv.flat.dtype, like=recv.flat)
+        _device.copy(snapshot, recv.flat)
+    else:
+        snapshot = _host_array(recv.buf, False, "recvbuf").copy(order="K")
+    send = parse([snapshot, (recv.counts, recv.displs), recv.datatype], size, False, "sendbuf (MPI.IN_PLACE)", MPI)
+    return dataclasses.replace(send, row=recv.row)

@@ -334,9 +334,26 @@ def main():
         print(f"rank {ME}: {name} ok", flush=True)
         if name == "plain":
             codec_placement()
+    in_place_on_device()
     if not CUDA_AWARE:  # (a CUDA-aware MPI stages nothing)
         staging_failure()
     print(f"DEVICE-OK rank {ME}", flush=True)
+
+
+def in_place_on_device():
+    """MPI.IN_PLACE (or None) with a GPU receive buffer sends the buffer's contents: the same
+    bits as the host-only in-place exchange, compressed blocking and pipelined, and raw."""
+    for name, call, bypass in (("blocking", blocking, False), ("pipelined", pipelined, False),
+                               ("raw", blocking, True)):
+        expected = payload()
+        call(MPI.IN_PLACE, expected, abs_error=1e-2, strategy="fast", bypass=bypass)
+        assert not np.array_equal(expected, payload()) or P == 1, name
+        for device_ranks in ((0, 1), (0,)):
+            buf = to_device(payload()) if ME in device_ranks else payload()
+            call(None if ME == 0 else MPI.IN_PLACE, buf, abs_error=1e-2, strategy="fast", bypass=bypass)
+            got = to_host(buf) if ME in device_ranks else buf
+            assert got.tobytes() == expected.tobytes(), (name, device_ranks)
+    print(f"rank {ME}: in place ok", flush=True)
 
 
 def staging_failure():
