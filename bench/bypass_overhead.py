@@ -10,7 +10,9 @@ the handshake's size in flight during a blocking ``Alltoallv``); embzip with ``b
 (always raw: the express lane's steady state); embzip with ``bypass="auto"`` (the cost model
 decides; on a fast link it sends raw but probes compression after 16, 32, ... calls). Time per
 call is the slowest rank's; medians and the ratio to plain are printed by rank 0. The payload
-is random float32 (the bypass never looks at the values), ``--mb`` MB per rank.
+is random float32 (the bypass never looks at the values), ``--mb`` MB per rank. ``--in-place``
+adds both with ``MPI.IN_PLACE`` as the send buffer (embzip sends a copy of the receive buffer
+and validates in full: in-place calls take no express lane).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=10.6, help="payload MB per rank")
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--in-place", action="store_true", help="also time MPI.IN_PLACE calls")
     args = parser.parse_args()
 
     from mpi4py import MPI
@@ -55,6 +58,10 @@ def main() -> None:
         "embzip bypass=True": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout, bypass=True),
         "embzip bypass=auto": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout),
     }
+    if args.in_place:
+        methods["plain Alltoallv, in place"] = lambda c: c.Alltoallv(MPI.IN_PLACE, recv)
+        methods["embzip bypass=True, in place"] = lambda c: ec.Alltoallv(c, MPI.IN_PLACE, recv, rel_error=0.01,
+                                                                       bounds=layout, bypass=True)
     subs = {name: comm.Dup() for name in methods}
     times = {name: [] for name in methods}
     modes = {name: set() for name in methods}

@@ -112,17 +112,25 @@ def _arguments(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
         inner = bounds.bounds
         inner = None if inner is None else (inner.shape, inner.dtype.str, inner.tobytes())
     return (id(sendbuf), id(recvbuf), sendbuf.flags.writeable, recvbuf.flags.writeable, sendbuf.dtype,
-            recvbuf.dtype, sendbuf.shape, recvbuf.shape, id(bounds), inner,
+            recvbuf.dtype, sendbuf.shape, recvbuf.shape, *_memory(sendbuf), *_memory(recvbuf), id(bounds), inner,
             abs_error, type(abs_error), rel_error, type(rel_error), strategy, bypass, type(bypass))
+
+
+def _memory(arr):
+    """Where an array's elements are: its data pointer and strides. Why: one array object can
+    move (``resize(refcheck=False)``, assigning ``strides``); a repeat keyed on identity alone
+    then wrote into freed memory."""
+    return arr.__array_interface__["data"][0], arr.strides
 
 
 def _same_objects(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass):
     """What :func:`_is_repeat` compares: the argument objects themselves, and what can change in
-    them (an array's shape, dtype and writeable flag; a TableLayout's bounds array)."""
+    them (an array's shape, dtype, writeable flag and memory; a TableLayout's bounds array)."""
     inner = getattr(bounds, "bounds", None)
     inner = None if inner is None else (inner.shape, inner.dtype.str, inner.tobytes())
     return (sendbuf, recvbuf, bounds, abs_error, rel_error, strategy, bypass, sendbuf.shape, recvbuf.shape,
-            sendbuf.dtype, recvbuf.dtype, sendbuf.flags.writeable, recvbuf.flags.writeable, inner)
+            sendbuf.dtype, recvbuf.dtype, sendbuf.flags.writeable, recvbuf.flags.writeable, inner,
+            _memory(sendbuf), _memory(recvbuf))
 
 
 def _is_repeat(same, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass):
@@ -136,6 +144,8 @@ def _is_repeat(same, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, b
             or recvbuf.dtype is not same[10]:
         return False
     if sendbuf.flags.writeable is not same[11] or recvbuf.flags.writeable is not same[12]:
+        return False
+    if _memory(sendbuf) != same[14] or _memory(recvbuf) != same[15]:
         return False
     inner = same[13]
     if inner is not None:

@@ -6,7 +6,7 @@ several ranks that time is paid again in scheduler slices, and a bypassed call m
 a plain ``Alltoallv`` costs. So each communicator remembers the last successful call's
 arguments (by identity for buffers, which the cache keeps alive so an identity cannot be
 reused by another object, and by value for everything mutable: counts, displacements,
-bounds, the writeable flag) with the :class:`~._protocol.Job` they produced.
+bounds, the writeable flag, a buffer's data pointer and strides) with the :class:`~._protocol.Job` they produced.
 
 Only numpy buffers and plain values are remembered; anything else (GPU arrays, bytes-like
 objects, unusual types) makes a call skip the cache and validate in full, as before.
@@ -46,7 +46,9 @@ def _buffer(value, keep: list):
     if not isinstance(value, np.ndarray) or value.dtype.hasobject:
         raise _Skip
     keep.append(value)  # alive while cached: its id cannot be taken by another array
-    return ("a", id(value), value.flags.writeable, value.dtype.str, value.shape)
+    # (its memory too: one array object can move, by resize(refcheck=False) or new strides)
+    return ("a", id(value), value.flags.writeable, value.dtype.str, value.shape, value.strides,
+            value.__array_interface__["data"][0])
 
 
 def _part(value, keep: list):

@@ -310,10 +310,43 @@ def express_lane():
             for _ in range(2):
                 ec.Alltoallv(fresh, [send, sc], [got, rc], abs_error=2e-3, bypass=True)
             assert lanes["calls"] - before == (0 if PAIRWISE else 1)
+            moved_buffers(fresh)
             fresh.Free()
     finally:
         _express.try_call = real
         os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+def moved_buffers(comm):
+    """One array object whose memory moved between two calls (resize(refcheck=False) to the
+    same shape, new strides): a repeat keyed on identity alone wrote into freed memory, and
+    sent the old elements. Both take the full path now: received, and refused (strided)."""
+    import warnings
+
+    n = 64 * P
+    send = payload(n, np.float32, 45)
+    ref = reference(send, lambda: np.zeros(n, np.float32))
+    for bypass in (True, False):
+        recv = np.zeros(n, np.float32)
+        for _ in range(2):  # a new key, then its repeat (the lane)
+            ec.Alltoallv(comm, send, recv, abs_error=1e-3, bypass=bypass)
+        recv.resize(64 * n, refcheck=False)  # (embzip keeps a reference: refcheck would refuse)
+        recv.resize(n, refcheck=False)
+        recv[:] = -1.0
+        ec.Alltoallv(comm, send, recv, abs_error=1e-3, bypass=bypass)
+        assert_close(recv, ref, 1e-3, f"after the receive buffer moved (bypass={bypass})")
+    base = np.concatenate([send, send])
+    view = base[:n]
+    ec.Alltoallv(comm, view, recv, abs_error=1e-3, bypass=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (numpy deprecates assigning strides)
+        view.strides = (8,)
+    try:
+        ec.Alltoallv(comm, view, recv, abs_error=1e-3, bypass=True)
+    except ec.CommValueError as exc:
+        assert "non-contiguous" in str(exc), exc
+    else:
+        raise AssertionError("a buffer made strided after a call was sent as before")
 
 
 @case
