@@ -46,3 +46,21 @@ def test_docstring_examples(name):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name} (above)"
+
+
+def test_classes_built_on_first_access_run_their_examples():
+    """embzip.comm.Comm and Request are built on first access (so that importing embzip.comm
+    does not import mpi4py): the module's finder never sees their docstrings."""
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("embzip.comm.Comm's examples need mpi4py (an optional extra)")
+    import embzip.comm
+
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = [t for name in ("Comm", "Request")
+             for t in finder.find(getattr(embzip.comm, name), f"embzip.comm.{name}", module=False)]
+    assert sum(len(t.examples) for t in tests) >= 5
+    for test in tests:
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed (above)"

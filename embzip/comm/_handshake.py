@@ -157,8 +157,12 @@ def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None,
     size = pcomm.Get_size()
     fused = post_payload is not None and job.error is None and mode != 1
     # an uncompressed call repeating the last one's arguments repeats its row but for the
-    # measurements (the reused Job shares its Spec objects): skip rebuilding it
-    same = (id(job.send), mode, fused) if job.error is None and blob_sizes is None else None
+    # measurements (the reused Job shares its Spec objects): skip rebuilding it. Only for the
+    # memo's own Job, which the memo keeps alive: the Spec of a call the memo does not keep
+    # (GPU or DLPack buffers, in place) is freed after the call, and a later call's new Spec
+    # could take its id, and with it a stale row (its counts, its type: found by review)
+    remembered = memo is not None and memo.job is not None and job.send is memo.job.send
+    same = (id(job.send), mode, fused) if remembered and job.error is None and blob_sizes is None else None
     if same is not None and memo is not None and memo.row_key == same:
         row = memo.row.copy()
     else:

@@ -2,7 +2,8 @@
 
 Accepted forms (counts and displacements in elements of the datatype, as in mpi4py)::
 
-    buf                                 counts inferred: equal split, displacements contiguous
+    buf                                 counts inferred (as mpi4py: an equal split, the first
+                                        total % size ranks one more), displacements contiguous
     [buf, TYPE]                         same, explicit datatype
     [buf, counts]                       contiguous displacements
     [buf, (counts, displs)]
@@ -118,16 +119,29 @@ def _pair(pair, name: str):
     return pair[0], pair[1]
 
 
+def _has_buffer(obj) -> bool:
+    try:
+        memoryview(obj).release()
+    except TypeError:
+        return False
+    return True
+
+
 def _host_array(buf, writable: bool, name: str) -> np.ndarray:
     if isinstance(buf, np.ndarray):
         arr = buf
         if arr.dtype.hasobject:
             raise TypeError(f"{name} has dtype {arr.dtype}: object arrays cannot be sent as a buffer")
+    elif not _has_buffer(buf) and hasattr(buf, "__dlpack__"):  # a CPU torch tensor, say: mpi4py takes DLPack too
+        try:
+            arr = np.from_dlpack(buf)
+        except (TypeError, ValueError, BufferError, RuntimeError) as exc:
+            raise TypeError(f"{name}: numpy cannot read this {type(buf).__name__} through DLPack ({exc})") from None
     else:
         try:
             view = memoryview(buf)
         except TypeError:
-            raise TypeError(f"{name} must be a buffer (numpy array, bytes-like or GPU array), "
+            raise TypeError(f"{name} must be a buffer (numpy array, bytes-like, DLPack or GPU array), "
                             f"found {type(buf).__name__}") from None
         if not view.contiguous:
             raise ValueError(f"{name} is a non-contiguous buffer; pass a contiguous one")
@@ -155,9 +169,17 @@ def _datatype(dtype_arg, own_dtype, name: str, MPI):
         from mpi4py.util import dtlib
 
         try:
-            return dtlib.from_numpy_dtype(own_dtype)
+            built = dtlib.from_numpy_dtype(own_dtype)
         except (TypeError, ValueError, KeyError) as exc:
             raise TypeError(f"{name}: no MPI datatype matches the buffer's dtype {own_dtype}; pass one ({exc})") from None
+        if built.is_predefined:
+            return built
+        base, combiner, _ = built.decode()
+        built.Free()  # (a new handle that embzip would never free)
+        if combiner == "DUP" and base.is_predefined:
+            return base
+        raise TypeError(f"{name}: no predefined MPI datatype matches the buffer's dtype {own_dtype}; pass a committed "
+                        f"datatype as TYPE (mpi4py.util.dtlib.from_numpy_dtype(dtype), then .Commit())")
     if isinstance(dtype_arg, str):
         try:
             return MPI.Datatype.fromcode(dtype_arg)
@@ -218,12 +240,27 @@ def _vector(value, size: int, what: str, name: str):
         return np.full(size, int(arr), dtype=np.int64)
     if arr.shape != (size,):
         raise ValueError(f"{name}: {what} must have one entry per rank ({size}), found shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _MAX_ELEMENTS:  # (astype would wrap it negative)
+        d = int(np.argmax(arr))
+        raise ValueError(f"{name}: {what}[{d}] is {int(arr[d])}: beyond any buffer")
     return arr.astype(np.int64)
+
+
+def _is_integer(value) -> bool:
+    """An integer as mpi4py reads one (an int, a numpy integer, a 0-d integer array), not a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "iu"
+    return isinstance(value, numbers.Integral)
 
 
 def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     """Normalize one buffer specification (raises TypeError / ValueError naming the problem)."""
     buf, counts, displs, dtype_arg = _unpack(msg, name, MPI)
+    bottom = buf is None or buf is MPI.BOTTOM
+    if bottom:  # no buffer: fine for a rank that sends or receives nothing (checked below)
+        buf = np.empty(0, np.uint8)
     device = _device.is_device(buf)
     if device:
         flat, own_dtype = _device.device_flat(buf, writable, name)
@@ -242,18 +279,25 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     elem_size = datatype.Get_size()
     counts = _vector(counts, size, "counts", name)
     if counts is None:
-        total = nbytes // extent if extent > 0 else 0
-        if extent <= 0 or nbytes % extent or total % max(size, 1):
+        if extent <= 0 or nbytes % extent:
             raise ValueError(f"{name}: cannot infer counts: the buffer holds {nbytes} bytes, not a whole number "
-                             f"of {size} equal blocks of {extent}-byte elements; pass counts")
-        counts = np.full(size, total // max(size, 1), dtype=np.int64)
-    if isinstance(displs, numbers.Integral) and not isinstance(displs, bool):
+                             f"of {extent}-byte elements; pass counts")
+        total = nbytes // extent  # split as mpi4py does: the first total % size ranks get one more
+        counts = np.full(size, total // max(size, 1), dtype=np.int64) + (np.arange(size) < total % max(size, 1))
+    if _is_integer(displs):
         displs = np.arange(size, dtype=np.int64) * int(displs)  # mpi4py: an int is a stride
     else:
         displs = _vector(displs, size, "displs", name)
+    huge = np.flatnonzero(counts > _MAX_ELEMENTS // max(size, 1))
+    if huge.size:  # (their sum, the inferred displacements, would overflow int64)
+        raise ValueError(f"{name}: counts[{huge[0]}] is {counts[huge[0]]}: beyond any buffer")
     if displs is None:
         displs = np.zeros(size, dtype=np.int64)
         np.cumsum(counts[:-1], out=displs[1:])
+    if bottom and counts.any():
+        raise TypeError(f"{name}: a buffer of None or MPI.BOTTOM (absolute addresses) with counts "
+                        f"{counts.tolist()}: embzip.comm needs the buffer itself (None or MPI.BOTTOM only with "
+                        f"all counts 0)")
     for what, vec in (("counts", counts), ("displs", displs)):
         bad = np.flatnonzero(vec < 0)
         if bad.size:

@@ -39,14 +39,14 @@ def _make():
         >>> import numpy as np
         >>> from mpi4py import MPI
         >>> import embzip.comm
-        >>> comm = embzip.comm.Comm(MPI.COMM_WORLD, rel_error=0.01)
+        >>> comm = embzip.comm.Comm(MPI.COMM_WORLD.Dup(), rel_error=0.01)
         >>> send = np.linspace(-1, 1, comm.size * 1000, dtype=np.float32)
         >>> recv = np.empty_like(send)
         >>> comm.Alltoallv(send, recv).mode       # compressed
         'compressed'
         >>> comm.allreduce(1)                     # plain mpi4py
         1
-        >>> comm.Free()
+        >>> comm.Free()                           # (a Dup: COMM_WORLD itself cannot be freed)
         """
 
         def __new__(cls, comm=None, **defaults):

@@ -126,6 +126,68 @@ def spec_forms():
     got = np.zeros_like(rows)
     ec.Alltoallv(COMM, rows, got, abs_error=1e-3, strategy="fast", bypass=False)
     assert_close(got, ref, 1e-3, "2-D rows")
+    mpi4py_corners()
+
+
+class OnlyDLPack:
+    """A buffer that offers DLPack and nothing else (a CPU torch tensor's case; mpi4py takes it)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
+def mpi4py_corners():
+    """Calls mpi4py runs that embzip once refused or got wrong (found by an adversarial
+    review): counts inferred unevenly, a 0-d array as a displacement stride, DLPack-only
+    buffers, and ranks that receive nothing passing [None, 0, TYPE]; vs plain Alltoallv."""
+    for bypass in (False, True):
+        send = payload(5 * P + P - 1, np.float32, 6)  # mpi4py sends 6 to the first P - 1 ranks, 5 to the last
+        rsize = 6 if ME < P - 1 else 5
+        ref = reference(send, lambda: np.zeros(P * rsize, np.float32))
+        got = np.zeros(P * rsize, np.float32)
+        ec.Alltoallv(COMM, send, got, abs_error=1e-3, strategy="fast", bypass=bypass)
+        assert_close(got, ref, 0 if bypass else 1e-3, f"uneven inferred counts, bypass={bypass}")
+        strided = [payload(2 * P, np.float32, 7), (2, np.array(2))]
+        ref = reference(strided, lambda: np.zeros(2 * P, np.float32))
+        got = np.zeros(2 * P, np.float32)
+        ec.Alltoallv(COMM, strided, got, abs_error=1e-3, strategy="fast", bypass=bypass)
+        assert_close(got, ref, 0 if bypass else 1e-3, f"0-d stride, bypass={bypass}")
+        send = payload(8 * P, np.float64, 8)
+        ref = reference(send, lambda: np.zeros(8 * P))
+        got = np.zeros(8 * P)
+        ec.Alltoallv(COMM, OnlyDLPack(send), OnlyDLPack(got), abs_error=1e-3, strategy="fast", bypass=bypass)
+        assert_close(got, ref, 0 if bypass else 1e-3, f"DLPack buffers, bypass={bypass}")
+        gather = [payload(2, np.float32, 9), ([2] + [0] * (P - 1), 0), MPI.FLOAT]  # everyone to rank 0
+        rbuf = np.zeros(2 * P, np.float32)
+        into = (lambda b: [b, 2, MPI.FLOAT]) if ME == 0 else (lambda b: [None, 0, MPI.FLOAT])
+        ref = reference(gather, lambda: into(np.zeros(2 * P, np.float32)))
+        ec.Alltoallv(COMM, gather, into(rbuf), abs_error=1e-3, strategy="fast", bypass=bypass)
+        if ME == 0:
+            assert_close(rbuf, ref, 0 if bypass else 1e-3, f"gather with [None, 0, TYPE], bypass={bypass}")
+
+
+@case
+def unremembered_calls():
+    """Uncompressed calls the argument memo does not keep (bytes-like buffers), one after
+    another with other types and counts: each must be checked and sent as itself. (The
+    handshake once reused a row keyed on the id of a freed Spec when a new Spec took that id;
+    whether CPython reuses the address is luck, so tests/test_comm_memo.py checks the rule.)"""
+    calls = []
+    for step in range(24):  # made first: back to back, each call's Spec tends to take the last one's address
+        dtype, code = ((np.float32, "f"), (np.float64, "d"), (np.int32, "i"))[step % 3]
+        per = 1 + step % 5
+        send = bytearray(payload(per * P, dtype, 60 + step).tobytes())
+        ref = reference([send, code], lambda: [bytearray(per * P * np.dtype(dtype).itemsize), code])
+        calls.append(([send, code], [bytearray(len(ref)), code], ref))
+    for step, (smsg, rmsg, ref) in enumerate(calls):
+        stats = ec.Alltoallv(COMM, smsg, rmsg, abs_error=1e-3, bypass=True)
+        assert rmsg[0] == ref and stats.mode in ("raw", "passthrough"), (step, stats)
 
 
 @case
@@ -149,6 +211,17 @@ def spec_parsing():
     fortran = parse(np.asfortranarray(np.arange(4.0 * P).reshape(2 * P, 2)))
     assert fortran.row == 0 and fortran.flat.flags.c_contiguous
     assert parse(np.zeros((3 * P, 5), np.float32)).row == 5
+    # as mpi4py: counts inferred unevenly (the first total % P ranks one more), a 0-d integer
+    # array is an integer (a displacement stride), no buffer where nothing moves
+    uneven = parse(np.zeros(6 * P + P - 1, np.float32))
+    assert uneven.counts.tolist() == [7] * (P - 1) + [6] and uneven.displs.tolist() == [7 * i for i in range(P)]
+    assert parse([x, 2, np.array(3), "f"]).displs.tolist() == [3 * i for i in range(P)]
+    assert parse([x, np.array(2)]).counts.tolist() == [2] * P
+    for nothing in ([None, 0, MPI.FLOAT], [MPI.BOTTOM, [0] * P, [5] * P, "f"]):
+        empty = parse(nothing)
+        assert empty.kind == 1 and not empty.counts.any() and empty.flat.size == 0
+    dlpack = parse(OnlyDLPack(np.arange(2.0 * P)))
+    assert dlpack.kind == 2 and dlpack.flat.tolist() == list(range(2 * P))
     for msg, error, text in [
         ([x, [1] * P, [0] * P], TypeError, "third item"),
         ([x, 1, 2, 3, 4], TypeError, "2 to 4 items"),
@@ -157,8 +230,13 @@ def spec_parsing():
         ([x, [7] * P], ValueError, "beyond the buffer"),
         ([x, True], TypeError, "bool"),
         ([x, 1, None, "not-a-code"], TypeError, "typecode"),
-        (np.zeros(6 * P + 1, np.float32) if P > 1 else np.zeros(0, "V3"), (ValueError, TypeError), ""),
+        (np.zeros(0, "V3"), (ValueError, TypeError), ""),
         ("text", TypeError, "must be a buffer"),
+        ([x, [2 ** 62] * P], ValueError, "counts[0] is 4611686018427387904: beyond any buffer"),
+        ([x, np.full(P, 2 ** 63 + 1, np.uint64)], ValueError, "is 9223372036854775809: beyond any buffer"),
+        (np.zeros(P, [("a", "f4"), ("b", "i4")]), TypeError, "no predefined MPI datatype matches"),
+        ([None, [1] * P, MPI.FLOAT], TypeError, "None or MPI.BOTTOM only with all counts 0"),
+        ([MPI.BOTTOM, [1] * P, list(range(P)), MPI.FLOAT], TypeError, "(absolute addresses) with counts"),
     ]:
         try:
             parse(msg)
