@@ -99,7 +99,8 @@ def Ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
                bypass="auto", chunk_bytes=512 * 1024):
     """Pipelined, nonblocking :func:`Alltoallv`: returns a :class:`Request`; call ``wait()``.
 
-    After a small blocking handshake (the same agreement as :func:`Alltoallv`), each
+    Returns at once, as MPI's ``Ialltoallv``: a background thread runs the handshake (the same
+    agreement as :func:`Alltoallv`; an error agreed there is raised by ``wait()``), then each
     destination's segment is cut into chunks of about ``chunk_bytes`` raw bytes on row
     boundaries; background threads compress chunk k+1 while chunk k is in flight and decode
     chunks as they arrive. The buffers must not be touched until ``wait()`` returns. At most

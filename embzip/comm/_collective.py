@@ -37,25 +37,25 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
     state = _mpi.state_of(comm)
     if state.inflight is not None:  # one pipelined call in flight per communicator
         state.inflight.wait_quietly()
-    pcomm = state.comm
+    size, rank = state.size, state.rank  # (not state.comm: its duplication may still be in flight)
     key, keep = _reuse.key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
     job = state.memo.lookup(key)
     if job is None:
         job = _protocol.prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass,
-                                pcomm.Get_size(), pcomm.Get_rank(), MPI, chunk_bytes)
+                                size, rank, MPI, chunk_bytes)
         if job.error is None and key is not None:
             state.memo.store(key, keep, job)
     decision = None
     if job.error is None and job.kind:
         decision = state.costs.decide(job.bypass, job.strategy)
         stats = CallStats(decision.mode, decision.reason, decision.encoder, model=decision.model)
-        stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, pcomm.Get_rank())
+        stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, rank)
         if decision.mode == "compressed" and (job.send.device or job.recv.device):
             stats.codec = state.placement.choose() if _device.gpu_codec_usable() else "cpu"
     else:
         stats = CallStats("passthrough", "not float")
         if job.error is None:
-            stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, pcomm.Get_rank())
+            stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, rank)
     return MPI, state, job, decision, stats, start
 
 

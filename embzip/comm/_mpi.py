@@ -66,7 +66,8 @@ class CommState:
     """What embzip keeps per communicator (identical on every rank where it matters).
 
     ``comm`` is a private duplicate: embzip's handshakes, payloads and tags can never match a
-    message or collective of the caller's. ``costs`` only changes from values every rank
+    message or collective of the caller's. ``size`` and ``rank`` are the caller's
+    communicator's (the same), readable before the duplicate is. ``costs`` only changes from values every rank
     reduced together, so every rank takes the same bypass decision without a vote.
     """
 
@@ -77,8 +78,11 @@ class CommState:
 
         MPI = load()
         # a plain Intracomm: a subclass's Dup (embzip.comm.Comm's) would return the subclass,
-        # whose Alltoallv is the compressed one
-        self.comm = MPI.Intracomm(MPI.Comm.Dup(comm))
+        # whose Alltoallv is the compressed one. Idup, not Dup: a first Ialltoallv must return
+        # before the other ranks have called it (the duplicate completes in the call's thread)
+        dup, self._duplicating = MPI.Comm.Idup(comm)
+        self._comm = MPI.Intracomm(dup)
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.costs = CostState()
         self.placement = CodecPlacement()  # where this rank's codec runs for GPU buffers (local)
         self.pending = None  # this rank's measurements of the last call, reduced at the next one
@@ -86,6 +90,18 @@ class CommState:
         self.inflight = None  # the pipelined call not yet completed (at most one per communicator)
         self.memo = Memo()  # the last successful call's arguments and handshake (see _reuse)
         self.free_pending = False  # the caller freed the communicator while a call was in flight
+
+    @property
+    def comm(self):
+        """The private duplicate (None once freed); waits for its duplication to complete."""
+        if self._duplicating is not None:
+            wait(self._duplicating)
+            self._duplicating = None
+        return self._comm
+
+    @comm.setter
+    def comm(self, value):
+        self._comm = value
 
     def free(self):
         MPI = load()
@@ -95,12 +111,12 @@ class CommState:
             # (Request._complete frees it then)
             self.free_pending = True
             return
-        if self.comm is not None and not MPI.Is_finalized():
+        if self._comm is not None and not MPI.Is_finalized():
             try:
-                self.comm.Free()
+                self.comm.Free()  # (waits for a duplication still in flight first)
             except Exception:  # freeing is best effort: MPI may be shutting down
                 pass
-        self.comm = None
+        self._comm, self._duplicating = None, None
         from ._reuse import Memo
 
         self.memo = Memo()  # drops the caller's buffers now: _RECENT may hold this state a while

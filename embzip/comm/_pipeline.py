@@ -1,8 +1,8 @@
 """The pipelined, nonblocking call: chunks compressed, sent, received and decoded concurrently.
 
-After the blocking handshake, a background thread (MPI must provide THREAD_MULTIPLE, which
-mpi4py requests by default; otherwise this part runs inside ``Ialltoallv``) does all MPI
-work: it posts an ``Isend`` (tag ``1 + k``) for each chunk k as soon as a second thread has
+A background thread (MPI must provide THREAD_MULTIPLE, which mpi4py requests by default;
+otherwise this part runs inside ``Ialltoallv``) does all MPI work: the handshake (so that
+``Ialltoallv`` returns before the other ranks have called it, as MPI's does), then it posts an ``Isend`` (tag ``1 + k``) for each chunk k as soon as a second thread has
 compressed it, receives (``Improbe``) and decodes whatever has arrived, and keeps MPI's
 progress going meanwhile, so compression, transfer and decompression overlap. Both sides derive each segment's chunking from agreed
 values (counts, the sender's row width, ``chunk_bytes``), so every rank knows exactly how many
@@ -371,18 +371,27 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
             staged = stage_raw(job)
         except Exception as exc:
             job = dataclasses.replace(job, error=LocalError.from_exception(
-                exc, state.comm.Get_rank(), "staging the buffers through host memory"))
-    flats = None if raw or job.error is not None else codec_flats(job, stats, state.comm.Get_rank())
-    agree_to_start(state, job, decision, stats, MPI)
+                exc, state.rank, "staging the buffers through host memory"))
+    flats = None if raw or job.error is not None else codec_flats(job, stats, state.rank)
     request = Request(state, stats, start)
-    if raw:
-        request._mpi_request, request._on_done = state.comm.Ialltoallv(staged[0], staged[1]), staged[2]
-        stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
-    else:
-        work = _Pipeline(state.comm, job, decision, stats, MPI, flats)
-        if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
-            request._work = _threads.start("embzip-ialltoallv", work.run, request)
-        else:
-            work.run(request)
+    gpu = _device.current_device() if job.error is None and (job.send.device or job.recv.device) else None
+
+    def handshake_then_exchange(request):
+        # in the call's MPI thread: Ialltoallv returns before the other ranks have started it,
+        # as MPI's does (a rank that waited in the handshake for a rank that first waits for
+        # it, a Recv say, hung); an agreed error is then raised by wait() / test()
+        _device.use_device(gpu)  # (the caller's GPU: a new thread starts on device 0)
+        agree_to_start(state, job, decision, stats, MPI)
+        if raw:
+            request._on_done = staged[2]
+            request._mpi_request = state.comm.Ialltoallv(staged[0], staged[1])
+            stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
+        else:  # (built after the handshake: it cuts chunks on the row widths agreed there)
+            _Pipeline(state.comm, job, decision, stats, MPI, flats).run(request)
+
+    if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
+        request._work = _threads.start("embzip-ialltoallv", handshake_then_exchange, request)
+    else:  # one thread for MPI: all of it here (still pipelined), and the call returns complete
+        handshake_then_exchange(request)
     state.inflight = request
     return request

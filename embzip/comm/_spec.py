@@ -260,6 +260,9 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     buf, counts, displs, dtype_arg = _unpack(msg, name, MPI)
     bottom = buf is None or buf is MPI.BOTTOM
     if bottom:  # no buffer: fine for a rank that sends or receives nothing (checked below)
+        if dtype_arg is None:  # (and without a type, what it does not receive has no kind to agree on)
+            raise TypeError(f"{name} is {'None' if buf is None else 'MPI.BOTTOM'} with no datatype: pass a buffer, "
+                            f"or [None, 0, TYPE] on a rank that sends or receives nothing")
         buf = np.empty(0, np.uint8)
     device = _device.is_device(buf)
     if device:
@@ -290,7 +293,9 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
         displs = _vector(displs, size, "displs", name)
     huge = np.flatnonzero(counts > _MAX_ELEMENTS // max(size, 1))
     if huge.size:  # (their sum, the inferred displacements, would overflow int64)
-        raise ValueError(f"{name}: counts[{huge[0]}] is {counts[huge[0]]}: beyond any buffer")
+        d = int(huge[0])
+        raise ValueError(f"{name}: the segment for rank {d} (counts {counts[d]}) ends beyond the buffer's "
+                         f"{nbytes} bytes")
     if displs is None:
         displs = np.zeros(size, dtype=np.int64)
         np.cumsum(counts[:-1], out=displs[1:])

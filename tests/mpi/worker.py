@@ -232,7 +232,7 @@ def spec_parsing():
         ([x, 1, None, "not-a-code"], TypeError, "typecode"),
         (np.zeros(0, "V3"), (ValueError, TypeError), ""),
         ("text", TypeError, "must be a buffer"),
-        ([x, [2 ** 62] * P], ValueError, "counts[0] is 4611686018427387904: beyond any buffer"),
+        ([x, [2 ** 62] * P], ValueError, "rank 0 (counts 4611686018427387904) ends beyond the buffer's"),
         ([x, np.full(P, 2 ** 63 + 1, np.uint64)], ValueError, "is 9223372036854775809: beyond any buffer"),
         (np.zeros(P, [("a", "f4"), ("b", "i4")]), TypeError, "no predefined MPI datatype matches"),
         ([None, [1] * P, MPI.FLOAT], TypeError, "None or MPI.BOTTOM only with all counts 0"),
@@ -577,6 +577,30 @@ def pipelined():
     assert first.test() and first.stats is not None
     assert_close(got, ref, 1e-3, "completed by the next call")
     threads_are_reused(rows, got, ref)
+
+
+@case
+def ialltoallv_returns_before_the_others_start():
+    """As MPI's Ialltoallv, embzip's returns before the other ranks have called it: rank 0
+    starts the exchange, then sends each rank the message it waits for before starting its
+    own. It hung: the handshake (and, on a new communicator, its duplication) blocked."""
+    rows = payload(P * 40, np.float32, 95).reshape(-1, 10)
+    ref = reference(rows, lambda: np.zeros_like(rows))
+    token = np.zeros(1)
+    for first_call, bypass in ((True, False), (False, False), (False, True)):
+        comm = COMM.Dup() if first_call else COMM
+        got = np.zeros_like(rows)
+        if ME == 0:
+            req = ec.Ialltoallv(comm, rows, got, abs_error=1e-3, strategy="fast", bypass=bypass, chunk_bytes=400)
+            for d in range(1, P):
+                COMM.Send(token, dest=d, tag=95)
+        else:
+            COMM.Recv(token, source=0, tag=95)
+            req = ec.Ialltoallv(comm, rows, got, abs_error=1e-3, strategy="fast", bypass=bypass, chunk_bytes=400)
+        assert req.Wait() is True and req.stats.bypassed == bypass
+        assert_close(got, ref, 0.0 if bypass else 1e-3, f"started in turn (first call {first_call}, bypass {bypass})")
+        if first_call:
+            comm.Free()
 
 
 def threads_are_reused(rows, got, ref):
