@@ -76,3 +76,12 @@ def test_case(ranks, case, results_dir):
     failures = [line for line in lines.splitlines() if line.startswith(f"FAIL {case} ")]
     assert not failures, "\n".join(f.replace(" | ", "\n    ") for f in failures)
     assert passed == set(range(ranks)), f"{case}: passed on ranks {sorted(passed)} of {ranks}:\n{out[-3000:]}"
+
+
+@pytest.mark.parametrize("ranks", (1, 2))
+def test_ialltoallv_below_thread_multiple(ranks):
+    """MPI_THREAD_SERIALIZED: Ialltoallv runs inside the call; errors still come from wait()."""
+    env = mpirun.environment(NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMBZIP_COMM_WARMUP="0")
+    code, out = mpirun.run(mpirun.command(ranks, sys.executable, str(ROOT / "tests" / "mpi" / "worker_serialized.py")),
+                           env, TIMEOUT_S, cwd=ROOT)
+    assert code == 0 and out.count("SERIALIZED-OK") == ranks, out[-4000:]

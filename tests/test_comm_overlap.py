@@ -144,3 +144,17 @@ def test_in_place_reports_the_receive_buffers_problems(MPI):
     readonly.flags.writeable = False
     assert "recvbuf is read-only" in refused(prepare(MPI.IN_PLACE, readonly, MPI))
     assert "recvbuf" in refused(prepare(None, [np.zeros(4 * P, np.float32), [5] * P], MPI))
+
+
+def test_a_segment_that_starts_before_its_buffer_is_refused(MPI):
+    """A datatype with a negative lower bound reaches back before the displacement: MPI wrote
+    before the receive buffer (only the ends of segments were checked)."""
+    back = MPI.INT.Create_hindexed([1], [-4]).Commit()  # one int, 4 bytes before the element
+    try:
+        buf = np.zeros(4 * P, np.int32)
+        message = refused(prepare(np.zeros(P, np.int32), [buf[1:], ([1] * P, [0, 1, 2]), back], MPI))
+        assert "rank 0 (displs 0, counts 1) starts at byte -4, before the buffer" in message
+        job = prepare(np.zeros(P, np.int32), [buf, ([1] * P, [1, 2, 3]), back], MPI)
+        assert job.error is None, job.error.message
+    finally:
+        back.Free()

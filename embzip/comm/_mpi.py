@@ -9,6 +9,7 @@ that communicator's life, are shared by every wrapper of the same handle, and ar
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 
 from ..errors import BackendUnavailableError
@@ -82,6 +83,7 @@ class CommState:
         # before the other ranks have called it (the duplicate completes in the call's thread)
         dup, self._duplicating = MPI.Comm.Idup(comm)
         self._comm = MPI.Intracomm(dup)
+        self._dup_lock = threading.Lock()  # (the call's thread and a free() may both complete it)
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.costs = CostState()
         self.placement = CodecPlacement()  # where this rank's codec runs for GPU buffers (local)
@@ -95,8 +97,10 @@ class CommState:
     def comm(self):
         """The private duplicate (None once freed); waits for its duplication to complete."""
         if self._duplicating is not None:
-            wait(self._duplicating)
-            self._duplicating = None
+            with self._dup_lock:
+                if self._duplicating is not None:
+                    wait(self._duplicating)
+                    self._duplicating = None
         return self._comm
 
     @comm.setter
@@ -105,6 +109,11 @@ class CommState:
 
     def free(self):
         MPI = load()
+        if self._duplicating is not None and not MPI.Is_finalized() and not _locks_in_callbacks(MPI):
+            # the caller's communicator is being freed: complete its duplication first (Open
+            # MPI segfaulted freeing a communicator with an Idup of it pending; every rank
+            # posted its Idup in its first call, so this does not wait for a call to come)
+            self.comm  # noqa: B018
         if self.inflight is not None:
             # MPI lets a communicator be freed with an operation pending, which still completes:
             # the pipelined call keeps this state's communicator until its request completes
@@ -120,6 +129,14 @@ class CommState:
         from ._reuse import Memo
 
         self.memo = Memo()  # drops the caller's buffers now: _RECENT may hold this state a while
+
+
+def _locks_in_callbacks(MPI) -> bool:
+    """Whether MPI runs attribute callbacks holding its own lock: MPICH and the MPIs built on
+    it do, so a callback that waits for another thread's MPI call deadlocks (measured: a
+    communicator freed while a late rank's Idup of it was pending hung). MPICH also completes
+    such an Idup correctly after the free, so there the callback need not wait."""
+    return MPI.Get_library_version().startswith("MPICH")
 
 
 def _delete(comm, keyval, state):  # MPI attribute delete callback: the user's comm is being freed

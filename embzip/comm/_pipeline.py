@@ -380,7 +380,10 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
         # in the call's MPI thread: Ialltoallv returns before the other ranks have started it,
         # as MPI's does (a rank that waited in the handshake for a rank that first waits for
         # it, a Recv say, hung); an agreed error is then raised by wait() / test()
-        _device.use_device(gpu)  # (the caller's GPU: a new thread starts on device 0)
+        try:
+            _device.use_device(gpu)  # (the caller's GPU: a new thread starts on device 0)
+        except Exception as exc:  # this rank's error, agreed on: the others wait in the handshake
+            job.error = job.error or LocalError.from_exception(exc, state.rank, "selecting the caller's GPU")
         agree_to_start(state, job, decision, stats, MPI)
         if raw:
             request._on_done = staged[2]
@@ -392,6 +395,9 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
     if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
         request._work = _threads.start("embzip-ialltoallv", handshake_then_exchange, request)
     else:  # one thread for MPI: all of it here (still pipelined), and the call returns complete
-        handshake_then_exchange(request)
+        try:
+            handshake_then_exchange(request)
+        except Exception as exc:  # raised by wait() / test(), as with THREAD_MULTIPLE
+            request._error = exc
     state.inflight = request
     return request

@@ -325,6 +325,12 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
             d = int(np.flatnonzero(used)[worst])
             raise ValueError(f"{name}: the segment for rank {d} (displs {displs[d]}, counts {counts[d]}) ends at "
                              f"byte {int(ends[worst])}, beyond the buffer's {nbytes} bytes")
+        starts = displs[used] * extent + true_lb  # (a datatype with a negative lower bound reaches back)
+        first = int(np.argmin(starts))
+        if starts[first] < 0:
+            d = int(np.flatnonzero(used)[first])
+            raise ValueError(f"{name}: the segment for rank {d} (displs {displs[d]}, counts {counts[d]}) starts at "
+                             f"byte {int(starts[first])}, before the buffer (the datatype's lower bound is {true_lb})")
         if writable and extent == elem_size == true_extent and true_lb == 0:
             _overlap.check_receive_disjoint(counts, displs, name)
     kind = 0

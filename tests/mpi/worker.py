@@ -779,6 +779,17 @@ def subclasses_and_freed_comm():
         dup.Free()
         assert request.wait().mode == ("raw" if bypass else "compressed")
         assert_close(got, expected, 0.0 if bypass else 1e-3, f"freed while in flight, bypass={bypass}")
+    for bypass in (False, True):  # freed while the duplication of a first call waits for a late rank
+        got = np.zeros_like(big)
+        dup = COMM.Dup()
+        if ME == P - 1:
+            time.sleep(0.5)
+        request = ec.Ialltoallv(dup, big, got, abs_error=1e-3, bypass=bypass, chunk_bytes=4096)
+        if ME == 0:
+            time.sleep(0.1)  # (its call's thread now waits for the late rank's Idup)
+        dup.Free()  # (MPICH: it hung when the delete callback waited; Open MPI: it crashed when it did not)
+        assert request.wait().mode == ("raw" if bypass else "compressed")
+        assert_close(got, expected, 0.0 if bypass else 1e-3, f"freed while a late rank duplicates, bypass={bypass}")
 
 
 def main(names):
