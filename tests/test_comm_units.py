@@ -335,6 +335,27 @@ def test_call_stats_and_measurement():
     assert CallStats("raw", "probe").bypassed
 
 
+def test_a_call_without_a_communicator_is_a_type_error():
+    """The first call of a process with comm=None used to fail inside the express lane's
+    cache (AttributeError on NoneType) instead of naming the argument."""
+    pytest.importorskip("mpi4py")
+    code = """if True:
+        import numpy as np, embzip.comm as ec
+        x = np.ones(4, np.float32)
+        for comm in (None, "abc"):
+            for call in (lambda: ec.Alltoallv(comm, x, x.copy(), abs_error=0.1),
+                         lambda: ec.Ialltoallv(comm, x, x.copy(), abs_error=0.1).wait()):
+                try:
+                    call()
+                except TypeError as exc:
+                    print(exc)
+        """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["comm must be an mpi4py communicator, found NoneType"] * 2 + \
+        ["comm must be an mpi4py communicator, found str"] * 2
+
+
 def test_error_classes():
     assert issubclass(CommValueError, ValueError) and issubclass(CommTypeError, TypeError)
     for cls in (CommValueError, CommTypeError, CommDecodeError):

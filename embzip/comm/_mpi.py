@@ -170,7 +170,7 @@ def cached_state(comm):
     """
     global _RECENT
     recent, state = _RECENT
-    if comm is recent and state.comm is not None:
+    if state is not None and comm is recent and state.comm is not None:  # (None before any call: comm=None too)
         return state
     if _KEYVAL is None or not isinstance(comm, _MPI.Comm):
         return None
