@@ -1,7 +1,7 @@
 """The blocking compressed Alltoallv: compress, handshake, exchange frames, decode, agree.
 
 Messages of one compressed call (P ranks, P <= 64): the frames are compressed first (the mode
-is decided from state every rank shares), then one ``Iallgather`` of ~18 + 6P doubles per rank
+is decided from state every rank shares), then one ``Iallgather`` of 20 + 6P doubles per rank
 (errors, settings, counts, blob sizes, measurements), one ``Ialltoallv`` of the blobs, and one
 ``Allreduce`` of a decode-error flag. A bypassed or non-float call posts the ``Iallgather``,
 runs the blocking ``Alltoallv`` of the caller's buffers while it is in flight, and checks the
@@ -21,7 +21,7 @@ from . import _device, _express, _handshake, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
-__all__ = ["alltoallv", "begin", "agree_to_start", "stage_raw", "host_flat", "codec_flat", "codec_flats", "put_back",
+__all__ = ["alltoallv", "begin", "agree_to_start", "stage_raw", "raw_send", "host_flat", "codec_flat", "codec_flats", "put_back",
            "blob_placement", "remote_bytes", "finish"]
 
 
@@ -48,6 +48,8 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
     decision = None
     if job.error is None and job.kind:
         decision = state.costs.decide(job.bypass, job.strategy)
+        if decision.mode == "compressed":  # in place: it encodes from a copy (only raw calls can skip it)
+            job.take_snapshot()
         stats = CallStats(decision.mode, decision.reason, decision.encoder, model=decision.model)
         stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, rank)
         if decision.mode == "compressed" and (job.send.device or job.recv.device):
@@ -56,6 +58,8 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
         stats = CallStats("passthrough", "not float")
         if job.error is None:
             stats.raw_bytes, stats.recv_raw_bytes = remote_bytes(job, rank)
+    if job.in_place:
+        stats.in_place = "copy"  # (raw_send may hand MPI the buffer instead)
     return MPI, state, job, decision, stats, start
 
 
@@ -158,6 +162,17 @@ def stage_raw(job):
         if r.device:
             put_back(r, recv_host)
     return smsg, rmsg, finish_copy
+
+
+def raw_send(job, agreement, staged, stats, MPI):
+    """The send side of a raw exchange after its handshake: ``MPI.IN_PLACE`` when every rank
+    sends in place (``agreement.in_place``), else the staged send message (for a rank in place,
+    its copy of the receive buffer, taken now)."""
+    if agreement.in_place:
+        stats.in_place = "mpi"
+        return MPI.IN_PLACE
+    job.take_snapshot()
+    return staged[0]
 
 
 def finish(state, stats, start, alt=None, fused=False, failed=False):
@@ -294,8 +309,9 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
             except Exception as exc:
                 job = dataclasses.replace(job, error=LocalError.from_exception(
                     exc, state.comm.Get_rank(), "staging the buffers through host memory"))
-            else:  # the blocking payload exchange, run inside the handshake (fused)
-                post_payload = functools.partial(state.comm.Alltoallv, staged[0], staged[1])
+            else:  # the blocking payload exchange, run inside the handshake (fused); not in place:
+                if job.fill_send is None:  # whether it goes with MPI_IN_PLACE is agreed in the handshake first
+                    post_payload = functools.partial(state.comm.Alltoallv, staged[0], staged[1])
 
         t = time.perf_counter()
         agreement = agree_to_start(state, job, decision, stats, MPI, post_payload=post_payload)
@@ -306,12 +322,13 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
             else:  # (open_lane declines GPU buffers: they have no memo key) a repeat can take the express lane
                 _express.open_lane(state, job, 0 if decision is None else MODE_CODES[decision.mode], stats,
                                    (sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass))
-        else:  # the pairwise handshake (above GATHER_MAX ranks) does not fuse
+        else:  # in place, or the pairwise handshake (above GATHER_MAX ranks): not fused
             t = time.perf_counter()
-            state.comm.Alltoallv(staged[0], staged[1])
+            state.comm.Alltoallv(raw_send(job, agreement, staged, stats, MPI), staged[1])
             if staged[2] is not None:
                 staged[2]()
             stats.transfer_s = time.perf_counter() - t
         stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
-        return finish(state, stats, start, alt, agreement.fused)
+        # (after a gathered handshake, every rank starts the payload as it arrives: a bandwidth sample)
+        return finish(state, stats, start, alt, agreement.fused or agreement.in_place)
     return finish(state, stats, start, alt)

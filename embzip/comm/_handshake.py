@@ -14,7 +14,7 @@ handshake with the payload (gather path only): it posts the ``Iallgather``, runs
 blocking ``Alltoallv`` while the gather is in flight, and checks the verdict after both
 completed. Why: a bypassed call must cost what a plain ``Alltoallv`` costs, and on shared
 memory MPICH's ``Ialltoallv`` is the slower algorithm (see :func:`fused_payload`). A rank that
-did not fuse (it compresses, or its arguments are bad) and learns of a problem makes a
+did not fuse (it compresses, sends in place, or its arguments are bad) and learns of a problem makes a
 *filler* ``Alltoallv`` sized from the gathered counts (blocking: MPI matches blocking
 collectives only with blocking ones), which completes the fused ranks' exchange with no
 unmatched message, before every rank raises. So every uncompressed call is one ``Iallgather``
@@ -23,6 +23,11 @@ disagree on ``chunk_bytes``, 0 for the blocking call). On error, a fused rank's 
 may have been written (as with a failed MPI call). Whatever could fail before MPI is entered
 (staging GPU buffers through host memory) runs before the handshake (see
 :func:`._collective.stage_raw`), so its failure is a local error like a bad argument.
+
+A raw call in place (``MPI.IN_PLACE`` as sendbuf, host buffers) does not fuse: MPI allows
+``MPI_IN_PLACE`` on every rank or on none, so the gathered in-place flags decide, the same on
+every rank, whether the payload goes with ``MPI_IN_PLACE`` (every rank in place: no copy) or
+from a copy of the receive buffer (any other mix, and always above ``GATHER_MAX`` ranks).
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ _NAMES = {"bypass": {v: repr(k) for k, v in BYPASS_CODES.items()}, "mode": {0: "
                                                                           2: "raw"}}
 _M = len(MEASUREMENT_FIELDS)
 MEASURED = _M  #: the last MEASURED columns of a row are measurements; the rest is what is agreed
-# A gathered row: error flag, kind, fused flag, settings, 6 per-peer vectors, measurements.
-# Measurements come last so that the rest (what the verdict depends on) is one prefix.
-_S0 = 3  # first settings column
+# A gathered row: error flag, kind, fused flag, in-place flag, settings, 6 per-peer vectors,
+# measurements. Measurements come last so that the rest (what the verdict depends on) is one prefix.
+_IN_PLACE = 3  # 1: this rank can send with MPI_IN_PLACE (a raw call in place on host buffers)
+_S0 = 4  # first settings column
 _V0 = _S0 + len(_SETTINGS)  # first per-peer column
 
 
@@ -65,12 +71,15 @@ def _columns(table, size: int):
 
 
 class Agreement:
-    """What the handshake established: per-source row widths and blob sizes, the latency."""
+    """What the handshake established: per-source row widths and blob sizes, the latency, whether
+    the payload went with it (``fused``), whether every rank sends with MPI_IN_PLACE (``in_place``:
+    MPI allows it only on all ranks or none; gathered handshake only)."""
 
-    __slots__ = ("units", "blob_sizes", "latency", "fused")
+    __slots__ = ("units", "blob_sizes", "latency", "fused", "in_place")
 
-    def __init__(self, units, blob_sizes, latency, fused=False):
-        self.units, self.blob_sizes, self.latency, self.fused = units, blob_sizes, latency, fused
+    def __init__(self, units, blob_sizes, latency, fused=False, in_place=False):
+        self.units, self.blob_sizes, self.latency, self.fused, self.in_place = units, blob_sizes, latency, fused, \
+            in_place
 
 
 def _settings(job, mode: int):
@@ -148,6 +157,7 @@ def build_row(job, mode: int, fused: bool, blob_sizes, size: int) -> np.ndarray:
     else:
         row[1] = job.kind
         row[2] = fused
+        row[_IN_PLACE] = job.fill_send is not None
         row[_S0:_V0] = _settings(job, mode)
         row[_V0:-_M] = np.concatenate(_vectors(job, blob_sizes))
     return row
@@ -177,6 +187,8 @@ def _gathered(pcomm, job, mode, blob_sizes, measurement, MPI, post_payload=None,
     failures = []
     if fused:  # both in flight together: one synchronisation
         fused_payload(request, post_payload, failures)
+    elif job.fill_send is not None and mode != 1:  # raw in place: in a valid call no rank compresses
+        request.Wait()  # (MPI's wait: measured, 4 ranks on 2 cores, 1.0 ms against 1.8 ms napping)
     else:
         wait(request)  # spins briefly, then naps: ranks still compressing need the shared cores
     latency = time.perf_counter() - start
@@ -203,8 +215,8 @@ def conclude(pcomm, job, table, fused: bool, failures: list, memo, MPI, latency:
         memo.agreed = agreed.copy()
     cols = _columns(table, size)
     rank = pcomm.Get_rank()
-    return Agreement(cols[:, 4, rank].astype(np.int64), cols[:, 5, rank].astype(np.int64), latency, fused), \
-        table[:, -_M:].max(axis=0)
+    return Agreement(cols[:, 4, rank].astype(np.int64), cols[:, 5, rank].astype(np.int64), latency, fused,
+                     bool(table[:, _IN_PLACE].all())), table[:, -_M:].max(axis=0)
 
 
 def _verdict(table, size):

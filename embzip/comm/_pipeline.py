@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 from . import _device, _protocol, _segment, _threads
-from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flats, finish, put_back, stage_raw
+from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flats, finish, put_back, raw_send, \
+    stage_raw
 from ._errors import LocalError
 from ._stats import CallStats
 
@@ -384,10 +385,10 @@ def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strate
             _device.use_device(gpu)  # (the caller's GPU: a new thread starts on device 0)
         except Exception as exc:  # this rank's error, agreed on: the others wait in the handshake
             job.error = job.error or LocalError.from_exception(exc, state.rank, "selecting the caller's GPU")
-        agree_to_start(state, job, decision, stats, MPI)
+        agreement = agree_to_start(state, job, decision, stats, MPI)
         if raw:
             request._on_done = staged[2]
-            request._mpi_request = state.comm.Ialltoallv(staged[0], staged[1])
+            request._mpi_request = state.comm.Ialltoallv(raw_send(job, agreement, staged, stats, MPI), staged[1])
             stats.sent_bytes, stats.recv_bytes = stats.raw_bytes, stats.recv_raw_bytes
         else:  # (built after the handshake: it cuts chunks on the row widths agreed there)
             _Pipeline(state.comm, job, decision, stats, MPI, flats).run(request)

@@ -38,6 +38,17 @@ class Job:
     chunk_bytes: int = 0  # pipelined calls: raw bytes per chunk (0: blocking call)
     error: object = None  # LocalError
     units: object = None  # int64 [size]: row width each sender cuts its chunks on (from the handshake)
+    # in place on the host: copies the receive buffer into the send side's buffer (see
+    # _spec.in_place_send), None once done or when there is nothing to copy. While it is set,
+    # a raw call may still send with MPI_IN_PLACE (when every rank can: agreed in the handshake)
+    fill_send: object = None
+    in_place: bool = False  # sendbuf was MPI.IN_PLACE (or None)
+
+    def take_snapshot(self) -> None:
+        """Fill the in-place send side now (a call that cannot send with MPI_IN_PLACE)."""
+        if self.fill_send is not None:
+            self.fill_send()
+            self.fill_send = None
 
 
 def _bypass_code(bypass) -> int:
@@ -61,9 +72,10 @@ def prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, si
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, found {strategy!r}")
         _bypass_code(bypass)
-        if _spec.is_in_place(sendbuf, MPI):  # send what recvbuf holds now (a copy: see in_place_send)
+        if _spec.is_in_place(sendbuf, MPI):  # send what recvbuf holds (a copy, unless MPI's in place: in_place_send)
             job.recv = _spec.parse(recvbuf, size, True, "recvbuf", MPI)
-            job.send = _spec.in_place_send(job.recv, size, MPI)
+            job.send, job.fill_send = _spec.in_place_send(job.recv, size, MPI)
+            job.in_place = True
         else:
             job.send = _spec.parse(sendbuf, size, False, "sendbuf", MPI)
             job.recv = _spec.parse(recvbuf, size, True, "recvbuf", MPI)

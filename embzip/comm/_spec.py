@@ -351,17 +351,26 @@ def is_in_place(msg, MPI) -> bool:
     return isinstance(msg, (list, tuple)) and len(msg) > 0 and msg[0] is MPI.IN_PLACE
 
 
-def in_place_send(recv: Spec, size: int, MPI) -> Spec:
-    """The send side of an in-place call: a copy of ``recv``'s buffer taken now, under ``recv``'s
-    counts, displacements and datatype (what MPI sends from ``MPI_IN_PLACE``).
+def in_place_send(recv: Spec, size: int, MPI):
+    """The send side of an in-place call: ``recv``'s buffer as MPI sends it from
+    ``MPI_IN_PLACE`` (``recv``'s counts, displacements and datatype), in a buffer of its own.
 
-    Why a copy: the streamed and pipelined calls decode received segments into the buffer while
-    they still encode segments to send from it (MPICH's own in-place algorithm copies too).
+    Returns (Spec, fill): for a GPU buffer the copy is taken now and ``fill`` is None; for a host
+    buffer the Spec's buffer is allocated but not yet written, and ``fill()`` copies the receive
+    buffer into it. Why deferred: a raw call whose ranks all pass ``MPI_IN_PLACE`` hands the
+    buffer to MPI's own in-place ``Alltoallv`` and never needs the copy (measured, 2 ranks, 10.6
+    MB: 0.85 ms for MPICH's in-place call, 4.4 ms with the copy). The compressed calls do: the
+    streamed and pipelined ones decode received segments into the buffer while they still
+    encode segments to send from it. The allocation is made here, so that it fails (if it
+    does) before the handshake, as this rank's error; the copy itself cannot fail.
     """
     if recv.device:
         snapshot = _device.empty(recv.flat.size, recv.flat.dtype, like=recv.flat)
         _device.copy(snapshot, recv.flat)
+        fill = None
     else:
-        snapshot = _host_array(recv.buf, False, "recvbuf").copy(order="K")
+        source = _host_array(recv.buf, False, "recvbuf")
+        snapshot = np.empty_like(source, order="K")  # (contiguous: the receive buffer is)
+        fill = functools.partial(np.copyto, snapshot, source)
     send = parse([snapshot, (recv.counts, recv.displs), recv.datatype], size, False, "sendbuf (MPI.IN_PLACE)", MPI)
-    return dataclasses.replace(send, row=recv.row)
+    return dataclasses.replace(send, row=recv.row), fill

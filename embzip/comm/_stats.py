@@ -70,6 +70,10 @@ class CallStats:
     staging_s : float
         Seconds copying GPU buffers to and from host memory for the CPU codec (``codec ==
         "cpu"``); not part of ``compress_s`` / ``decompress_s``, which are codec time.
+    in_place : str or None
+        A call with ``MPI.IN_PLACE`` as sendbuf on this rank: ``"mpi"`` when the buffer went to
+        MPI's own in-place ``Alltoallv`` (a raw call in place on every rank, host buffers), else
+        ``"copy"`` (a copy of the receive buffer was sent). None for a call with a send buffer.
     """
 
     mode: str
@@ -88,6 +92,7 @@ class CallStats:
     overlapped: bool = False
     codec: object = None
     staging_s: float = 0.0
+    in_place: object = None
 
     @property
     def bypassed(self) -> bool:

@@ -723,6 +723,43 @@ def in_place():
 
 
 @case
+def in_place_raw():
+    """Uncompressed calls in place (float bypassed, int32 passed through), blocking and
+    Ialltoallv: with every rank in place the buffer goes to MPI's own in-place Alltoallv, with
+    no copy (stats.in_place "mpi"; above GATHER_MAX ranks, which the pairwise launch emulates,
+    the in-place flags are not gathered and a copy is sent); with some ranks in place and some
+    not, the in-place ones send a copy. Both equal mpi4py's in-place Alltoallv, gaps untouched."""
+    counts = uneven_counts(95, scale=700)
+    counts = counts + counts.T  # in place, a rank's receive counts are its send counts
+    rc = counts[ME]
+    rdispls = (np.concatenate([[0], np.cumsum(rc)[:-1]]) + 3 * np.arange(P)).astype(np.int64)  # gaps of 3
+    size = int(rc.sum()) + 3 * P + 2
+    fresh = COMM.Dup()
+    try:
+        for dtype, mpitype, kwargs in ((np.float32, MPI.FLOAT, dict(rel_error=0.01, bypass=True)),
+                                       (np.int32, MPI.INT, dict(abs_error=1.0))):
+            for call in ("Alltoallv", "Ialltoallv"):
+                for mixed in (False, True):
+                    start = payload(size, np.float32, 96).view(np.int32 if dtype == np.int32 else np.float32)
+                    ref = start.copy()
+                    COMM.Alltoallv(MPI.IN_PLACE, [ref, rc, rdispls, mpitype])  # mpi4py's own
+                    got = start.copy()
+                    in_place = not mixed or ME == 0  # mixed: rank 0 in place, the others send a buffer
+                    smsg = MPI.IN_PLACE if in_place else [start.copy(), rc, rdispls, mpitype]
+                    rmsg = [got, rc, rdispls, mpitype]
+                    stats = ec.Alltoallv(fresh, smsg, rmsg, **kwargs) if call == "Alltoallv" else \
+                        ec.Ialltoallv(fresh, smsg, rmsg, **kwargs).wait()
+                    what = f"{call} {dtype.__name__} {'mixed' if mixed else 'every rank'} in place"
+                    assert stats.mode == ("raw" if dtype == np.float32 else "passthrough"), (what, stats)
+                    assert np.array_equal(got.view(np.uint8), ref.view(np.uint8)), what
+                    native = not PAIRWISE and (not mixed or P == 1)  # (one rank: rank 0 is every rank)
+                    expected = None if not in_place else "mpi" if native else "copy"
+                    assert stats.in_place == expected, (what, stats.in_place, expected)
+    finally:
+        fresh.Free()
+
+
+@case
 def comm_wrapper():
     """embzip.comm.Comm: compressed Alltoallv, mpi4py's other methods, defaults kept by Dup,
     Split, Split_type, Create and Create_group (mpi4py's own return a plain Intracomm)."""

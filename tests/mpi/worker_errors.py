@@ -265,6 +265,13 @@ def error_fused_raw_path():
             big = np.zeros(n * P + 1, dtype=np.float32)
             expect(lambda: ec.Alltoallv(COMM, [send, [n] * P], [big, rc], abs_error=1e-3, bypass=True),
                    ec.CommValueError, f"rank 0 sends {n} elements", f"expects {n + delta} elements")
+            # in place (not fused: MPI_IN_PLACE needs every rank), on every rank / on rank 0 alone
+            # (the others fuse, rank 0 fills in for their exchange)
+            for alone in (False, True) if P > 1 else ():  # (one rank in place sends itself what it expects)
+                smsg = MPI.IN_PLACE if ME == 0 or not alone else [send, [n] * P]
+                for fn in (ec.Alltoallv, lambda *a, **k: ec.Ialltoallv(*a, **k).wait()):
+                    expect(lambda: fn(COMM, smsg, [big, rc], abs_error=1e-3, bypass=True), ec.CommValueError,
+                           "expects")
         readonly = np.zeros_like(recv)
         readonly.flags.writeable = ME != LAST  # LAST cannot post the payload: it sends a filler
         expect(lambda: ec.Alltoallv(COMM, send, readonly, abs_error=1e-3, bypass=True), ec.CommValueError,
