@@ -1,5 +1,5 @@
 """What the handshake and the argument memo may reuse from an earlier call, in one process
-(MPI.COMM_SELF). The exchanges run under mpiexec in tests/mpi/worker.py."""
+(MPI.COMM_SELF). The exchanges run under mpiexec in tests/mpi/worker_forms.py (``unremembered_calls``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Memory shared between segments, and in-place exchanges (``MPI.IN_PLACE``), in one process:
-the parsing and the checks. The exchanges run under mpiexec in tests/mpi/worker.py
-(``in_place``) and tests/mpi/worker_errors.py (``error_aliased_buffers``)."""
+the parsing and the checks. The exchanges run under mpiexec in tests/mpi/worker_forms.py
+(``in_place``, ``in_place_raw``) and tests/mpi/worker_errors.py (``error_aliased_buffers``)."""
 
 from __future__ import annotations
 

@@ -16,20 +16,7 @@ import embzip
 import embzip.comm as ec
 from embzip.comm import _segment
 
-COMM = MPI.COMM_WORLD
-P, ME = COMM.Get_size(), COMM.Get_rank()
-LAST = P - 1
-# the two MPIs whose C entry points the native express lane is known to resolve (CI: MPICH)
-KNOWN_MPI = MPI.Get_library_version().startswith(("MPICH", "Open MPI"))
-# EMBZIP_NATIVE_MPI: the compiled lane with the large-count payload call where MPI has it, with
-# the C-int one (what Open MPI 5.0 offers), and mpi4py's calls
-NATIVE_LANES = ("1", "int", "0")
-CASES = {}
-
-
-def case(fn):
-    CASES[fn.__name__] = fn
-    return fn
+from worker_common import COMM, KNOWN_MPI, LAST, ME, NATIVE_LANES, P, case  # (same directory)
 
 
 def expect(call, exc_type, *fragments):

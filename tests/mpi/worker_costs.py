@@ -1,0 +1,246 @@
+"""MPI worker cases: the cost model's decisions, the bypass and its express lane, streaming.
+
+Run through worker.py (see there).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+import embzip.comm as ec
+from worker_common import (  # (same directory)
+    COMM, KNOWN_MPI, ME, NATIVE_LANES, P, PAIRWISE, assert_close, case, payload, reference, uneven_counts)
+
+
+@case
+def bypass_and_stats():
+    """Forced raw is exact; auto calibrates (compressed, then raw), then decides alike everywhere."""
+    send = payload(64 * P, np.float32, 8)
+    ref = reference(send, lambda: np.zeros_like(send))
+    got = np.zeros_like(send)
+    stats = ec.Alltoallv(COMM, send, got, abs_error=1e-3, bypass=True)
+    assert np.array_equal(got, ref) and stats.bypassed and stats.sent_bytes == stats.raw_bytes
+    fresh = COMM.Dup()  # a new communicator: a fresh cost model
+    modes = []
+    for _ in range(6):
+        stats = ec.Alltoallv(fresh, send, got, abs_error=1e-3, strategy="fast")
+        assert_close(got, ref, 1e-3, "auto bypass")
+        modes.append((stats.mode, stats.reason))
+    if P > 1:  # (with one rank there is no remote data to measure: the model stays in calibration)
+        # a call decides before its handshake folds in the previous call's measurements: two of each
+        assert modes[:4] == [("compressed", "calibration")] * 2 + [("raw", "calibration")] * 2, modes
+        assert all(reason == "cost model" for _, reason in modes[4:]), modes
+    everyone = COMM.allgather(modes)
+    assert all(m == modes for m in everyone), f"ranks disagree on the bypass: {everyone}"
+    assert ec.last_stats(fresh) is stats and stats.total_s > 0 and stats.handshake_s > 0
+    if P > 1:
+        assert set(stats.model) >= {"bandwidth_Bps", "ratio", "compress_Bps", "decompress_Bps", "pays"}
+    fresh.Free()
+
+
+@case
+def express_lane():
+    """Repeats of an uncompressed call take the express lane (see embzip/comm/_express.py):
+    exact results while the buffers' contents change, the same statistics as the full path,
+    and back to the full path when an argument changes. Both lanes: one compiled call on MPI's
+    C API (embzip/comm/_native.py: MPICH's large-count call, Open MPI's int one, and the int
+    one on MPICH with EMBZIP_NATIVE_MPI=int), and mpi4py's calls (EMBZIP_NATIVE_MPI=0)."""
+    from embzip.comm import _express, _mpi, _native
+
+    counts = uneven_counts(21, scale=9)
+    sc, rc = counts[ME], counts[:, ME]
+    lanes = {"calls": 0}
+    real = _express.try_call
+
+    def counting(*args):
+        got = real(*args)
+        lanes["calls"] += got is not None
+        return got
+
+    _express.try_call = counting
+    try:
+        for native in NATIVE_LANES:
+            os.environ["EMBZIP_NATIVE_MPI"] = native
+            fresh = COMM.Dup()
+            for dtype, kwargs in ((np.float32, dict(abs_error=1e-3, bypass=True)), (np.int32, dict(rel_error=0.1))):
+                send, got = np.zeros(int(sc.sum()), dtype), np.zeros(int(rc.sum()), dtype)
+                before = lanes["calls"]
+                for step in range(4):
+                    send[:] = payload(send.size, np.float64, 30 + step) * 100  # new contents, same buffer
+                    ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), dtype), rc])
+                    stats = ec.Alltoallv(fresh, [send, sc], [got, rc], **kwargs)
+                    assert np.array_equal(got, ref), f"{dtype.__name__} step {step}: not exact"
+                    assert stats.sent_bytes == stats.raw_bytes == int((sc.sum() - sc[ME]) * send.itemsize)
+                    assert stats.recv_bytes == int((rc.sum() - rc[ME]) * send.itemsize)
+                    assert stats.mode == ("raw" if dtype is np.float32 else "passthrough") and stats.total_s > 0
+                    assert stats.reason == ("forced" if dtype is np.float32 else "not float")
+                used = lanes["calls"] - before
+                # the first call opens the lane, the other three take it; the pairwise handshake
+                # (above 64 ranks) never fuses, so it has no lane
+                expected = 0 if PAIRWISE else 3
+                assert used == expected, f"{dtype.__name__}: {used} calls took the express lane, expected {expected}"
+                lane = _mpi.peek_state(fresh).memo.lane
+                assert (lane is None) == PAIRWISE
+                if lane is not None:  # MPICH and Open MPI: the compiled lane resolves MPI's C functions
+                    assert (lane.native is not None) == (native != "0" and KNOWN_MPI)
+                if lane is not None and lane.native is not None:  # the payload call asked for
+                    large = MPI.Get_library_version().startswith("MPICH") and native == "1"
+                    assert _native._entries["large" if native == "1" else "int"][2] == (8 if large else 4)
+            # another bound: a new key, the full path, a new lane
+            before = lanes["calls"]
+            send, got = payload(int(sc.sum()), np.float32, 40), np.zeros(int(rc.sum()), np.float32)
+            for _ in range(2):
+                ec.Alltoallv(fresh, [send, sc], [got, rc], abs_error=2e-3, bypass=True)
+            assert lanes["calls"] - before == (0 if PAIRWISE else 1)
+            moved_buffers(fresh)
+            fresh.Free()
+    finally:
+        _express.try_call = real
+        os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+def moved_buffers(comm):
+    """One array object whose memory moved between two calls (resize(refcheck=False) to the
+    same shape, new strides): a repeat keyed on identity alone wrote into freed memory, and
+    sent the old elements. Both take the full path now: received, and refused (strided)."""
+    import warnings
+
+    n = 64 * P
+    send = payload(n, np.float32, 45)
+    ref = reference(send, lambda: np.zeros(n, np.float32))
+    for bypass in (True, False):
+        recv = np.zeros(n, np.float32)
+        for _ in range(2):  # a new key, then its repeat (the lane)
+            ec.Alltoallv(comm, send, recv, abs_error=1e-3, bypass=bypass)
+        recv.resize(64 * n, refcheck=False)  # (embzip keeps a reference: refcheck would refuse)
+        recv.resize(n, refcheck=False)
+        recv[:] = -1.0
+        ec.Alltoallv(comm, send, recv, abs_error=1e-3, bypass=bypass)
+        assert_close(recv, ref, 1e-3, f"after the receive buffer moved (bypass={bypass})")
+    base = np.concatenate([send, send])
+    view = base[:n]
+    ec.Alltoallv(comm, view, recv, abs_error=1e-3, bypass=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (numpy deprecates assigning strides)
+        view.strides = (8,)
+    try:
+        ec.Alltoallv(comm, view, recv, abs_error=1e-3, bypass=True)
+    except ec.CommValueError as exc:
+        assert "non-contiguous" in str(exc), exc
+    else:
+        raise AssertionError("a buffer made strided after a call was sent as before")
+
+
+@case
+def express_lane_decisions():
+    """On the lane the cost model decides inside the compiled call: every call's reason and
+    model are what CostState.decide gives for the state before it, the schedule advances as
+    commit() would, a probe (compress) leaves the lane for the full path, and every rank
+    decides alike. The bandwidth is pinned high (the same on every rank) so that raw wins."""
+    from embzip.comm import _mpi
+
+    if P == 1 or PAIRWISE:
+        return  # one rank sends nobody anything: nothing is measured; the pairwise handshake has no lane
+    send = payload(64 * P, np.float32, 60)
+    got = np.zeros_like(send)
+    for native in NATIVE_LANES:
+        os.environ["EMBZIP_NATIVE_MPI"] = native
+        fresh = COMM.Dup()
+        try:
+            modes, reasons = [], []
+            for step in range(24):
+                state = _mpi.peek_state(fresh)
+                if state is not None:
+                    for _ in range(3):  # most of the window: the median stays at 1e15
+                        state.costs.add_bandwidth(2, 1e15)
+                    expected = state.costs.decide("auto", "fast")
+                    schedule = {**state.costs.schedule, **expected.next}
+                stats = ec.Alltoallv(fresh, send, got, rel_error=0.01, strategy="fast")
+                modes.append(stats.mode)
+                reasons.append(stats.reason)
+                if state is not None and step >= 4:  # (past the calibration calls)
+                    assert (stats.mode, stats.reason, stats.model) == (expected.mode, expected.reason,
+                                                                       expected.model), (step, stats, expected.model)
+                    assert state.costs.schedule == schedule, (step, state.costs.schedule, schedule)
+            lane = _mpi.peek_state(fresh).memo.lane
+            assert lane is not None and (lane.native is not None) == (native != "0" and KNOWN_MPI), \
+                "the lane under test is not open"
+            probes = [i for i, reason in enumerate(reasons) if reason == "probe"]
+            assert probes and all(modes[i] == "compressed" for i in probes), (reasons, modes)
+            assert modes[4:].count("raw") >= 18, modes
+            assert len({tuple(m) for m in COMM.allgather(reasons)}) == 1
+        finally:
+            fresh.Free()
+            os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+@case
+def streamed_exchange():
+    """On a slow link (the cost model says compression pays) a blocking compressed call streams:
+    segment by segment, each sent as it is compressed and decoded as it arrives (see
+    _pipeline.exchange_segments). Results within the bound of plain Alltoallv, for uneven
+    counts with zeros; the bandwidth is pinned low (alike on every rank) to make the link slow."""
+    from embzip.comm import _mpi
+
+    counts = uneven_counts(71, scale=110)  # segments big enough to compress (frames of a few rows expand)
+    sc, rc = counts[ME], counts[:, ME]
+    fresh = COMM.Dup()
+    try:
+        for step in range(4):
+            send = payload(int(sc.sum()) * 10, np.float32, 80 + step).reshape(-1, 10)
+            ref = reference([send, sc * 10], lambda: [np.zeros((int(rc.sum()), 10), np.float32), rc * 10])
+            got = np.zeros((int(rc.sum()), 10), np.float32)
+            state = _mpi.peek_state(fresh)
+            if state is not None:
+                for _ in range(5):  # the whole window: 1 B/s
+                    state.costs.add_bandwidth(2, 1.0)
+            stats = ec.Alltoallv(fresh, [send, sc * 10], [got, rc * 10], abs_error=1e-3, strategy="fast",
+                                 bypass=False)
+            assert_close(got, ref, 1e-3 * (1 + 1e-6), f"streamed step {step}")
+            assert stats.mode == "compressed"
+            measured = P > 1 and step >= 2  # (the codec is measured by then)
+            assert stats.overlapped == measured and bool(stats.model.get("pays")) == measured, (step, stats)
+    finally:
+        fresh.Free()
+
+
+@case
+def skew_is_not_bandwidth():
+    """A rank that arrives late makes the others wait inside the call; for the cost model that
+    wait is not transfer time (else a fast link reads slow and compression wins wrongly)."""
+    from embzip.comm import _mpi
+
+    send = payload(256 * P, np.float32, 50)
+    got = np.zeros_like(send)
+    fresh = COMM.Dup()
+    ec.Alltoallv(fresh, send, np.zeros_like(send), abs_error=1e-3, bypass=True)  # embzip's Dup: collective
+    for step in range(4):  # new arguments (the full path), then their repeats (the express lane)
+        fresh.Barrier()
+        if ME == 0 and step < 3:
+            time.sleep(0.3)
+        ec.Alltoallv(fresh, send, got, abs_error=1e-3, bypass=True)
+    bandwidths = list(_mpi.peek_state(fresh).costs.bandwidths[2])  # the last call absorbed the others
+    wire = 256 * 4 * (P - 1)  # bytes each rank sends to the others
+    if P > 1:
+        assert len(bandwidths) == 4, bandwidths
+        assert min(bandwidths) > wire / 0.1, f"a late rank's 0.3 s counted as transfer: {bandwidths} B/s"
+    fresh.Free()
+
+
+@case
+def auto_strategy():
+    """strategy='auto' calibrates both encoders on the first call; results stay within the bound."""
+    send = payload(300 * P, np.float32, 9).reshape(-1, 10)
+    ref = reference(send, lambda: np.zeros_like(send))
+    got = np.zeros_like(send)
+    fresh = COMM.Dup()
+    for _ in range(3):
+        stats = ec.Alltoallv(fresh, send, got, rel_error=0.01, bypass=False)
+        assert stats.strategy in ("fast", "compact")
+        assert_close(got, ref, 0.01 * 6 * 3 * 2, "auto strategy")
+    assert len(fresh.Get_attr(ec._mpi._KEYVAL).costs.codec) == (2 if P > 1 else 0)
+    fresh.Free()
