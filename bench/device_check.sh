@@ -60,7 +60,7 @@ EOF'
 # Every test that needs a real GPU (the rest run on CI's CPUs).
 step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs \
     tests/test_cuda_device.py tests/test_cuda_ptx.py \
-    tests/test_comm_units.py::test_real_cupy_staging_roundtrip \
+    tests/test_comm_gpu_units.py::test_real_cupy_staging_roundtrip \
     tests/test_comm_device.py::test_cupy_segments_on_a_real_gpu \
     tests/test_comm_device.py::test_fortran_receive_view_on_a_real_gpu \
     tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu

@@ -5,7 +5,7 @@ functions of the main process re-run this file in a subprocess with ``NUMBA_ENAB
 (segment-level tests), and launch ``mpiexec -n 2`` with the simulator on for the MPI case
 (tests/mpi/worker_device.py). Simulated device arrays are numba's; cupy paths need a real GPU:
 the cupy segment test and the 2-rank MPI exchange of cupy buffers below (and
-tests/test_comm_units.py::test_real_cupy_staging_roundtrip) skip without one, and ran on an
+tests/test_comm_gpu_units.py::test_real_cupy_staging_roundtrip) skip without one, and ran on an
 H100 through bench/device_check.sh.
 """
 
