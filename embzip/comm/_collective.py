@@ -5,7 +5,9 @@ is decided from state every rank shares), then one ``Iallgather`` of 20 + 6P dou
 (errors, settings, counts, blob sizes, measurements), one ``Ialltoallv`` of the blobs, and one
 ``Allreduce`` of a decode-error flag. A bypassed or non-float call posts the ``Iallgather``,
 runs the blocking ``Alltoallv`` of the caller's buffers while it is in flight, and checks the
-verdict after both (see :mod:`._handshake`): one synchronisation, as a plain ``Alltoallv``.
+verdict after both (see :mod:`._handshake`): one synchronisation, as a plain ``Alltoallv``;
+in place on host buffers, the ``Alltoallv`` follows the gather (whether every rank is in
+place, which ``MPI_IN_PLACE`` needs, is known only then).
 """
 
 from __future__ import annotations
@@ -323,8 +325,9 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
                 _express.open_lane(state, job, 0 if decision is None else MODE_CODES[decision.mode], stats,
                                    (sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass))
         else:  # in place, or the pairwise handshake (above GATHER_MAX ranks): not fused
+            send = raw_send(job, agreement, staged, stats, MPI)  # (an in-place copy is not transfer time)
             t = time.perf_counter()
-            state.comm.Alltoallv(raw_send(job, agreement, staged, stats, MPI), staged[1])
+            state.comm.Alltoallv(send, staged[1])
             if staged[2] is not None:
                 staged[2]()
             stats.transfer_s = time.perf_counter() - t

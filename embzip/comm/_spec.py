@@ -361,8 +361,9 @@ def in_place_send(recv: Spec, size: int, MPI):
     buffer to MPI's own in-place ``Alltoallv`` and never needs the copy (measured, 2 ranks, 10.6
     MB: 0.85 ms for MPICH's in-place call, 4.4 ms with the copy). The compressed calls do: the
     streamed and pipelined ones decode received segments into the buffer while they still
-    encode segments to send from it. The allocation is made here, so that it fails (if it
-    does) before the handshake, as this rank's error; the copy itself cannot fail.
+    encode segments to send from it. The allocation is made here, before the handshake, so
+    that a refused allocation is this rank's error, agreed on; under Linux's overcommit a
+    shortage shows only when the copy writes the memory (as for any copy), after it.
     """
     if recv.device:
         snapshot = _device.empty(recv.flat.size, recv.flat.dtype, like=recv.flat)
