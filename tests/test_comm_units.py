@@ -342,3 +342,51 @@ def test_pool_threads_after_shutdown_and_fork(monkeypatch):
             os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
+
+
+def test_interrupts_are_held_inside_a_call_and_a_second_one_escapes(monkeypatch):
+    """embzip/comm/_interrupts.py: SIGINT inside a call is raised when the call ends; a second
+    SIGINT inside the same call raises at once; outside calls, SIGINT does what Python's
+    default does. (The MPI case: tests/mpi/worker_calls.py, interrupt_is_held.)"""
+    import os
+    import signal
+    import time
+
+    from embzip.comm import _interrupts
+
+    def interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # (Python runs the handler at the next bytecode of the main thread)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(_interrupts, "_installed", False)
+    monkeypatch.setattr(_interrupts, "_state", [0, 0])
+    try:
+        held = _interrupts.enter()
+        assert held and signal.getsignal(signal.SIGINT) is _interrupts._handler
+        nested = _interrupts.enter()  # (the Comm wrapper's call inside embzip.comm.Alltoallv's)
+        interrupt()  # held
+        _interrupts.leave(nested)  # not the outermost call: still held
+        with pytest.raises(KeyboardInterrupt):
+            _interrupts.leave(held)
+        held = _interrupts.enter()
+        interrupt()
+        with pytest.raises(KeyboardInterrupt):  # the second: at once
+            interrupt()
+        _interrupts.leave(held)  # (nothing held any more)
+        with pytest.raises(KeyboardInterrupt):  # outside a call: Python's default
+            interrupt()
+        out = []  # another thread's call does not hold the main thread's interrupts
+        thread = threading.Thread(target=lambda: out.append(_interrupts.enter()))
+        thread.start()
+        thread.join()
+        assert out == [False] and _interrupts._state == [0, 0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    previous = signal.signal(signal.SIGINT, lambda *args: None)  # the program's own handler is left alone
+    monkeypatch.setattr(_interrupts, "_installed", False)
+    try:
+        _interrupts.leave(_interrupts.enter())
+        assert signal.getsignal(signal.SIGINT) is not _interrupts._handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

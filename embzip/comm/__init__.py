@@ -15,7 +15,7 @@ Importing this module does not import mpi4py; the first call does.
 
 from __future__ import annotations
 
-from . import _express
+from . import _express, _interrupts
 from ._errors import CommDecodeError, CommError, CommTypeError, CommValueError
 from ._layout import TableLayout
 from ._stats import CallStats
@@ -85,14 +85,18 @@ def Alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
     >>> stats.mode, stats.raw_bytes == (comm.size - 1) * 512 * 50 * 4
     ('compressed', True)
     """
-    # a repeat of an uncompressed call first, with as little Python as possible (see _express)
-    stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
-    if stats is not None:
-        return stats
-    from ._collective import alltoallv
+    held = _interrupts.enter()  # Ctrl-C is raised when the call is done (see _interrupts)
+    try:
+        # a repeat of an uncompressed call first, with as little Python as possible (see _express)
+        stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
+        if stats is not None:
+            return stats
+        from ._collective import alltoallv
 
-    return alltoallv(comm, sendbuf, recvbuf, abs_error=abs_error, rel_error=rel_error, strategy=strategy,
-                     bounds=bounds, bypass=bypass, express=False)
+        return alltoallv(comm, sendbuf, recvbuf, abs_error=abs_error, rel_error=rel_error, strategy=strategy,
+                         bounds=bounds, bypass=bypass, express=False)
+    finally:
+        _interrupts.leave(held)
 
 
 def Ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
@@ -176,7 +180,7 @@ def __getattr__(name):
 
         return comm_class()
     if name == "Request":
-        from ._pipeline import Request
+        from ._request import Request
 
         return Request
     raise AttributeError(f"module 'embzip.comm' has no attribute {name!r}")

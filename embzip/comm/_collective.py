@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..errors import CorruptFrameError
-from . import _device, _express, _handshake, _mpi, _protocol, _reuse, _segment
+from . import _device, _express, _handshake, _interrupts, _mpi, _protocol, _reuse, _segment
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
@@ -289,6 +289,14 @@ def alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
               bypass="auto", express=True) -> CallStats:
     """Implementation of :func:`embzip.comm.Alltoallv` (see there); ``express=False``: the
     caller already tried the express lane."""
+    held = _interrupts.enter()  # (the Comm wrapper's calls come here directly)
+    try:
+        return _alltoallv(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, express)
+    finally:
+        _interrupts.leave(held)
+
+
+def _alltoallv(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, express) -> CallStats:
     if express:
         stats = _express.try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
         if stats is not None:

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-import threading
 import time
 
 import numpy as np
 
-from . import _device, _protocol, _segment, _threads
-from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flats, finish, put_back, raw_send, \
-    stage_raw
+from . import _device, _interrupts, _protocol, _segment, _threads
+from ._collective import agree_to_start, begin, blob_placement, calibrate, codec_flats, put_back, raw_send, stage_raw
 from ._errors import LocalError
-from ._stats import CallStats
+from ._request import Request
 
-__all__ = ["Request", "ialltoallv", "chunking", "exchange_segments", "WHOLE_SEGMENTS"]
+__all__ = ["ialltoallv", "chunking", "exchange_segments", "WHOLE_SEGMENTS"]
 
 MAX_CHUNKS = 4096
 #: ``chunk_bytes`` that makes each destination's segment one chunk (one frame, one message).
@@ -46,86 +44,6 @@ def chunking(count: int, unit: int, itemsize: int, chunk_bytes: int):
     k = max(1, min(rows, -(-count * itemsize // max(chunk_bytes, 1)), MAX_CHUNKS))
     cuts = [(i * rows // k) * unit for i in range(k + 1)]
     return [(cuts[i], cuts[i + 1] - cuts[i]) for i in range(k)]
-
-
-class Request:
-    """Handle of a call started by :func:`embzip.comm.Ialltoallv`.
-
-    ``wait()`` blocks until the receive buffer holds the result and returns the
-    :class:`CallStats`; ``test()`` says whether it is done. A failure (on any rank) is raised
-    by ``wait()`` / ``test()`` on every rank. ``Wait()`` / ``Test()`` are mpi4py's spellings,
-    so code written for ``comm.Ialltoallv`` keeps working; ``MPI.Request.Waitall`` does not
-    take this object (it is not an MPI request): wait for it on its own.
-    """
-
-    def __init__(self, state, stats: CallStats, start: float):
-        self._state, self._stats, self._start = state, stats, start
-        self._work = None
-        self._mpi_request = None
-        self._on_done = None
-        self._error = None
-        self._alt = None
-        self._done = False
-
-    @property
-    def stats(self):
-        """The call's :class:`CallStats` once complete (None before)."""
-        return self._stats if self._done else None
-
-    def _complete(self):
-        if self._done:
-            return
-        if self._work is not None:
-            crash = self._work.exception()  # (waits; run records every failure it expects)
-            if crash is not None and self._error is None:
-                self._error = crash
-        if self._mpi_request is not None:
-            start = time.perf_counter()
-            self._mpi_request.Wait()
-            self._stats.transfer_s += time.perf_counter() - start
-            if self._on_done is not None:
-                self._on_done()
-        self._done = True
-        if self._state.inflight is self:
-            self._state.inflight = None
-        finish(self._state, self._stats, self._start, self._alt, failed=self._error is not None)
-        if self._state.free_pending:  # the caller freed the communicator meanwhile (see CommState.free)
-            self._state.free()
-
-    def wait_quietly(self):
-        """Complete without raising (a later embzip call on the communicator does this)."""
-        self._complete()
-
-    def wait(self) -> CallStats:
-        """Block until complete; return this rank's stats or raise the agreed error."""
-        self._complete()
-        if self._error is not None:
-            raise self._error
-        return self._stats
-
-    def Wait(self, status=None):
-        """mpi4py's spelling: :meth:`wait`, returning True as ``MPI.Request.Wait`` does (the
-        stats are in :attr:`stats`). ``status`` is accepted and left as it is: a collective's
-        status says nothing."""
-        self.wait()
-        return True
-
-    def Test(self, status=None) -> bool:
-        """mpi4py's spelling of :meth:`test` (``status`` as for :meth:`Wait`)."""
-        return self.test()
-
-    def test(self) -> bool:
-        """True when complete (then ``wait()`` returns at once); raises the agreed error."""
-        if not self._done:
-            if self._work is not None and not self._work.done():
-                time.sleep(0)  # hand the GIL to the call's MPI thread: a caller spinning on test() starved it
-                return False
-            if self._mpi_request is not None and not self._mpi_request.Test():
-                return False
-            self._complete()
-        if self._error is not None:
-            raise self._error
-        return True
 
 
 class _Pipeline:
@@ -361,6 +279,14 @@ def exchange_segments(state, job, decision, stats, MPI):
 def ialltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strategy="auto", bounds=None,
                bypass="auto", chunk_bytes=512 * 1024) -> Request:
     """Implementation of :func:`embzip.comm.Ialltoallv` (see there)."""
+    held = _interrupts.enter()  # (below THREAD_MULTIPLE the whole exchange runs in the call)
+    try:
+        return _ialltoallv(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
+    finally:
+        _interrupts.leave(held)
+
+
+def _ialltoallv(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes) -> Request:
     MPI, state, job, decision, stats, start = begin(
         comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
     if decision is not None and decision.mode == "compressed":

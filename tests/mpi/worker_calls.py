@@ -196,3 +196,45 @@ def subclasses_and_freed_comm():
         dup.Free()  # (MPICH: it hung when the delete callback waited; Open MPI: it crashed when it did not)
         assert request.wait().mode == ("raw" if bypass else "compressed")
         assert_close(got, expected, 0.0 if bypass else 1e-3, f"freed while a late rank duplicates, bypass={bypass}")
+
+
+@case
+def interrupt_is_held():
+    """Ctrl-C (SIGINT) inside a call is raised when the call is done, as mpi4py's blocking calls
+    raise it once MPI returns: rank 0 is interrupted while it waits for the others (they arrive
+    0.5 s late); its call completes with what mpi4py delivers, then raises KeyboardInterrupt, and
+    the communicator's next calls work on every rank. Compressed, raw, a repeat of the raw call
+    (the express lane) and Ialltoallv's wait()."""
+    import os
+    import signal
+    import threading
+
+    if P == 1:  # nobody to wait for: the interrupt could not be timed to land inside the call
+        return
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN, "mpiexec started this rank with SIGINT ignored"
+    comm = COMM.Dup()
+    send = payload(3000 * P, np.float32, 97)
+    ref = reference(send, lambda: np.zeros_like(send))
+    try:
+        for how in ("compressed", "raw", "raw", "Ialltoallv"):
+            recv = np.zeros_like(send)
+            comm.Barrier()
+            if ME == 0:
+                threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            else:
+                time.sleep(0.5)
+            raised = False
+            try:
+                if how == "Ialltoallv":
+                    ec.Ialltoallv(comm, send, recv, abs_error=1e-3, strategy="fast").wait()
+                else:
+                    ec.Alltoallv(comm, send, recv, abs_error=1e-3, strategy="fast", bypass=how == "raw")
+            except KeyboardInterrupt:
+                raised = True
+            assert raised == (ME == 0), (how, raised)
+            assert_close(recv, ref, 1e-3, f"{how}: interrupted call")
+            again = np.zeros_like(send)
+            ec.Alltoallv(comm, send, again, abs_error=1e-3, strategy="fast", bypass=False)
+            assert_close(again, ref, 1e-3, f"{how}: the call after")
+    finally:
+        comm.Free()
