@@ -12,7 +12,7 @@ decides; on a fast link it sends raw but probes compression after 16, 32, ... ca
 call is the slowest rank's; medians and the ratio to plain are printed by rank 0. The payload
 is random float32 (the bypass never looks at the values), ``--mb`` MB per rank. ``--in-place``
 adds both with ``MPI.IN_PLACE`` as the send buffer (embzip hands the buffer to MPI's in-place
-call after its handshake, and validates in full: in-place calls take no express lane).
+call after its handshake; in-place calls take no express lane).
 """
 
 from __future__ import annotations

@@ -226,6 +226,12 @@ def test_reuse_key_repeats_only_when_nothing_that_validation_reads_changed():
     with_layout = _key(send, recv, bounds=layout)
     layout.bounds[0] = 0.5  # the layout is frozen, its bounds array is not
     assert _key(send, recv, bounds=layout) != with_layout
+    # in place: the receive buffer alone says what is sent; every in-place form is one key,
+    # and it is not the key of sending that buffer from itself
+    in_place = _key(None, recv, in_place=True)
+    assert in_place is not None and in_place == _key("[MPI.IN_PLACE, counts]", recv, in_place=True)
+    assert in_place != _key(recv, recv) and in_place != _key(send, recv)
+    assert _key(None, recv) is None  # (not said to be in place: validated in full)
 
 
 @pytest.mark.parametrize("send, bounds", [

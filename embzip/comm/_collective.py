@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..errors import CorruptFrameError
-from . import _device, _express, _handshake, _interrupts, _mpi, _protocol, _reuse, _segment
+from . import _device, _express, _handshake, _interrupts, _mpi, _protocol, _reuse, _segment, _spec
 from ._errors import LocalError
 from ._stats import MODE_CODES, CallStats, measurement
 
@@ -40,7 +40,8 @@ def begin(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass
     if state.inflight is not None:  # one pipelined call in flight per communicator
         state.inflight.wait_quietly()
     size, rank = state.size, state.rank  # (not state.comm: its duplication may still be in flight)
-    key, keep = _reuse.key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes)
+    key, keep = _reuse.key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes,
+                              _spec.is_in_place(sendbuf, MPI))
     job = state.memo.lookup(key)
     if job is None:
         job = _protocol.prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass,

@@ -9,7 +9,10 @@ reused by another object, and by value for everything mutable: counts, displacem
 bounds, the writeable flag, a buffer's data pointer and strides) with the :class:`~._protocol.Job` they produced.
 
 Only numpy buffers and plain values are remembered; anything else (GPU arrays, bytes-like
-objects, unusual types) makes a call skip the cache and validate in full, as before.
+objects, unusual types) makes a call skip the cache and validate in full, as before. An
+in-place call (``MPI.IN_PLACE`` or None as sendbuf) is keyed on its receive buffer; its Job
+keeps the memory of the send side's copy (see ``_spec.in_place_send``), written again by
+each call that needs the copy.
 """
 
 from __future__ import annotations
@@ -85,14 +88,15 @@ def _bounds(bounds, keep: list):
     raise _Skip
 
 
-def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes):
-    """(key, objects to keep alive) for these arguments, or (None, None) when not cacheable."""
+def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes, in_place=False):
+    """(key, objects to keep alive) for these arguments, or (None, None) when not cacheable.
+    ``in_place``: ``sendbuf`` is one of MPI's in-place forms (recvbuf alone says what is sent)."""
     keep = []
     try:
         for scalar in (abs_error, rel_error, strategy, bypass, chunk_bytes):
             if scalar is not None and not isinstance(scalar, (bool, int, float, str)):
                 raise _Skip
-        key = (_spec(sendbuf, keep), _spec(recvbuf, keep), abs_error, rel_error, strategy,
+        key = (("in place",) if in_place else _spec(sendbuf, keep), _spec(recvbuf, keep), abs_error, rel_error, strategy,
                _bounds(bounds, keep), bypass, type(bypass), chunk_bytes)
         hash(key)
     except Exception:  # (_Skip, unhashable, or an object that breaks when looked at: parse reports it, agreed)
