@@ -11,11 +11,18 @@ the call raises ``KeyboardInterrupt`` when it is done, its results delivered. A 
 SIGINT within the same call raises at once: the way out of a call that cannot complete (a
 rank died), at the cost of that communicator, as before.
 
-How: on the first call, if SIGINT has Python's default handler, it is replaced by
+How: when a call starts and SIGINT has Python's default handler, it is replaced by
 :func:`_handler`, which does what the default does (raise ``KeyboardInterrupt``) outside
-embzip calls. Swapping handlers around every call would cost ~9 us a call (measured), more
-than the express lane's whole Python budget. A handler the program installed itself is left
-alone: it decides what SIGINT does.
+embzip calls, and stays (putting the default back around every call would cost ~9 us a call,
+measured: more than the express lane's whole Python budget; the check costs ~0.1 us). A
+handler the program installed itself is left alone: it decides what SIGINT does. So is
+asyncio's: ``asyncio.run`` installs its own only over Python's default, so an asyncio
+program that called embzip before ``asyncio.run`` gets Ctrl-C as a plain KeyboardInterrupt
+(as before Python 3.11), not as the cancellation of its main task.
+
+The counters survive an escape: the second SIGINT resets them before raising (Python may run
+the handler at the start of :func:`leave`, before its own bookkeeping), and each ``leave``
+puts the depth back to what its ``enter`` found.
 """
 
 from __future__ import annotations
@@ -28,43 +35,37 @@ __all__ = ["enter", "leave"]
 _MAIN = threading.main_thread().ident
 # [embzip calls the main thread is in (nested: the Comm wrapper, a wait inside a call), SIGINTs held]
 _state = [0, 0]
-_installed = False
 
 
 def _handler(signum, frame):
     if _state[0] and not _state[1]:  # the first one inside a call: raised when the call is done
         _state[1] = 1
         return
-    _state[1] = 0  # outside a call, as Python's default handler; inside, the second: now
+    _state[0] = _state[1] = 0  # outside a call, as Python's default handler; inside, the second: now
     raise KeyboardInterrupt
 
 
-def _install() -> None:
-    global _installed
-    _installed = True
-    try:
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _handler)
-    except (ValueError, OSError):  # (no signals here: an embedded interpreter, say)
-        pass
-
-
-def enter() -> bool:
-    """Start holding SIGINT for a call; returns whether this thread holds it (the main thread)."""
+def enter():
+    """Start holding SIGINT for a call. Returns the token to give :func:`leave`: the depth
+    found (None outside the main thread, which runs no signal handler)."""
     if threading.get_ident() != _MAIN:
-        return False
-    if not _installed:
-        _install()
-    _state[0] += 1
-    return True
+        return None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (again after a reset to the default)
+        try:
+            signal.signal(signal.SIGINT, _handler)
+        except (ValueError, OSError):  # (no signals here: an embedded interpreter, say)
+            pass
+    depth = _state[0]
+    _state[0] = depth + 1
+    return depth
 
 
-def leave(entered: bool) -> None:
+def leave(token) -> None:
     """End a call started with :func:`enter` (in a ``finally``): raise the held interrupt, if
     any, once the outermost call is done."""
-    if not entered:
+    if token is None:
         return
-    _state[0] -= 1
-    if _state[0] == 0 and _state[1]:
+    _state[0] = token
+    if token == 0 and _state[1]:
         _state[1] = 0
         raise KeyboardInterrupt

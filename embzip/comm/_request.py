@@ -90,7 +90,11 @@ class Request:
                 return False
             if self._mpi_request is not None and not self._mpi_request.Test():
                 return False
-            self._complete()
+            held = _interrupts.enter()  # (an interrupt inside _complete would skip its bookkeeping)
+            try:
+                self._complete()
+            finally:
+                _interrupts.leave(held)
         if self._error is not None:
             raise self._error
         return True
