@@ -56,17 +56,22 @@ class Request:
         if self._state.free_pending:  # the caller freed the communicator meanwhile (see CommState.free)
             self._state.free()
 
+    def _complete_holding_interrupts(self):
+        """:meth:`_complete` with Ctrl-C raised once it is done, as after MPI's Wait (an
+        interrupt inside it would skip its bookkeeping: see _interrupts)."""
+        held = _interrupts.enter()
+        try:
+            self._complete()
+        finally:
+            _interrupts.leave(held)
+
     def wait_quietly(self):
         """Complete without raising (a later embzip call on the communicator does this)."""
         self._complete()
 
     def wait(self) -> CallStats:
         """Block until complete; return this rank's stats or raise the agreed error."""
-        held = _interrupts.enter()  # (as MPI's Wait: Ctrl-C is raised once complete)
-        try:
-            self._complete()
-        finally:
-            _interrupts.leave(held)
+        self._complete_holding_interrupts()
         if self._error is not None:
             raise self._error
         return self._stats
@@ -90,11 +95,7 @@ class Request:
                 return False
             if self._mpi_request is not None and not self._mpi_request.Test():
                 return False
-            held = _interrupts.enter()  # (an interrupt inside _complete would skip its bookkeeping)
-            try:
-                self._complete()
-            finally:
-                _interrupts.leave(held)
+            self._complete_holding_interrupts()
         if self._error is not None:
             raise self._error
         return True
