@@ -16,7 +16,8 @@ class Request:
     """Handle of a call started by :func:`embzip.comm.Ialltoallv`.
 
     ``wait()`` blocks until the receive buffer holds the result and returns the
-    :class:`CallStats`; ``test()`` says whether it is done. A failure (on any rank) is raised
+    :class:`CallStats`; ``test()`` returns ``(done, stats or None)``, as mpi4py's lowercase
+    ``test()`` returns ``(flag, what wait() returns)``. A failure (on any rank) is raised
     by ``wait()`` / ``test()`` on every rank. ``Wait()`` / ``Test()`` are mpi4py's spellings,
     so code written for ``comm.Ialltoallv`` keeps working; ``MPI.Request.Waitall`` does not
     take this object (it is not an MPI request): wait for it on its own.
@@ -84,11 +85,8 @@ class Request:
         return True
 
     def Test(self, status=None) -> bool:
-        """mpi4py's spelling of :meth:`test` (``status`` as for :meth:`Wait`)."""
-        return self.test()
-
-    def test(self) -> bool:
-        """True when complete (then ``wait()`` returns at once); raises the agreed error."""
+        """mpi4py's spelling: True when complete (then ``wait()`` returns at once); raises the
+        agreed error (``status`` as for :meth:`Wait`)."""
         if not self._done:
             if self._work is not None and not self._work.done():
                 time.sleep(0)  # hand the GIL to the call's MPI thread: a caller spinning on test() starved it
@@ -99,3 +97,11 @@ class Request:
         if self._error is not None:
             raise self._error
         return True
+
+    def test(self):
+        """``(True, stats)`` when complete, else ``(False, None)``; raises the agreed error.
+
+        The pair is mpi4py's lowercase ``Request.test()`` contract (the flag and what
+        ``wait()`` returns), so ``flag, _ = req.test()`` written for mpi4py keeps working.
+        """
+        return (True, self._stats) if self.Test() else (False, None)

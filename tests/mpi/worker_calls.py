@@ -26,10 +26,12 @@ def pipelined():
         req = ec.Ialltoallv(COMM, [send, sc], [got, rc], abs_error=1e-3, strategy="fast", bypass=False,
                             chunk_bytes=256)
         busy = np.ones(1000).sum()  # work while the chunks fly
-        while not req.test():
-            pass
+        done, polled = req.test()
+        while not done:
+            assert polled is None
+            done, polled = req.test()
         stats = req.wait()
-        assert busy == 1000 and stats.mode == "compressed"
+        assert busy == 1000 and stats.mode == "compressed" and polled is stats
         assert_close(got, ref, 1e-3, f"pipelined {dtype.__name__}")
     rows = np.random.default_rng(ME).normal(size=(P * 12, 3 * 4)).astype(np.float32)
     ref = reference(rows, lambda: np.zeros_like(rows))
@@ -50,7 +52,7 @@ def pipelined():
     # a later call on the communicator completes the earlier request first
     first = ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, strategy="fast", bypass=False, chunk_bytes=100)
     ec.Alltoallv(COMM, ints, igot)
-    assert first.test() and first.stats is not None
+    assert first.test() == (True, first.stats) and first.stats is not None
     assert_close(got, ref, 1e-3, "completed by the next call")
     threads_are_reused(rows, got, ref)
 
