@@ -275,6 +275,20 @@ def test_bumped_major_version_is_unsupported_in_process(frames, major):
             call(data)
 
 
+@pytest.mark.parametrize("strategy", ["fast", "compact"])
+def test_a_legal_huge_step_decodes_to_inf_without_a_warning(strategy):
+    """(In-process.) A forged step that is legal (finite, positive, a float32 value) but makes
+    code * step overflow decodes to inf, the spec's dtype(q) * dtype(step), on every path: the
+    constant rANS section's product (computed in Python, not in a kernel) leaked numpy's
+    overflow warning, a foreign exception under ``-W error``."""
+    values = np.full(4, 1.0, np.float32)
+    data = build(parse(bytes(embzip.compress(values, abs_error=0.1, strategy=strategy))), step=2.0 ** 127)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = embzip.decompress(data)
+    assert out.dtype == np.float32 and np.all(np.isposinf(out)), out
+
+
 @pytest.mark.parametrize("step", [1e39, 1e300, -1e300, float("inf")])
 def test_forged_step_is_rejected_cleanly_even_when_warnings_are_errors(frames, step):
     """(In-process: header validation only.) A step beyond float32 in a float32 frame is a

@@ -117,7 +117,11 @@ def decode(section, count: int, out: np.ndarray | None = None, step=None) -> np.
     if check_kind(int(section[0])) == KIND_CONSTANT:
         value = parse_constant(section, section.size)
         if step is not None:
-            value = step.dtype.type((value >> 1) ^ -(value & 1)) * step
+            # dtype(q) * dtype(step) as the kernels compute it: a legal but forged large step
+            # overflows to inf there silently, so numpy's scalar warning must not leak here
+            # (under -W error it would be a foreign exception).
+            with np.errstate(over="ignore"):
+                value = step.dtype.type((value >> 1) ^ -(value & 1)) * step
         if out is None:
             return np.full(count, value, out_dtype)
         out[:] = value
