@@ -41,6 +41,8 @@ def _as_float_array(data) -> np.ndarray:
             data = np.asarray(data)
         except Exception as exc:  # numpy's own message says what failed
             raise TypeError(f"expected an array-like of floats, found {type(data).__name__}: {exc}") from None
+    if isinstance(data, np.ma.MaskedArray):  # np.asarray would drop the mask and keep what it hides
+        raise TypeError("masked arrays are not supported: compress data.filled(value) or data.data explicitly")
     if data.dtype.kind != "f" or data.dtype.itemsize not in (4, 8):  # either byte order
         raise TypeError(f"expected a float32 or float64 array, found dtype {data.dtype}")
     check_shape(data.shape)  # before any copy
@@ -93,7 +95,7 @@ def compress(data, *, abs_error=None, rel_error=None, strategy: str = "auto", de
         raise ValueError(f"give exactly one of abs_error and rel_error, found abs_error={abs_error!r}, rel_error={rel_error!r}")
     if dedup is not None and not isinstance(dedup, (bool, np.bool_)):
         raise TypeError(f"dedup must be None, True or False, found {dedup!r}")
-    if strategy not in _STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}, found {strategy!r}")
     if abs_error is not None:
         _check_bound("abs_error", abs_error)

@@ -88,10 +88,18 @@ def test_unknown_strategy_is_value_error(strategy):
         embzip.compress(X32, abs_error=1e-3, strategy=strategy)
 
 
-@pytest.mark.parametrize("strategy", [["fast"], {"fast": 1}])
-def test_unhashable_strategy_is_a_caller_error(strategy):
-    with pytest.raises((ValueError, TypeError)):
+@pytest.mark.parametrize("strategy", [["fast"], {"fast": 1}, []])
+def test_unhashable_strategy_is_value_error_naming_the_choices(strategy):
+    # (it was the dict lookup's "unhashable type: 'list'")
+    with pytest.raises(ValueError, match="strategy must be one of"):
         embzip.compress(X32, abs_error=1e-3, strategy=strategy)
+
+
+@pytest.mark.parametrize("mask", [[False] * 4, [False, True, False, True]], ids=["none masked", "some masked"])
+def test_masked_array_is_type_error_not_its_hidden_values(mask):
+    # np.asarray drops the mask: the values it hides would be compressed as data
+    with pytest.raises(TypeError, match="masked arrays"):
+        embzip.compress(np.ma.masked_array(np.arange(4, dtype=np.float32), mask=mask), abs_error=1e-3)
 
 
 # --------------------------------------------------------------------- dtypes
