@@ -108,7 +108,13 @@ class Embzip(Codec):
         return frame.tobytes()
 
     def decode(self, buf, out=None):
-        """Decode a frame; into ``out`` when given (an array, or a buffer of the same size)."""
+        """Decode a frame; into ``out`` when given (an array, or a buffer of the same size).
+
+        As numcodecs codecs do, ``out`` is filled in its memory order: the decoded values'
+        C-order bytes land in ``out``'s memory as they are, so an F-ordered ``out`` of the
+        frame's shape holds them transposed. ``embzip.decompress(frame, out=...)`` fills by
+        index instead.
+        """
         frame = ensure_contiguous_ndarray(buf).view(np.uint8)
         if isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable:
             info = _api.inspect(frame)
