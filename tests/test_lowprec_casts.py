@@ -34,6 +34,18 @@ def test_bf16_bits_match_torch(u):
     np.testing.assert_array_equal(got, want.numpy().view(np.uint16))
 
 
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1), (3,), (2, 1, 1)], ids=str)
+@pytest.mark.parametrize("bits", [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF], ids=hex)
+def test_bf16_nan_pattern_matches_torch_for_every_shape(shape, bits):
+    # torch converts 0-d tensors with its scalar code (NaN -> 0x7FC0) and others with its
+    # vectorized code (NaN -> 0xFFFF); random bit patterns are NaN 1 time in 256, too rarely
+    torch = _torch()
+    x = np.full(shape, bits, np.uint32).view(F32)
+    want = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(bf16_bits(x), want)
+    assert bf16_bits(x).shape == shape
+
+
 @given(bit_arrays)
 def test_fp16_bits_match_torch(u):
     torch = _torch()

@@ -124,6 +124,68 @@ def test_fp16_weight_linear_matches_torch(layer):
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def _torch_fp16(torch, x, w, b=None):
+    packed = torch.ops.quantized.linear_prepack_fp16(torch.from_numpy(w), None if b is None else torch.from_numpy(b))
+    return torch.ops.quantized.linear_dynamic_fp16(torch.from_numpy(x), packed).numpy()
+
+
+# (M, K, N): whole 32- and 16-column blocks beside leftovers, K across 512-row blocks, M past
+# FBGEMM's 120-row batches; random draws rarely combine N >= 32 with K > 512
+FP16_SHAPES = [(1, 513, 32), (3, 1030, 33), (2, 600, 64), (4, 1600, 70), (2, 1025, 16), (1, 700, 17),
+               (121, 520, 40), (2, 512, 32), (1, 1, 1), (5, 3, 35)]
+
+
+@pytest.mark.parametrize("columns", [None, 16, 32], ids=["host", "16", "32"])
+def test_fp16_weight_column_blocks_chain_across_k_blocks(columns):
+    """Whole kernel column blocks are one FMA chain over all of K; leftover columns restart per
+    512 rows. Built so that the two disagree: a 1 then tiny terms past row 512."""
+    from embzip.lowprec import fbgemm_columns
+
+    torch = _torch()
+    width = fbgemm_columns() if columns is None else columns
+    x = np.ones((1, 514), F32)
+    w = np.zeros((width + 3, 514), F32)
+    w[:, 0] = 1
+    w[:, 512:] = 2.0**-24  # each tiny term is lost against 1, but their block sum is not
+    got = linear_fp16_weight(x, w, fbgemm_columns=columns)
+    assert (got[0, :width] == 1.0).all() and (got[0, width:] == F32(1 + 2.0**-23)).all(), got
+    if width == fbgemm_columns():  # this CPU's FBGEMM: the oracle
+        np.testing.assert_array_equal(got.view(np.uint32), _torch_fp16(torch, x, w).view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", FP16_SHAPES, ids=str)
+@pytest.mark.parametrize("data", ["normal", "zeros", "wide"])
+def test_fp16_weight_linear_matches_torch_across_blocks(shape, data):
+    torch = _torch()
+    m, k, n = shape
+    rng = np.random.default_rng(m * 7919 + k * 31 + n)
+    x = rng.standard_normal((m, k)).astype(F32)
+    w = rng.standard_normal((n, k)).astype(F32)
+    if data == "zeros":  # products of +-0: the first term is the plain product, so -0 stays
+        x[:] = 0
+        x[:, ::3] = -0.0
+        w[: n // 2] = -np.abs(w[: n // 2])
+    elif data == "wide":
+        x *= F32(10.0) ** rng.integers(-20, 20, size=(m, k)).astype(F32)
+    for b in (None, rng.standard_normal(n).astype(F32)):
+        got = linear_fp16_weight(x, w, b)
+        np.testing.assert_array_equal(got.view(np.uint32), _torch_fp16(torch, x, w, b).view(np.uint32))
+
+
+def test_fp16_weight_negative_zero_product_stays():
+    torch = _torch()
+    x, w = np.array([[1.0]], F32), np.array([[-0.0]], F32)
+    got = linear_fp16_weight(x, w)
+    assert got.view(np.uint32)[0, 0] == 0x80000000
+    np.testing.assert_array_equal(got.view(np.uint32), _torch_fp16(torch, x, w).view(np.uint32))
+
+
+@pytest.mark.parametrize("bad", [8, 0, True, 32.0, "32"])
+def test_fp16_weight_columns_are_16_or_32(bad):
+    with pytest.raises(ValueError, match="fbgemm_columns"):
+        linear_fp16_weight(np.ones((1, 2), F32), np.ones((1, 2), F32), fbgemm_columns=bad)
+
+
 def test_requantize_rounds_once():
     # float(raw) * scale + bias with one rounding: 2**24 - 1 times (1 + 2**-23) plus 1 is
     # 2**24 + 2 - 2**-23 exactly -> 2**24 + 2; rounding the product first would give 2**24.

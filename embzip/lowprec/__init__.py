@@ -9,6 +9,7 @@ Linear layers: :func:`linear_dynamic_int8`, :func:`linear_fp16_weight`. Model st
 """
 
 from embzip.lowprec.bag import bag_bounds, embedding_bag_rowwise
+from embzip.lowprec._isa import fbgemm_columns
 from embzip.lowprec.casts import bf16_bits, bf16_to_f32, to_bf16, to_fp16
 from embzip.lowprec.linear import (
     activation_qparams,
@@ -42,6 +43,7 @@ __all__ = [
     "quantize_weight_int8",
     "activation_qparams",
     "flush_to_zero",
+    "fbgemm_columns",
     "DLRM",
     "EMB_PRECISIONS",
     "MLP_PRECISIONS",

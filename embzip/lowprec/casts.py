@@ -3,7 +3,8 @@
 * ``to_fp16`` rounds to nearest even like ``Tensor.half()`` (``vcvtps2ph``): overflow to +-inf,
   gradual underflow, NaN keeps its sign and top payload bits with the quiet bit set.
 * ``bf16_bits(x)`` rounds to nearest even like ``Tensor.to(torch.bfloat16)``; overflow goes to
-  +-inf and every NaN becomes ``0xFFFF``, the pattern torch's vectorized CPU conversion writes.
+  +-inf and every NaN becomes ``0xFFFF``, the pattern torch's vectorized CPU conversion writes
+  (a 0-d array takes torch's scalar conversion, ``c10::BFloat16``, whose NaN is ``0x7FC0``).
 * ``rounding="fbgemm"`` is FBGEMM's ``FloatToBfloat16``: ``(bits + 0x8000) >> 16`` on the raw
   uint32, i.e. ties away from zero, and no NaN handling (some NaNs become inf or +0, exactly as
   in FBGEMM).
@@ -67,7 +68,8 @@ def bf16_bits(x, rounding: str = "rne") -> np.ndarray:
     ----------
     x : array_like of float32 (other real dtypes are first converted to float32)
     rounding : {"rne", "fbgemm"}
-        ``"rne"``: round to nearest even, NaN -> 0xFFFF (torch CPU). ``"fbgemm"``: FBGEMM's
+        ``"rne"``: round to nearest even, NaN -> 0xFFFF (torch CPU; 0x7FC0 for a 0-d array,
+        as torch's scalar path writes for a 0-d tensor). ``"fbgemm"``: FBGEMM's
         add-0x8000-and-shift rounding (ties away from zero, NaN not special-cased).
 
     Examples
@@ -85,7 +87,8 @@ def bf16_bits(x, rounding: str = "rne") -> np.ndarray:
     if rounding == "fbgemm":
         return np.asarray(((u + 0x8000) & 0xFFFFFFFF) >> 16, dtype=np.uint16)
     r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return np.asarray(np.where(np.isnan(a), 0xFFFF, r), dtype=np.uint16)
+    nan = 0x7FC0 if a.ndim == 0 else 0xFFFF  # torch converts a 0-d tensor with its scalar code
+    return np.asarray(np.where(np.isnan(a), nan, r), dtype=np.uint16)
 
 
 def bf16_to_f32(bits) -> np.ndarray:

@@ -10,8 +10,9 @@
 4. ``y = fma(float(raw), scale_x * scale_w, bias)`` -- one rounding, as FBGEMM's requantize.
 
 ``linear_fp16_weight`` is ``quantized::linear_dynamic_fp16``: weights clamped to +-65504 and
-rounded to fp16, activations stay fp32, products accumulated with fp32 FMAs in blocks of 512
-along K (block partial sums added in order), then the bias added.
+rounded to fp16, activations stay fp32, products accumulated with fp32 FMAs along K (the
+output columns beyond FBGEMM's last whole kernel column block, 32 columns with AVX-512 or 16
+with AVX2, restart every 512 k and add the block sums in order), then the bias added.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from embzip._jit import kernel, parallel_kernel, prange
 from embzip.lowprec._bits import fma32, round_f64_to_f16
+from embzip.lowprec._isa import fbgemm_columns as host_fbgemm_columns
 from embzip.lowprec._validate import choice, flag, float_array
 
 __all__ = [
@@ -61,25 +63,39 @@ def _requantize_for_float(acc, colsum, zp, mult, bias, has_bias, out):
 
 
 @parallel_kernel
-def _fp16w_kernel(x, w_t, tmp, out):
+def _fp16w_kernel(x, w_t, full, tmp, out):
+    # FBGEMM's cblas_gemm_compute with beta = 0, one output row at a time. Columns below
+    # ``full`` (whole kernel column blocks) are one FMA chain over all of K: each 512-row block
+    # after the first starts from C (beta = 1, folded into the first FMA). The leftover columns
+    # go through a zero-filled buffer: block 0 is stored, later blocks start from +0 and are
+    # added to C. Every chain's first term is the plain product (beta = 0: a -0 product stays).
     m_rows, k_dim = x.shape
     n_cols = out.shape[1]
     for m in prange(m_rows):
         o = out[m]
+        if k_dim == 0:
+            for n in range(n_cols):
+                o[n] = np.float32(0.0)
+            continue
+        x0 = x[m, 0]
         for n in range(n_cols):
-            o[n] = np.float32(0.0)
-        for k0 in range(0, k_dim, K_BLOCK):
-            t = o if k0 == 0 else tmp[m]
-            if k0 > 0:
-                for n in range(n_cols):
-                    t[n] = np.float32(0.0)
+            o[n] = x0 * w_t[0, n]
+        for k in range(1, min(k_dim, K_BLOCK)):
+            xv = x[m, k]
+            for n in range(n_cols):
+                o[n] = fma32(xv, w_t[k, n], o[n])
+        for k0 in range(K_BLOCK, k_dim, K_BLOCK):
+            t = tmp[m]
+            for n in range(full, n_cols):
+                t[n] = np.float32(0.0)
             for k in range(k0, min(k_dim, k0 + K_BLOCK)):
                 xv = x[m, k]
-                for n in range(n_cols):
+                for n in range(full):
+                    o[n] = fma32(xv, w_t[k, n], o[n])
+                for n in range(full, n_cols):
                     t[n] = fma32(xv, w_t[k, n], t[n])
-            if k0 > 0:
-                for n in range(n_cols):
-                    o[n] = o[n] + t[n]
+            for n in range(full, n_cols):
+                o[n] = o[n] + t[n]
 
 
 @parallel_kernel
@@ -271,7 +287,7 @@ def linear_dynamic_int8(
 
 
 def linear_fp16_weight(
-    x, weight, bias=None, accumulate: str = "fp32", flush_subnormals: bool = False
+    x, weight, bias=None, accumulate: str = "fp32", flush_subnormals: bool = False, fbgemm_columns=None
 ) -> np.ndarray:
     """``y = x @ fp16(weight).T + bias``, bit-identical to torch's ``linear_dynamic_fp16``.
 
@@ -287,6 +303,11 @@ def linear_fp16_weight(
     flush_subnormals : bool
         Emulate FTZ/DAZ in the accumulation format (inputs, every partial sum and the output);
         turns the fp32 path into the sequential emulation (no 512-blocks), no torch oracle.
+    fbgemm_columns : {None, 16, 32}
+        Columns per FBGEMM kernel block, which decide where sums restart when K > 512:
+        ``None`` (default) is what FBGEMM picks on this CPU (32 with AVX-512 F/BW/DQ/VL,
+        else 16, see :func:`embzip.lowprec.fbgemm_columns`); give 16 or 32 to reproduce
+        another CPU (or FBGEMM forced to AVX2 by ``FBGEMM_ENABLE_INSTRUCTIONS``).
 
     Examples
     --------
@@ -298,6 +319,13 @@ def linear_fp16_weight(
     """
     choice(accumulate, "accumulate", ("fp32", "fp16"))
     flush = flag(flush_subnormals, "flush_subnormals")
+    if fbgemm_columns is None:
+        columns = host_fbgemm_columns()
+    elif isinstance(fbgemm_columns, (int, np.integer)) and not isinstance(fbgemm_columns, bool) \
+            and int(fbgemm_columns) in (16, 32):
+        columns = int(fbgemm_columns)
+    else:
+        raise ValueError(f"fbgemm_columns must be None, 16 or 32, found {fbgemm_columns!r}")
     a = _input(x)
     w, b = _weight_bias(weight, bias, a.shape[-1])
     wh = np.clip(w, -FP16_MAX, FP16_MAX).astype(np.float16)
@@ -312,8 +340,9 @@ def linear_fp16_weight(
     if accumulate == "fp16":
         a2 = a2.astype(np.float16).astype(F32)
     if accumulate == "fp32" and not flush:
-        tmp = np.empty_like(out) if a2.shape[1] > K_BLOCK else np.empty((0, 0), F32)
-        _fp16w_kernel(a2, w_t, tmp, out)
+        full = n_out // columns * columns
+        tmp = np.empty_like(out) if a2.shape[1] > K_BLOCK and full < n_out else np.empty((0, 0), F32)
+        _fp16w_kernel(a2, w_t, full, tmp, out)
         if b is not None:
             out = out + b
         return out.reshape(lead + (n_out,))
