@@ -66,6 +66,10 @@ def lookups(draw):
     weights = None
     if draw(st.booleans()):
         weights = (rng.standard_normal(n_idx) * 10.0 ** draw(st.integers(-3, 3))).astype(F32)
+        if n_idx and draw(st.booleans()):  # special weights: torch's results hold here too
+            specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-45, 3.4e38], F32)
+            hit = rng.random(n_idx) < 0.3
+            weights[hit] = rng.choice(specials, int(hit.sum()))
     itype = draw(st.sampled_from([np.int64, np.int32]))
     return bits, w, idx.astype(itype), offsets.astype(itype), weights, include_last
 
