@@ -99,6 +99,10 @@ def _span(obj, desc: dict, dtype: np.dtype):
         strides = tuple(int(np.prod(shape[d + 1:], dtype=np.int64)) * itemsize for d in range(len(shape)))
     if any(s % itemsize for s in strides):
         raise ValueError(f"device array strides {strides} are not multiples of the item size {itemsize}")
+    if math.prod(shape) and desc["data"][0] % itemsize:
+        # a GPU faults on a misaligned load (fatal to the context); the simulator reads on
+        raise ValueError(f"device array data at {desc['data'][0]:#x} is not aligned to its item size {itemsize}: "
+                         "copy it into a fresh array first")
     lo = sum((n - 1) * s for n, s in zip(shape, strides) if s < 0 and n > 0)
     hi = sum((n - 1) * s for n, s in zip(shape, strides) if s > 0 and n > 0) + itemsize
     count = 0 if math.prod(shape) == 0 else (hi - lo) // itemsize

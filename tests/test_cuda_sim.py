@@ -155,6 +155,59 @@ else:
         embzip.decompress(frame, out=Tensorish(out))
         np.testing.assert_array_equal(out, embzip.decompress(frame.copy_to_host()))
 
+    def test_misaligned_device_values_are_refused():
+        """A float array at an address that is not a multiple of its item size faults on a GPU
+        (fatal to the context), so it is a ValueError before any launch. Frames are copied
+        instead (below): their bytes carry no alignment."""
+        for dtype in (np.float32, np.float64):
+            size = np.dtype(dtype).itemsize
+            raw = np.zeros(8 * size + 1, np.uint8)
+            odd = raw[1:].view(dtype)  # numpy allows the misaligned view; its address is odd
+
+            class Tensorish:
+                def __init__(self, array):
+                    self._keep = array
+                    self.__cuda_array_interface__ = dict(array.__array_interface__, version=3)
+
+            with pytest.raises(ValueError, match="not aligned"):
+                embzip.compress(Tensorish(odd), abs_error=1e-3)
+            frame = embzip.compress(np.ones(8, dtype), abs_error=1e-3)
+            with pytest.raises(ValueError, match="not aligned"):
+                embzip.decompress(cuda.to_device(frame), out=Tensorish(odd))
+            empty = raw[1:1].view(dtype)  # no elements: nothing is read, nothing to refuse
+            assert embzip.inspect(embzip.compress(Tensorish(empty), abs_error=1e-3)).shape == (0,)
+
+    def test_crc_tables_are_uploaded_per_device(monkeypatch):
+        """A process that switches GPUs gets tables on each (one GPU's memory is an illegal
+        address to another's kernels without peer access)."""
+        from embzip.cuda import checksum
+
+        class Device:
+            def __init__(self, id):
+                self.id = id
+
+        monkeypatch.setattr(checksum, "_tables", {})
+        current = [Device(0)]
+        monkeypatch.setattr(checksum.cuda, "get_current_device", lambda: current[0])
+        first = checksum.device_tables()
+        assert checksum.device_tables() is first
+        current[0] = Device(1)
+        second = checksum.device_tables()
+        assert second is not first and second[0] is not first[0]
+        current[0] = Device(0)
+        assert checksum.device_tables() is first
+
+    @pytest.mark.parametrize("threads, ok", [("16", False), ("1", False), ("48", False), ("512", False),
+                                             ("32", True), ("256", True)])
+    def test_threads_per_block_must_be_a_power_of_two_of_at_least_a_warp(threads, ok):
+        # below 32 the bit-packer's grid-stride step was 0 (a division by zero on a GPU)
+        env = dict(os.environ, EMBZIP_CUDA_THREADS=threads)
+        result = subprocess.run([sys.executable, "-c", "import embzip.cuda._launch"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert (result.returncode == 0) == ok, result.stderr[-2000:]
+        if not ok:
+            assert "EMBZIP_CUDA_THREADS must be a power of two in 32..256" in result.stderr
+
     def test_misaligned_device_frame_and_corruption():
         x = np.random.default_rng(4).normal(size=(300,)).astype(np.float32)
         frame = embzip.compress(x, abs_error=1e-3, strategy="fast")

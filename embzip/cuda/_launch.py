@@ -30,9 +30,12 @@ __all__ = ["SIMULATOR", "THREADS", "MAX_THREADS", "kernel", "device", "blocks", 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 #: Threads per block; shared-memory arrays are sized for MAX_THREADS (a compile-time constant).
 MAX_THREADS = 256
+#: At least one warp: the bit-packer gives each 32-thread group a block of 256 values (fewer
+#: threads made its grid-stride step 0, a division by zero on a GPU).
+MIN_THREADS = 32
 THREADS = int(os.environ.get("EMBZIP_CUDA_THREADS", 32 if SIMULATOR else MAX_THREADS))
-if not 1 <= THREADS <= MAX_THREADS or THREADS & (THREADS - 1):
-    raise ValueError(f"EMBZIP_CUDA_THREADS must be a power of two in 1..{MAX_THREADS}, found {THREADS}")
+if not MIN_THREADS <= THREADS <= MAX_THREADS or THREADS & (THREADS - 1):
+    raise ValueError(f"EMBZIP_CUDA_THREADS must be a power of two in {MIN_THREADS}..{MAX_THREADS}, found {THREADS}")
 #: Words (4 bytes) of payload one thread checksums before its CRC is folded in.
 CRC_CHUNK_WORDS = 512
 

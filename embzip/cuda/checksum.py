@@ -21,16 +21,20 @@ __all__ = ["crc_chunks", "finish_header", "device_tables"]
 
 _POLY = 0x82F63B78
 _TABLE_WORDS = 8 * 256
-_tables = None
+_tables = {}  # device id -> the tables there
 
 
 def device_tables():
-    """(slicing tables, x**(2**k) table) on the device, uploaded once."""
-    global _tables
-    if _tables is None:
-        _tables = (cuda.to_device(CRC_TABLES.reshape(-1).astype(np.uint32)),
-                   cuda.to_device(np.array(_X2N, dtype=np.uint32)))
-    return _tables
+    """(slicing tables, x**(2**k) table) on the current device, uploaded once per device.
+
+    Why per device: a process that switches GPUs would otherwise launch kernels reading the
+    first GPU's memory, an illegal address without peer access (fatal to the context)."""
+    key = getattr(cuda.get_current_device(), "id", 0)  # (the simulator's device has no id)
+    tables = _tables.get(key)
+    if tables is None:
+        tables = _tables[key] = (cuda.to_device(CRC_TABLES.reshape(-1).astype(np.uint32)),
+                                 cuda.to_device(np.array(_X2N, dtype=np.uint32)))
+    return tables
 
 
 @device

@@ -335,6 +335,8 @@ def main():
         if name == "plain":
             codec_placement()
     in_place_on_device()
+    if ARRAYS == "cupy":
+        producer_stream()
     if not CUDA_AWARE:  # (a CUDA-aware MPI stages nothing)
         staging_failure()
     print(f"DEVICE-OK rank {ME}", flush=True)
@@ -354,6 +356,31 @@ def in_place_on_device():
             got = to_host(buf) if ME in device_ranks else buf
             assert got.tobytes() == expected.tobytes(), (name, device_ranks)
     print(f"rank {ME}: in place ok", flush=True)
+
+
+def producer_stream():
+    """Real GPU, cupy: the caller's current stream is non-blocking (no ordering with the legacy
+    stream embzip uses). The send buffer is still being written there when the call starts (a
+    queue of kernels), the receive buffer has a queued write there too, and the result is read
+    there right after, with no synchronize of the worker's own: the call must wait for the
+    producer and hand back finished buffers (embzip._stream_order), compressed and raw."""
+    for name, call, bypass in (("blocking", blocking, False), ("pipelined", pipelined, False),
+                               ("raw", blocking, True)):
+        kwargs = dict(abs_error=1e-2, strategy="fast", bypass=bypass)
+        expected = run(call, (), **kwargs)
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            source = cupy.asarray(payload())
+            send = cupy.empty_like(source)
+            for _ in range(200):  # keeps the stream busy well past the moment the call starts
+                cupy.multiply(source, 1.0, out=send)
+            recv = cupy.empty_like(source)
+            cupy.multiply(source, 0.0, out=recv)  # a queued write the received data must come after
+            call(send, recv, **kwargs)
+            got = cupy.asnumpy(recv)  # on the non-blocking stream, no synchronize
+        stream.synchronize()
+        assert got.tobytes() == expected.tobytes(), (name, got[:4], expected[:4])
+    print(f"rank {ME}: producer stream ok", flush=True)
 
 
 def staging_failure():
