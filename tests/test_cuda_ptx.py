@@ -5,6 +5,10 @@ multiply-add: the quantizer would round differently from the CPU. Its multiplica
 through round-to-nearest intrinsics instead (embzip/cuda/_launch.py); this test compiles the
 kernels whose results must match the CPU bit for bit and checks that no ``fma`` made it into
 the PTX. Skipped where libNVVM is not installed (pip install nvidia-nvvm nvidia-cuda-nvrtc).
+
+Beyond the quantizer, every kernel is compiled with the argument types a workload launches
+it with under the simulator (which never type-checks for a GPU): a device-only typing error,
+an ``fma``, subnormal flushing or too much shared memory fails here, on CI, with no GPU.
 """
 
 from __future__ import annotations
@@ -64,3 +68,63 @@ def test_no_fma_in_quantizer_ptx(name):
     assert not re.search(r"\bfma\.", ptx), f"{name}: fused multiply-add in the PTX"
     if name.startswith("quantize"):
         assert re.search(r"\bmul\.rn\.f64", ptx), "the float64 multiply by 1/step must be mul.rn"
+
+
+def _numba_type(spec):
+    from numba import types as T
+    from numba.core.types import Array
+
+    if spec[0] == "array":
+        return Array(getattr(T, spec[1]), spec[2], spec[3])
+    return getattr(T, spec[1])
+
+
+def test_every_kernel_compiles_for_hopper_without_fma_or_flushing():
+    """The simulator never type-checks a kernel for a GPU: every kernel, with the argument
+    types a real workload launches it with (recorded under the simulator, see
+    tests/cuda_kernel_signatures.py), compiles to PTX for sm_90 with no ``fma`` (the CPU
+    rounds twice), no ``.ftz`` (the CPU keeps subnormals) and no approximate division; and
+    ptxas, where installed, assembles it within 48 KB of static shared memory."""
+    import importlib
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _compile(*_kernels()["quantize_f32"])  # skips here when libNVVM / NVRTC is missing
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(root / "tests" / "cuda_kernel_signatures.py")], env=env,
+                            capture_output=True, text=True, timeout=900, cwd=root)
+    assert result.returncode == 0, result.stderr[-4000:]
+    recorded = json.loads(result.stdout)
+    assert not recorded["never_launched"], f"kernels the workload never launched: {recorded['never_launched']}"
+    ptxas = shutil.which("ptxas") or next((str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/ptxas"))), None)
+    problems = []
+    for entry in recorded["signatures"]:
+        name = f"{entry['module']}.{entry['name']}{tuple(t[1] for t in entry['types'])}"
+        launched = getattr(importlib.import_module(entry["module"]), entry["name"])
+        signature = tuple(_numba_type(t) for t in entry["types"])
+        try:
+            ptx = _compile(launched, signature)
+        except pytest.skip.Exception:
+            raise
+        except Exception as exc:  # a typing or lowering error only a GPU build shows
+            problems.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            continue
+        for pattern, why in ((r"\bfma\.", "fma"), (r"\.ftz\b", "ftz"), (r"\.approx\b", "approximate op"),
+                             (r"\bdiv\.full\b", "approximate division")):
+            if re.search(pattern, ptx):
+                problems.append(f"{name}: {why} in the PTX")
+        if ptxas:
+            done = subprocess.run([ptxas, "--gpu-name", "sm_90", "-v", "-", "-o", os.devnull], input=ptx,
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                problems.append(f"{name}: ptxas: {done.stderr.strip()[:300]}")
+            shared = [int(n) for n in re.findall(r"(\d+) bytes smem", done.stderr)]
+            if shared and max(shared) > 48 * 1024:
+                problems.append(f"{name}: {max(shared)} bytes of static shared memory")
+    assert not problems, "\n".join(problems)
+    assert len(recorded["signatures"]) >= 40  # (the workload did reach the kernels)
