@@ -167,6 +167,23 @@ def stage_raw(job):
     return smsg, rmsg, finish_copy
 
 
+def has_empty_segment(job, rank: int) -> bool:
+    """Whether this rank sends 0 bytes to, or expects 0 bytes from, another rank (or sends
+    itself other than it expects). Such a rank does not fuse its payload with the handshake.
+    Why: MPI sends no message for a count of 0, so a mismatch where one side of the pair is 0
+    is no MPI error a fused payload returns with: a receiver expecting data from a sender of 0
+    waits forever, and data sent to a receiver expecting 0 stays queued for the next call (both
+    found by a fuzzing review). Any such mismatch has a rank on its empty side: that rank
+    waits for the verdict, and on a mismatch its filler completes the fused peers' exchange
+    (see _handshake). Its own segment's pair is its own: 0 to itself and 0 from itself fuse."""
+    sent = job.send.counts * job.send.elem_size
+    expected = job.recv.counts * job.recv.elem_size
+    if sent[rank] != expected[rank]:
+        return True
+    return bool(np.count_nonzero(sent) + (sent[rank] == 0) < sent.size
+                or np.count_nonzero(expected) + (expected[rank] == 0) < expected.size)
+
+
 def raw_send(job, agreement, staged, stats, MPI):
     """The send side of a raw exchange after its handshake: ``MPI.IN_PLACE`` when every rank
     sends in place (``agreement.in_place``), else the staged send message (for a rank in place,
@@ -320,8 +337,10 @@ def _alltoallv(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, b
             except Exception as exc:
                 job = dataclasses.replace(job, error=LocalError.from_exception(
                     exc, state.comm.Get_rank(), "staging the buffers through host memory"))
-            else:  # the blocking payload exchange, run inside the handshake (fused); not in place:
-                if job.fill_send is None:  # whether it goes with MPI_IN_PLACE is agreed in the handshake first
+            else:  # the blocking payload exchange, run inside the handshake (fused); not in place
+                # (whether it goes with MPI_IN_PLACE is agreed in the handshake first), nor with an
+                # empty segment (see has_empty_segment)
+                if job.fill_send is None and not has_empty_segment(job, state.comm.Get_rank()):
                     post_payload = functools.partial(state.comm.Alltoallv, staged[0], staged[1])
 
         t = time.perf_counter()

@@ -9,12 +9,13 @@ further communication (only a local error's text needs one ``bcast``). Above ``G
 (the gathered table grows as P^2) it is an ``Alltoall`` of the per-peer values followed by an
 ``Allreduce`` of the flags, where the receiver that sees a mismatch reports it.
 
-A call that sends the caller's buffers as they are (bypassed, or not float) *fuses* the
-handshake with the payload (gather path only): it posts the ``Iallgather``, runs the payload's
+A call that sends the caller's buffers as they are (bypassed, or not float), from and into
+no empty segment (see :func:`._collective.has_empty_segment`), *fuses* the handshake with the
+payload (gather path only): it posts the ``Iallgather``, runs the payload's
 blocking ``Alltoallv`` while the gather is in flight, and checks the verdict after both
 completed. Why: a bypassed call must cost what a plain ``Alltoallv`` costs, and on shared
 memory MPICH's ``Ialltoallv`` is the slower algorithm (see :func:`fused_payload`). A rank that
-did not fuse (it compresses, sends in place, or its arguments are bad) and learns of a problem makes a
+did not fuse (it compresses, sends in place, has an empty segment, or its arguments are bad) and learns of a problem makes a
 *filler* ``Alltoallv`` sized from the gathered counts (blocking: MPI matches blocking
 collectives only with blocking ones), which completes the fused ranks' exchange with no
 unmatched message, before every rank raises. So every uncompressed call is one ``Iallgather``
