@@ -95,7 +95,9 @@ def test_every_kernel_compiles_for_hopper_without_fma_or_flushing():
 
     _compile(*_kernels()["quantize_f32"])  # skips here when libNVVM / NVRTC is missing
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore")
+    # one numba thread: with CI's NUMBA_NUM_THREADS=2 the simulated workload took over 9 min
+    # of CPU instead of about 1 (the simulator runs a Python thread per GPU thread)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore", NUMBA_NUM_THREADS="1")
     result = subprocess.run([sys.executable, str(root / "tests" / "cuda_kernel_signatures.py")], env=env,
                             capture_output=True, text=True, timeout=900, cwd=root)
     assert result.returncode == 0, result.stderr[-4000:]
