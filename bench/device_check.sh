@@ -70,12 +70,13 @@ print("numba sees", cuda.gpus)
 EOF'
 
 # Every test that needs a real GPU (the rest run on CI's CPUs).
-step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs \
+# TESTS="node ids" runs a subset (a rerun of what failed).
+step tests 200 python -m pytest -q -p no:cacheprovider --timeout 240 -rs ${TESTS:-\
     tests/test_cuda_device.py tests/test_cuda_ptx.py \
     tests/test_comm_gpu_units.py::test_real_cupy_staging_roundtrip \
     tests/test_comm_device.py::test_cupy_segments_on_a_real_gpu \
     tests/test_comm_device.py::test_fortran_receive_view_on_a_real_gpu \
-    tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu
+    tests/test_comm_device.py::test_mpi_two_ranks_cupy_buffers_on_a_real_gpu}
 
 # A CUDA-aware MPI (Open MPI 4.1 built by bench/cuda_mpi.sh, carried as .ompi-cuda, run from the
 # prefix it was built for): the cupy exchanges with MPI moving device blobs and buffers itself
@@ -96,9 +97,8 @@ fi
 # runs when cupy works, so the numba path never ran on a GPU), index arithmetic past 2**31
 # values, and compute-sanitizer's race, barrier and memory checks on a small workload.
 step hazards 150 bash -c 'EMBZIP_CUDA_ALLOCATOR=numba python -m pytest -q -p no:cacheprovider --timeout 120 -rs \
-        "tests/test_cuda_device.py::test_parity_large[fast-float32]" \
-        tests/test_cuda_device.py::test_caller_on_a_nonblocking_cupy_stream \
-        tests/test_cuda_device.py::test_repeated_compress_is_byte_identical || exit 1
+        tests/test_cuda_device.py -k "(test_parity_large and fast and (float32 or dtype0)) or \
+        test_caller_on_a_nonblocking_cupy_stream or test_repeated_compress_is_byte_identical" || exit 1
     EMBZIP_TEST_HUGE=1 python -m pytest -q -p no:cacheprovider --timeout 120 -rs \
         tests/test_cuda_device.py::test_beyond_two_to_the_31_values || exit 1
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)

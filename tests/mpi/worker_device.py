@@ -370,12 +370,15 @@ def producer_stream():
         expected = run(call, (), **kwargs)
         stream = cupy.cuda.Stream(non_blocking=True)
         with stream:
-            source = cupy.asarray(payload())
+            # (the writes multiply the bits as integers: a GPU float multiply returns its
+            # canonical NaN, 0x7FFFFFFF, for the payload's NaN, and the expected result is bits)
+            source = cupy.asarray(payload()).view(cupy.uint32)
             send = cupy.empty_like(source)
             for _ in range(200):  # keeps the stream busy well past the moment the call starts
-                cupy.multiply(source, 1.0, out=send)
+                cupy.multiply(source, 1, out=send)
             recv = cupy.empty_like(source)
-            cupy.multiply(source, 0.0, out=recv)  # a queued write the received data must come after
+            cupy.multiply(source, 0, out=recv)  # a queued write the received data must come after
+            send, recv = send.view(cupy.float32), recv.view(cupy.float32)
             call(send, recv, **kwargs)
             got = cupy.asnumpy(recv)  # on the non-blocking stream, no synchronize
         stream.synchronize()
