@@ -1,13 +1,20 @@
-"""Record every CUDA kernel launch's argument types under the simulator (a script).
+"""The CUDA kernel signatures that tests/test_cuda_ptx.py compiles, and how they are recorded.
 
-    NUMBA_ENABLE_CUDASIM=1 python tests/cuda_kernel_signatures.py > signatures.json
+    NUMBA_ENABLE_CUDASIM=1 python tests/cuda_kernel_signatures.py --write   # (minutes)
 
 The simulator runs kernels as Python, so it never type-checks them for a real GPU;
-tests/test_cuda_ptx.py compiles each recorded (kernel, argument types) pair to PTX with the
-real libNVVM instead. The workload below reaches every kernel embzip defines (the JSON lists
-those it did not reach, and the test fails on them): both dtypes, every strategy and dedup
-choice, NaN/inf outliers, decoding into a transposed ``out``, a non-contiguous input, a
-misaligned frame, and the comm layer's column gather / scatter / copy kernels.
+tests/test_cuda_ptx.py compiles each (kernel, argument types) pair listed in
+``cuda_kernel_signatures.json`` to PTX with the real libNVVM instead. The list is recorded here
+under the simulator, by a workload that reaches every kernel embzip defines: both dtypes,
+every strategy and dedup choice, NaN/inf outliers, decoding into a transposed ``out``, a
+non-contiguous input, a misaligned frame, and the comm layer's column gather / scatter / copy
+kernels. ``--write`` merges what it records into the committed list.
+
+Why committed, not recorded in the test: the simulator runs a Python thread per GPU thread,
+and this workload took from 2 to 14 minutes on the same 2-core machine (thread hand-offs on a
+shared VM). The simulator suite (tests/test_cuda_sim.py) records every launch it makes with
+:func:`record` and fails on a signature missing from the list, so the list cannot go stale
+unnoticed: a kernel given a new argument type is compiled once the list is rewritten.
 """
 
 from __future__ import annotations
@@ -23,8 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a source checkout
 
-assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
-
 from numba import cuda  # noqa: E402
 
 import embzip  # noqa: E402
@@ -33,6 +38,7 @@ from embzip.cuda import _launch  # noqa: E402
 
 MODULES = [f"embzip.cuda.{m.name}" for m in pkgutil.iter_modules(embzip.cuda.__path__)]
 MODULES.append("embzip.comm._device_kernels")
+LIST = Path(__file__).resolve().parent / "cuda_kernel_signatures.json"
 
 
 def kernels() -> dict:
@@ -63,6 +69,7 @@ def argument_type(value) -> list:
 
 
 def record(known: dict) -> set:
+    """Patch kernel launches to add (module, name, argument types as JSON) to the returned set."""
     seen = set()
     original = _launch._QuietKernel.__getitem__
 
@@ -77,6 +84,15 @@ def record(known: dict) -> set:
 
     _launch._QuietKernel.__getitem__ = getitem
     return seen
+
+
+def as_entries(seen: set) -> list:
+    return [{"module": m, "name": n, "types": json.loads(t)} for m, n, t in sorted(seen)]
+
+
+def committed() -> set:
+    """The committed list, as record()'s (module, name, types JSON) tuples."""
+    return {(e["module"], e["name"], json.dumps(e["types"])) for e in json.loads(LIST.read_text())["signatures"]}
 
 
 def workload() -> None:
@@ -108,14 +124,20 @@ def workload() -> None:
 
 
 def main() -> None:
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
     known = kernels()
     seen = record(known)
     workload()
     launched = {(module, name) for module, name, _ in seen}
-    print(json.dumps({
-        "signatures": [{"module": m, "name": n, "types": json.loads(t)} for m, n, t in sorted(seen)],
-        "never_launched": sorted(f"{m}.{n}" for m, n in set(known.values()) - launched),
-    }, indent=1))
+    never = sorted(f"{m}.{n}" for m, n in set(known.values()) - launched)
+    if "--write" in sys.argv[1:]:
+        assert not never, f"kernels the workload never launched: {never}"
+        merged = seen | (committed() if LIST.exists() else set())
+        lines = ",\n  ".join(json.dumps(entry) for entry in as_entries(merged))  # one signature a line
+        LIST.write_text(f'{{"signatures": [\n  {lines}\n]}}\n')
+        print(f"{len(merged)} signatures in {LIST} ({len(seen)} from the workload)")
+    else:
+        print(json.dumps({"signatures": as_entries(seen), "never_launched": never}, indent=1))
 
 
 if __name__ == "__main__":

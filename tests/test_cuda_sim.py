@@ -23,16 +23,29 @@ import pytest
 IN_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 if not IN_SIMULATOR:
-    def test_simulator_suite():
+    def test_simulator_suite(tmp_path):
         """Run this file's simulator tests in a subprocess with the simulator switched on."""
         pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install 'embzip[cuda]')")
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore::RuntimeWarning")
+        import json
+
+        import cuda_kernel_signatures as listed
+
+        launched = tmp_path / "launched.json"  # every kernel launch's argument types, recorded there
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore::RuntimeWarning",
+                   EMBZIP_RECORD_KERNEL_SIGNATURES=str(launched))
         root = Path(__file__).resolve().parent.parent
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                                  str(Path(__file__).resolve())], cwd=root, env=env,
                                 capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
             pytest.fail(f"simulator tests failed:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
+        # the PTX test compiles the committed list: a signature launched here and missing there
+        # would reach a GPU without ever being compiled for one
+        seen = {tuple(entry) for entry in json.loads(launched.read_text())}
+        assert len(seen) >= 30, "the recorder saw too few launches"
+        new = sorted(seen - listed.committed())
+        assert not new, (f"kernel signatures missing from tests/{listed.LIST.name} (rerun "
+                         f"NUMBA_ENABLE_CUDASIM=1 python tests/cuda_kernel_signatures.py --write): {new[:5]}")
 else:
     from hypothesis import given, settings
     from hypothesis import strategies as st
@@ -42,6 +55,16 @@ else:
     import strategies as S
 
     warnings.simplefilter("ignore", RuntimeWarning)  # numpy scalar overflow in simulated kernels
+
+    if os.environ.get("EMBZIP_RECORD_KERNEL_SIGNATURES"):  # (set by test_simulator_suite)
+        import atexit
+        import json
+
+        import cuda_kernel_signatures as listed
+
+        _LAUNCHED = listed.record(listed.kernels())
+        atexit.register(lambda path=os.environ["EMBZIP_RECORD_KERNEL_SIGNATURES"]:
+                        Path(path).write_text(json.dumps(sorted(_LAUNCHED))))
     SIM = settings(max_examples=int(os.environ.get("EMBZIP_SIM_EXAMPLES", "8")), deadline=None)
 
     def bits(a) -> np.ndarray:
