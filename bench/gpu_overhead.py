@@ -76,7 +76,7 @@ def main() -> int:
     from numba import config, cuda
 
     import embzip
-    from embzip.cuda import scan
+    from embzip.cuda import memory
 
     sync = cupy.cuda.Device().synchronize
     x = cupy.asarray(np.random.default_rng(0).normal(0, 0.1, (args.kib * 256 // 128, 128)).astype(np.float32))
@@ -97,10 +97,12 @@ def main() -> int:
             ("compress (fast)", per_call_us(compress_only, 30, sync)),
             ("decompress (fast)", per_call_us(decompress_only, 30, sync))]
 
-    one = scan.device_empty(1, np.int64)
-    rows += [("launch: _fill[1, 1] on 1 element", per_call_us(lambda: scan._fill[1, 1](one, np.int64(0)), 500, sync)),
+    one = memory.device_empty(1, np.int64)
+    scratch = memory.Workspace()
+    rows += [("launch: _fill[1, 1] on 1 element", per_call_us(lambda: memory._fill[1, 1](one, np.int64(0)), 500, sync)),
              ("host read of 1 element (copy_to_host)", per_call_us(lambda: one.copy_to_host(), 500, sync)),
-             ("device_empty(1000, int64)", per_call_us(lambda: scan.device_empty(1000, np.int64), 500, sync)),
+             ("device_empty(1000, int64)", per_call_us(lambda: memory.device_empty(1000, np.int64), 500, sync)),
+             ("workspace slice (1000, int64)", per_call_us(lambda: scratch.empty(1000, np.int64), 500, sync)),
              ("cupy.empty(1000)", per_call_us(lambda: cupy.empty(1000, np.int64), 500, sync)),
              ("cuda.as_cuda_array(cupy array)", per_call_us(lambda: cuda.as_cuda_array(x), 500, sync)),
              ("cuda.as_cuda_array(cupy array, sync=False)",
@@ -122,9 +124,9 @@ def main() -> int:
     config.CUDA_ARRAY_INTERFACE_SYNC = 0
     rows.append(("round trip, + no CAI stream sync", per_call_us(round_trip, 30, sync)))
     config.CUDA_ARRAY_INTERFACE_SYNC = 1
-    scan._pool = False  # numba's allocator (cudaMalloc per array)
+    memory._pool = False  # numba's allocator (cudaMalloc per array)
     rows.append(("round trip, numba allocator", per_call_us(round_trip, 30, sync)))
-    scan._pool = None
+    memory._pool = None
 
     print("\n| what | us per call |\n|---|---:|")
     for name, us in rows:

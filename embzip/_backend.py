@@ -169,9 +169,12 @@ def compress(data, abs_error, rel_error, strategy, resolve_bound, bandwidth=None
         raise TypeError(f"expected a float32 or float64 array, found dtype {dtype}")
     from .format.header import check_shape
     check_shape(shape)
-    span = pipeline.finite_range(flat) if rel_error is not None else None
-    mode, given, bound, constant = resolve_bound(abs_error, rel_error, span)
-    frame = pipeline.encode_array(flat, shape, mode, given, bound, strategy, constant, bandwidth, dedup_hint=dedup)
+    from .cuda.memory import workspace
+    with workspace():  # one workspace for the range and the encoding (embzip.cuda.memory)
+        span = pipeline.finite_range(flat) if rel_error is not None else None
+        mode, given, bound, constant = resolve_bound(abs_error, rel_error, span)
+        frame = pipeline.encode_array(flat, shape, mode, given, bound, strategy, constant, bandwidth,
+                                      dedup_hint=dedup)
     results_ready()  # the frame is complete for a caller on any stream
     return _as_kind(frame, _kind(data))
 

@@ -8,7 +8,8 @@ tests/test_cuda_ptx.py compiles each (kernel, argument types) pair listed in
 under the simulator, by a workload that reaches every kernel embzip defines: both dtypes,
 every strategy and dedup choice, NaN/inf outliers, decoding into a transposed ``out``, a
 non-contiguous input, a misaligned frame, and the comm layer's column gather / scatter / copy
-kernels. ``--write`` merges what it records into the committed list.
+kernels. ``--write`` merges what it records into the committed list (dropping entries of
+kernels since removed or given other parameters).
 
 Why committed, not recorded in the test: the simulator runs a Python thread per GPU thread,
 and this workload took from 2 to 14 minutes on the same 2-core machine (thread hand-offs on a
@@ -20,6 +21,7 @@ unnoticed: a kernel given a new argument type is compiled once the list is rewri
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -61,6 +63,8 @@ def argument_type(value) -> list:
         return ["scalar", "int64"]
     if isinstance(value, float):
         return ["scalar", "float64"]
+    if isinstance(value, tuple) and value and all(type(v) is type(value[0]) for v in value):
+        return ["tuple", argument_type(value[0])[1], len(value)]
     host = getattr(value, "_ary", value)  # a simulated device array wraps a numpy array
     if isinstance(host, np.ndarray):
         layout = "C" if host.flags.c_contiguous else ("F" if host.flags.f_contiguous else "A")
@@ -95,6 +99,16 @@ def committed() -> set:
     return {(e["module"], e["name"], json.dumps(e["types"])) for e in json.loads(LIST.read_text())["signatures"]}
 
 
+def current(entry: tuple) -> bool:
+    """Whether a listed (module, name, types) still names a kernel taking that many arguments
+    (--write drops the rest: a kernel removed, or given other parameters)."""
+    module, name, types = entry
+    launched = getattr(importlib.import_module(module), name, None)
+    if not isinstance(launched, _launch._QuietKernel):
+        return False
+    return len(inspect.signature(launched.dispatcher.py_func).parameters) == len(json.loads(types))
+
+
 def workload() -> None:
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -107,7 +121,9 @@ def workload() -> None:
                 embzip.decompress(frame)
                 embzip.decompress(frame, out=cuda.device_array((8, 300), dtype=dtype).T)
         embzip.compress(cuda.to_device(x)[::2, 1:9], abs_error=1e-3)  # non-contiguous input
-        embzip.compress(cuda.to_device(np.full(300, 2.5, dtype)), rel_error=0.01)  # constant
+        constant = cuda.to_device(np.full(300, 2.5, dtype))
+        embzip.compress(constant, rel_error=0.01)
+        embzip.decompress(embzip.compress(constant, rel_error=0.01, strategy="compact"))  # a constant rANS section
         host = embzip.compress(x, abs_error=1e-3)
         padded = np.zeros(host.size + 1, np.uint8)
         padded[1:] = host
@@ -132,7 +148,7 @@ def main() -> None:
     never = sorted(f"{m}.{n}" for m, n in set(known.values()) - launched)
     if "--write" in sys.argv[1:]:
         assert not never, f"kernels the workload never launched: {never}"
-        merged = seen | (committed() if LIST.exists() else set())
+        merged = seen | {entry for entry in (committed() if LIST.exists() else set()) if current(entry)}
         lines = ",\n  ".join(json.dumps(entry) for entry in as_entries(merged))  # one signature a line
         LIST.write_text(f'{{"signatures": [\n  {lines}\n]}}\n')
         print(f"{len(merged)} signatures in {LIST} ({len(seen)} from the workload)")

@@ -258,7 +258,8 @@ def write_head(section, widths, head_end):
 
 @kernel
 def check_width_table(data, widths_at, nblocks, head_end, stats):
-    """``stats[0]`` = max width, ``stats[1]`` = 1 if the padding after the table is not zero."""
+    """``stats[0]`` = max width, ``stats[1]`` = 1 if the padding after the table is not zero,
+    ``stats[2]`` = the block size before the table (``stats`` starts at 0)."""
     top = 0
     for b in range(cuda.grid(1), nblocks, cuda.gridsize(1)):
         top = max(top, int64(data[widths_at + b]))
@@ -268,4 +269,8 @@ def check_width_table(data, widths_at, nblocks, head_end, stats):
         for p in range(widths_at + nblocks, head_end):
             if data[p]:
                 stats[1] = 1
+        size = int64(0)
+        for k in range(4):
+            size |= int64(data[widths_at - 4 + k]) << (8 * k)
+        stats[2] = size
 

@@ -24,9 +24,10 @@ _LOW32 = uint64(0xFFFFFFFF)
 
 
 @kernel
-def row_hashes(codes, mask, cols, seed, hashes, has_outlier):
+def row_hashes(codes, mask, cols, seed, hashes, has_outlier, table):
     """A 32-bit hash of each row of the flat ``codes`` (rows x cols), keyed by the 32-bit
-    ``seed``, and its outlier flag.
+    ``seed``, and its outlier flag; fills the hash ``table`` with -1 (empty) for insert_rows
+    (here rather than in a launch of its own: a launch costs more than this kernel's work).
 
     (Any hash works: equal rows are confirmed by comparing codes; the key keeps crafted rows
     from piling into a few slots, see stages.dedup.HASH_SEED. Products stay below 2**64, so
@@ -44,6 +45,8 @@ def row_hashes(codes, mask, cols, seed, hashes, has_outlier):
         h ^= h >> uint64(15)
         hashes[r] = h
         has_outlier[r] = flag
+    for i in range(cuda.grid(1), table.shape[0], cuda.gridsize(1)):
+        table[i] = -1
 
 
 @kernel
@@ -116,8 +119,9 @@ def zero_flags(refs, flags):
 
 
 @kernel
-def resolve_refs(refs, numbers, unique_count, row_ids, first_bad):
-    """Row -> unique-row ids; ``first_bad[0]`` = min row that breaks the rules (atomic min).
+def resolve_refs(refs, numbers, unique_count, row_ids, rows_left):
+    """Row -> unique-row ids; ``rows_left[0]`` (starting at 0) = rows - the first row that
+    breaks the rules (an atomic max: a zeroed counter slot needs no initial value).
 
     ``numbers`` is the exclusive prefix sum of the new-row flags: the count of new rows
     before each row, what the CPU's sequential ``next_new`` counter holds there.
@@ -132,7 +136,7 @@ def resolve_refs(refs, numbers, unique_count, row_ids, first_bad):
             bad = ref > seen  # may only point back at a unique row already seen
             row_ids[r] = ref - 1
         if bad:
-            cuda.atomic.min(first_bad, 0, r)
+            cuda.atomic.max(rows_left, 0, int64(refs.shape[0]) - r)
 
 
 @kernel

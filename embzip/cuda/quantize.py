@@ -12,13 +12,13 @@ The dequantizer's ``dtype(q) * step`` is a lone multiply: there is nothing to fu
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, float64, int64, uint32, uint64
+from numba import cuda, float64, int64, uint8, uint32, uint64
 
 from ..cpu.quantize import MAX_CODE_MAGNITUDE, ROUNDING_MAGIC
 from ._launch import device, kernel, mul_f32, mul_f64
 
 __all__ = ["quantize_one_f32", "quantize_one_f64", "quantize_f32", "quantize_f64",
-           "dequantize_f32", "dequantize_f64", "finite_range", "patch_outliers_f32", "patch_outliers_f64",
+           "dequantize_f32", "dequantize_f64", "finite_range", "range_from_keys", "patch_outliers_f32", "patch_outliers_f64",
            "check_positions", "load_u64", "compact_outliers"]
 
 
@@ -64,21 +64,44 @@ quantize_one_f64, quantize_f64, dequantize_f64 = _make(np.float64, mul_f64)
 
 
 @kernel
-def finite_range(values, lo_hi, finite_count):
-    """``lo_hi = [min, max]`` of the finite values (start it at [+inf, -inf]), and their count."""
-    lo = np.inf
-    hi = -np.inf
-    count = int64(0)
-    for i in range(cuda.grid(1), values.shape[0], cuda.gridsize(1)):
-        v = float64(values[i])
-        if v - v == 0.0:  # finite: inf - inf and NaN - NaN are NaN
-            lo = min(lo, v)
-            hi = max(hi, v)
-            count += 1
-    if count:
-        cuda.atomic.min(lo_hi, 0, lo)
-        cuda.atomic.max(lo_hi, 1, hi)
-        cuda.atomic.add(finite_count, 0, count)
+def finite_range(bits, top, exponent, keys):
+    """Order keys of the least and greatest finite values (see :func:`range_from_keys`).
+
+    ``bits``: the values as unsigned ints (uint32 for float32, uint64 for float64); ``top`` its
+    sign bit, ``exponent`` its exponent field (all ones: inf or NaN). A value's key orders like
+    the value (negatives complemented, positives with the sign bit set), so integer atomics
+    find the extremes, and no finite value has key 0 or complemented key 0: ``keys`` starts at
+    [0, 0] (a zeroed counter slot) and ends ``[max complemented key, max key]``.
+    """
+    ones = top | (top - uint64(1))
+    lo = uint64(0)
+    hi = uint64(0)
+    for i in range(cuda.grid(1), bits.shape[0], cuda.gridsize(1)):
+        b = uint64(bits[i])
+        if (b & exponent) != exponent:
+            key = (b ^ ones) if (b & top) != uint64(0) else (b | top)
+            hi = max(hi, key)
+            lo = max(lo, key ^ ones)
+    if hi != uint64(0):
+        cuda.atomic.max(keys, 0, lo)
+        cuda.atomic.max(keys, 1, hi)
+
+
+def range_from_keys(keys, dtype):
+    """(min, max) as Python floats from finite_range's ``keys`` (ints), or None (no finite value)."""
+    dtype = np.dtype(dtype)
+    top = 1 << (8 * dtype.itemsize - 1)
+    ones = (top << 1) - 1
+    keys = [k & 0xFFFFFFFFFFFFFFFF for k in keys]  # (read back as signed int64)
+    if keys[1] == 0:
+        return None
+    utype = np.uint32 if dtype.itemsize == 4 else np.uint64
+
+    def value(key):
+        bits = key ^ top if key & top else key ^ ones
+        return float(np.array(bits, utype).view(dtype))
+
+    return value(keys[0] ^ ones), value(keys[1])
 
 
 @device
@@ -123,12 +146,20 @@ def check_positions(frame, positions_at, count, limit, bad):
             bad[0] = 1
 
 
+@device
+def store_bytes(frame, at, value, nbytes):
+    """``frame[at:at + nbytes]`` = the little-endian bytes of ``value`` (any alignment)."""
+    for k in range(nbytes):
+        frame[at + k] = uint8((value >> uint64(8 * k)) & uint64(0xFF))
+
+
 @kernel
-def compact_outliers(mask, numbers, values_bits, positions, outlier_bits):
-    """``positions[k]``, ``outlier_bits[k]``: index and value bits of the k-th outlier, in
-    order; ``numbers`` is the exclusive prefix sum of ``mask``."""
+def compact_outliers(mask, numbers, values_bits, frame, positions_at, values_at, itemsize):
+    """The k-th outlier's index (uint64) to ``frame[positions_at + 8k]`` and its value bits to
+    ``frame[values_at + itemsize * k]``, in order, byte by byte (the sections of a frame are
+    packed, so any alignment); ``numbers`` is the exclusive prefix sum of ``mask``."""
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
         if mask[i]:
             k = numbers[i]
-            positions[k] = i
-            outlier_bits[k] = values_bits[i]
+            store_bytes(frame, positions_at + 8 * k, uint64(i), 8)
+            store_bytes(frame, values_at + itemsize * k, uint64(values_bits[i]), itemsize)

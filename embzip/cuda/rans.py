@@ -46,8 +46,9 @@ def _token(value, direct_limit):
 
 @kernel
 def token_histogram(symbols, chunk_size, counts, raw_bits, low_high):
-    """Token counts (int64[ALPHABET], zeroed), raw-bit totals per chunk (int64, zeroed) and
-    ``low_high = [min, max]`` of the symbols (start at [2**32, -1])."""
+    """Token counts (int64[ALPHABET]), raw-bit totals per chunk (int64) and ``low_high =
+    [2**32 - min, max + 1]`` of the symbols (all start at 0, zeroed counter slots: the
+    offsets make 0 mean "no symbol" for both extremes, so no start values are uploaded)."""
     hist = cuda.shared.array(ALPHABET, int32)
     for t in range(cuda.threadIdx.x, ALPHABET, cuda.blockDim.x):
         hist[t] = 0
@@ -75,8 +76,8 @@ def token_histogram(symbols, chunk_size, counts, raw_bits, low_high):
     if run:
         cuda.atomic.add(hist, last, int32(run))
     if high >= 0:
-        cuda.atomic.min(low_high, 0, low)
-        cuda.atomic.max(low_high, 1, high)
+        cuda.atomic.max(low_high, 0, (int64(1) << 32) - low)
+        cuda.atomic.max(low_high, 1, high + 1)
     cuda.syncthreads()
     for t in range(cuda.threadIdx.x, ALPHABET, cuda.blockDim.x):
         if hist[t]:

@@ -18,6 +18,11 @@ __all__ = ["parse_section"]
 _TABLE_BYTES_PER_TOKEN = 16  # a valid table spends < 7 bytes a token (stages.rans._encoder allocates 16)
 
 
+#: Bytes of a section's head copied to the host at first: enough for a full 280-token table and
+#: a directory of ~80 chunks (5 million symbols), so one copy serves almost every section.
+_FIRST_COPY = 8192
+
+
 def _head(frame, at: int, length: int, wanted: int) -> np.ndarray:
     end = at + min(length, wanted)
     head = frame[at:end].copy_to_host()
@@ -30,18 +35,21 @@ def parse_section(frame, at: int, length: int, count: int):
 
     Returns ``(KIND_CONSTANT, value)`` or ``(KIND_RANS, scale_bits, direct_bits, chunk_size,
     lanes, freqs, bounds)`` with ``bounds[chunk] = (rans_start, raw_start, raw_end)`` relative
-    to the section. Raises CorruptFrameError with the CPU decoder's messages.
+    to the section. Raises CorruptFrameError with the CPU decoder's messages. One host copy
+    (two when the head is longer than 8 KiB).
     """
-    kind = section.check_kind(int(_head(frame, at, length, 1)[0]))
+    head = _head(frame, at, length, _FIRST_COPY)
+    kind = section.check_kind(int(head[0]))
     if kind == section.KIND_CONSTANT:
-        head = _head(frame, at, length, 1 + section.MAX_VARINT_BYTES + 1)
-        return (kind, section.parse_constant(head, length))
-    scale_bits, direct_bits, chunk_log2, lanes = section.parse_header(_head(frame, at, length, 3))
+        return (kind, section.parse_constant(head[:1 + section.MAX_VARINT_BYTES + 1], length))
+    scale_bits, direct_bits, chunk_log2, lanes = section.parse_header(head[:3])
     chunk_size = 1 << chunk_log2
     chunks = -(-count // chunk_size)
     alphabet = section.alphabet_size(direct_bits)
     wanted = 3 + _TABLE_BYTES_PER_TOKEN * (alphabet + 2) + 2 * section.MAX_VARINT_BYTES * chunks
-    head = _head(frame, at, length, wanted)
+    if min(length, wanted) > head.size:
+        head = _head(frame, at, length, wanted)
+    head = head[:min(length, wanted)]
     freqs, pos = section.parse_table(head, scale_bits, direct_bits)
     bounds = section.parse_directory(head, pos, length, chunks, lanes)
     return (kind, scale_bits, direct_bits, chunk_size, lanes, freqs, bounds)
