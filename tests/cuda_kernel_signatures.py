@@ -63,8 +63,6 @@ def argument_type(value) -> list:
         return ["scalar", "int64"]
     if isinstance(value, float):
         return ["scalar", "float64"]
-    if isinstance(value, tuple) and value and all(type(v) is type(value[0]) for v in value):
-        return ["tuple", argument_type(value[0])[1], len(value)]
     host = getattr(value, "_ary", value)  # a simulated device array wraps a numpy array
     if isinstance(host, np.ndarray):
         layout = "C" if host.flags.c_contiguous else ("F" if host.flags.f_contiguous else "A")

@@ -76,8 +76,6 @@ def _numba_type(spec):
 
     if spec[0] == "array":
         return Array(getattr(T, spec[1]), spec[2], spec[3])
-    if spec[0] == "tuple":  # a homogeneous tuple: (item type, length)
-        return T.UniTuple(getattr(T, spec[1]), spec[2])
     return getattr(T, spec[1])
 
 

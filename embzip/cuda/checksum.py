@@ -11,7 +11,7 @@ buffer, in any order: no second pass, no ordering between blocks, one atomic per
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, int64, uint8, uint32, uint64
+from numba import cuda, int64, uint8, uint32
 
 from ..checksum import _X2N
 from ..cpu.checksum import CRC_TABLES
@@ -116,17 +116,13 @@ def _put_u32(frame, at, value):
 
 
 @kernel
-def finish_header(frame, head_words, header_length, crc_at, payload_crc, tables):
-    """Write the header (``header_length`` bytes, little-endian in the uint64 tuple
-    ``head_words``), ``payload_crc[0]`` at ``crc_at``, then the header CRC over
-    ``frame[:header_length - 4]``.
-
-    The header travels as a kernel argument, not a host-to-device copy: a copy from pageable
-    memory waits for all queued work first, which would stall the call here."""
+def finish_header(frame, head, header_length, crc_at, payload_crc, tables):
+    """Copy the header (``head``, payload CRC 0) in, write ``payload_crc[0]`` at ``crc_at``,
+    then the header CRC over ``frame[:header_length - 4]``."""
     if cuda.grid(1) != 0:
         return
     for p in range(header_length):
-        frame[p] = uint8((head_words[p // 8] >> uint64(8 * (p % 8))) & uint64(0xFF))
+        frame[p] = head[p]
     _put_u32(frame, crc_at, int64(payload_crc[0]))
     c = int64(0xFFFFFFFF)
     for p in range(header_length - 4):

@@ -115,7 +115,7 @@ class Workspace:
         shape = _shape(shape)
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape if isinstance(shape, tuple) else (shape,)) * dtype.itemsize
-        if nbytes == 0 or nbytes > CHUNK_BYTES // 4:
+        if nbytes == 0 or nbytes > CHUNK_BYTES // 4 or shape == ():  # (0-d: allocated as such)
             return allocate(shape, dtype)
         at = -(-self._free // ALIGN) * ALIGN
         if self._chunk is None or at + nbytes > self._chunk.shape[0]:

@@ -6,7 +6,7 @@ the CPU frame of the same input; the tests hold both to that. Arrays arrive as v
 C-contiguous numba device arrays (see embzip/_backend.py). What crosses to the host: sizes
 (word and outlier totals, unique-row counts) and the finite range, read from counter slots
 (embzip.cuda.memory), the rANS histogram (<= 280 counts) and per-chunk byte counts; the frame
-header (<= 504 bytes, built on the host) goes to the device as a kernel argument.
+header (<= 504 bytes, built on the host) goes to the device once, its CRCs finished there.
 """
 
 from __future__ import annotations
@@ -119,12 +119,13 @@ def _encode_fast(flat, base: FrameHeader, step):
     if too_big(sum(s.length for s in sections), len(sections), flat.shape[0] * flat.dtype.itemsize):
         return raw_frame(flat, base)
     header = dataclasses.replace(base, step=float(step), sections=tuple(sections))
-    frame, offsets, hlen = new_frame(header)
+    frame = new_frame(header)
+    data, offsets = frame.data, frame.offsets
     positions_at, values_at = (offsets[1], offsets[2]) if plan.outliers else (0, 0)
     write_bits(plan, fused.pack_f32 if f32 else fused.pack_f64, fused.pack_tail_f32 if f32 else fused.pack_tail_f64,
-               flat, frame, offsets[0], inv_step, step, bound, frame, positions_at, values_at,
+               flat, data, offsets[0], inv_step, step, bound, data, positions_at, values_at,
                flat.view(UINT[flat.dtype.itemsize]))
-    return finish(frame, header, hlen)
+    return finish(frame)
 
 
 def _bitpack_section(stream, plan=None):
@@ -205,9 +206,10 @@ def _encode_materialized(flat, shape, base: FrameHeader, step, strategy: Strateg
     if too_big(sum(s.length for s in sections), len(sections), raw_bytes):
         return raw_frame(original, base)
     header = dataclasses.replace(base, flags=flags, step=float(step), sections=tuple(sections))
-    frame, offsets, hlen = new_frame(header)
+    frame = new_frame(header)
+    offsets = frame.offsets
     for offset, stream, (_, payload) in zip(offsets, streams, encoded):
-        _write_payload(payload, stream, frame, offset)
+        _write_payload(payload, stream, frame.data, offset)
     if outliers:
-        _write_outliers(flat, mask, frame, offsets[len(streams)], offsets[len(streams) + 1])
-    return finish(frame, header, hlen)
+        _write_outliers(flat, mask, frame.data, offsets[len(streams)], offsets[len(streams) + 1])
+    return finish(frame)
