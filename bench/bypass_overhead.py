@@ -12,7 +12,9 @@ decides; on a fast link it sends raw but probes compression after 16, 32, ... ca
 call is the slowest rank's; medians and the ratio to plain are printed by rank 0. The payload
 is random float32 (the bypass never looks at the values), ``--mb`` MB per rank. ``--in-place``
 adds both with ``MPI.IN_PLACE`` as the send buffer (embzip hands the buffer to MPI's in-place
-call after its handshake; in-place calls take no express lane).
+call after its handshake: a sequenced express lane). ``--empty``: rank 1 sends rank 0 nothing
+(in place: nor rank 0 rank 1), so those ranks have an empty segment and wait for the
+handshake before their payload (a sequenced lane; see ``has_empty_segment``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--in-place", action="store_true", help="also time MPI.IN_PLACE calls")
+    parser.add_argument("--empty", action="store_true", help="rank 1 sends rank 0 nothing (an empty segment)")
     args = parser.parse_args()
 
     from mpi4py import MPI
@@ -42,8 +45,17 @@ def main() -> None:
 
     comm = MPI.COMM_WORLD
     n = int(args.mb * 1e6 / 4) // (50 * comm.size) * 50 * comm.size  # whole rows of 50 per rank
-    send = np.random.default_rng(comm.rank).normal(size=n).astype(np.float32)
-    recv = np.zeros_like(send)
+    counts = np.full((comm.size, comm.size), n // comm.size, np.int64)  # [source, destination]
+    if args.empty and comm.size > 1:
+        counts[1, 0] = 0
+    placed = counts.copy()  # in place: symmetric
+    if comm.size > 1:
+        placed[0, 1] = placed[1, 0]
+    sc, rc = counts[comm.rank], counts[:, comm.rank]
+    send = [np.random.default_rng(comm.rank).normal(size=int(sc.sum())).astype(np.float32), sc]
+    recv = [np.zeros(int(rc.sum()), np.float32), rc]
+    both = [np.random.default_rng(comm.rank).normal(size=int(placed[comm.rank].sum())).astype(np.float32),
+            placed[comm.rank]]
     layout = ec.TableLayout(dim=50)
     row, table = np.zeros(row_size(comm.size)), np.zeros((comm.size, row_size(comm.size)))
 
@@ -59,8 +71,8 @@ def main() -> None:
         "embzip bypass=auto": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout),
     }
     if args.in_place:
-        methods["plain Alltoallv, in place"] = lambda c: c.Alltoallv(MPI.IN_PLACE, recv)
-        methods["embzip bypass=True, in place"] = lambda c: ec.Alltoallv(c, MPI.IN_PLACE, recv, rel_error=0.01,
+        methods["plain Alltoallv, in place"] = lambda c: c.Alltoallv(MPI.IN_PLACE, both)
+        methods["embzip bypass=True, in place"] = lambda c: ec.Alltoallv(c, MPI.IN_PLACE, both, rel_error=0.01,
                                                                        bounds=layout, bypass=True)
     subs = {name: comm.Dup() for name in methods}
     times = {name: [] for name in methods}
@@ -78,7 +90,8 @@ def main() -> None:
                 modes[name].add(stats.mode)
     if comm.rank == 0:
         plain = float(np.median(times["plain Alltoallv"]))
-        print(f"{comm.size} ranks, {n * 4 / 1e6:.1f} MB per rank, median of {args.reps} calls")
+        empty = ", rank 1 sends rank 0 nothing" if args.empty and comm.size > 1 else ""
+        print(f"{comm.size} ranks, {n * 4 / 1e6:.1f} MB per rank{empty}, median of {args.reps} calls")
         print("| method | median us | vs plain | modes |\n|---|---:|---:|---|")
         for name, values in times.items():
             median = float(np.median(values))

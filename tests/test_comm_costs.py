@@ -190,11 +190,14 @@ _MEASURE = st.floats(0.0, 1e9, allow_nan=False)
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0]), _MEASURE, _MEASURE, st.floats(1e-7, 10.0),
                           st.floats(0.0, 1e-2), st.floats(0.0, 1e7)), min_size=1, max_size=4),
-       st.sampled_from(["raw", "passthrough"]), st.integers(0, 10**9), st.floats(0.0, 10.0), st.data())
-def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw_bytes, transfer, data):
+       st.sampled_from(["raw", "passthrough"]), st.integers(0, 10**9), st.floats(0.0, 10.0), st.booleans(),
+       st.data())
+def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw_bytes, transfer, fused, data):
     # The express lane's one compiled step must do what the full path does with the same
     # gathered table: MAX-reduce the measurements, give absorb()'s bandwidth sample, build this
-    # rank's measurement as measurement() does -- and refuse a table whose agreed part differs.
+    # rank's measurement as measurement() does (the inverse transfer only for a bandwidth
+    # sample: a fused call, or one in place on every rank) -- and refuse a table whose agreed
+    # part differs (_agreed says so before a sequenced lane sends anything).
     from embzip.comm import _express, _handshake
 
     size, length, m = len(ranks), _handshake.row_size(len(ranks)), _handshake.MEASURED
@@ -211,10 +214,11 @@ def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw
     buf[at_template:end] = _stats.measurement(CallStats(mode, "x", raw_bytes=raw_bytes, sent_bytes=raw_bytes,
                                                         transfer_s=1.0), 0.0, fused=True)
     lane_costs = _costs.CostState()
-    sample = _express._conclude(buf, size, length, transfer, lane_costs.vector)
+    assert _express._agreed(buf, size, length)
+    sample = _express._conclude(buf, size, length, transfer, lane_costs.vector, fused)
     reduced = table[:, -m:].max(axis=0)
     assert np.array_equal(buf[at_reduced:at_template], reduced)
-    assert np.array_equal(buf[at_row:at_agreed][-m:], _stats.measurement(own_stats, 0.0, fused=True))
+    assert np.array_equal(buf[at_row:at_agreed][-m:], _stats.measurement(own_stats, 0.0, fused=fused))
     state = _costs.CostState()
     state.absorb(reduced)
     if reduced[0] == 1.0:
@@ -226,7 +230,8 @@ def test_express_lane_conclusion_matches_absorb_and_measurement(ranks, mode, raw
     j = data.draw(st.integers(0, size * (length - m) - 1))
     bits = buf.view(np.uint64)
     bits[at_agreed + j] ^= np.uint64(1) << np.uint64(data.draw(st.integers(0, 63)))
-    assert _express._conclude(buf, size, length, transfer, lane_costs.vector) == -2.0
+    assert not _express._agreed(buf, size, length)
+    assert _express._conclude(buf, size, length, transfer, lane_costs.vector, fused) == -2.0
 
 
 def test_native_handles_are_c_integers_of_their_width():
@@ -267,3 +272,24 @@ def test_native_plan_vectors_in_the_payload_calls_width(monkeypatch, count_bytes
     assert (got is None) == (count_bytes == 4)
     if got is not None:
         assert got.plan[_native._VECTORS + 11] == 2**31
+
+
+def test_native_plan_of_a_sequenced_lane_in_place(monkeypatch):
+    """A lane in place sends from MPI_IN_PLACE's address (as mpi4py passes MPI.IN_PLACE: MPICH's
+    (void *) -1), not the send Spec's copy; the order and sample flags are the plan's."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'embzip[mpi]')")
+    from embzip.comm import _mpi, _native
+
+    MPI = _mpi.load()
+    monkeypatch.setattr(_native, "_entries", {"large": (None, lambda handle: 0, 8)})
+    monkeypatch.delenv("EMBZIP_NATIVE_MPI", raising=False)
+    spec = types.SimpleNamespace(buf=np.zeros(4, np.float32), datatype=MPI.FLOAT,
+                                 counts=np.array([2, 2], np.int64), displs=np.array([0, 2], np.int64))
+    comm = types.SimpleNamespace(Get_size=lambda: 2, handle=0)
+    fused = _native.exchange(comm, spec, spec, 5, None, -1, 0).plan
+    assert fused[_native._SEND] == spec.buf.ctypes.data and fused[_native._SEQUENCED] == 0 and fused[_native._SAMPLE]
+    placed = _native.exchange(comm, spec, spec, 5, None, -1, 0, in_place=True, sequenced=True, sample=False).plan
+    assert placed[_native._SEND] == MPI.Get_address(MPI.IN_PLACE) != spec.buf.ctypes.data
+    assert placed[_native._SEQUENCED] == 1 and placed[_native._SAMPLE] == 0
+    if MPI.Get_library_version().startswith("MPICH"):
+        assert placed[_native._SEND] == -1

@@ -244,6 +244,34 @@ def test_reuse_key_declines_what_it_cannot_compare(send, bounds):
     assert _key(send, np.zeros(4, np.float32), bounds=bounds) is None
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda p: st.tuples(
+    st.just(p), st.lists(st.integers(0, 3), min_size=p * p, max_size=p * p), st.sampled_from([1, 2, 4, 8]))))
+def test_a_table_shows_an_empty_segment_when_some_rank_has_one(case):
+    """What every rank reads from the gathered table (``memo.sequenced``: no rank fuses next
+    time) must be what some rank judges of its own arguments: a rank pair with 0 elements in
+    either direction, while 0 to itself is none."""
+    from embzip.comm._collective import has_empty_segment
+    from embzip.comm._handshake import _V0, row_size, shows_empty_segment
+
+    size, flat, elem = case
+    counts = np.array(flat, np.int64).reshape(size, size)  # [source, destination], agreed on both sides
+    table = np.zeros((size, row_size(size)))
+    per_peer = table[:, _V0:_V0 + 6 * size].reshape(size, 6, size)
+    jobs = []
+    for r in range(size):
+        send = types.SimpleNamespace(counts=counts[r], elem_size=elem)
+        recv = types.SimpleNamespace(counts=counts[:, r], elem_size=elem)
+        jobs.append(types.SimpleNamespace(send=send, recv=recv))
+        per_peer[r, 0], per_peer[r, 1] = counts[r], counts[r] * elem
+        per_peer[r, 2], per_peer[r, 3] = counts[:, r], counts[:, r] * elem
+    assert np.shares_memory(per_peer, table)
+    some_rank = any(has_empty_segment(job, r) for r, job in enumerate(jobs))
+    assert shows_empty_segment(table, size) == some_rank
+    off_diagonal = counts[~np.eye(size, dtype=bool)]
+    assert some_rank == bool((off_diagonal == 0).any())
+
+
 def test_reuse_memo_returns_a_copy_so_a_failed_call_cannot_poison_it():
     from embzip.comm import _protocol, _reuse
 

@@ -10,7 +10,8 @@ further communication (only a local error's text needs one ``bcast``). Above ``G
 ``Allreduce`` of the flags, where the receiver that sees a mismatch reports it.
 
 A call that sends the caller's buffers as they are (bypassed, or not float), from and into
-no empty segment (see :func:`._collective.has_empty_segment`), *fuses* the handshake with the
+no empty segment, while the last table showed none on any rank (see
+:func:`._collective.fuses`), *fuses* the handshake with the
 payload (gather path only): it posts the ``Iallgather``, runs the payload's
 blocking ``Alltoallv`` while the gather is in flight, and checks the verdict after both
 completed. Why: a bypassed call must cost what a plain ``Alltoallv`` costs, and on shared
@@ -43,7 +44,8 @@ from ._mpi import wait
 from ._protocol import BYPASS_CODES, chunk_units, raise_agreed
 from ._stats import MEASUREMENT_FIELDS
 
-__all__ = ["handshake", "Agreement", "GATHER_MAX", "build_row", "conclude", "row_size", "MEASURED", "fused_payload"]
+__all__ = ["handshake", "Agreement", "GATHER_MAX", "build_row", "conclude", "row_size", "MEASURED", "fused_payload",
+           "shows_empty_segment"]
 
 GATHER_MAX = 64
 _SETTINGS = ("bypass", "chunk_bytes", "mode")  # every rank must pass (or decide) alike
@@ -217,10 +219,20 @@ def conclude(pcomm, job, table, fused: bool, failures: list, memo, MPI, latency:
         raise failures[0]
     if memo is not None and not repeat:
         memo.agreed = agreed.copy()
+        memo.sequenced = shows_empty_segment(table, size)
     cols = _columns(table, size)
     rank = pcomm.Get_rank()
     return Agreement(cols[:, 4, rank].astype(np.int64), cols[:, 5, rank].astype(np.int64), latency, fused,
                      bool(table[:, _IN_PLACE].all())), table[:, -_M:].max(axis=0)
+
+
+def shows_empty_segment(table, size: int) -> bool:
+    """Whether a sound gathered table shows an empty segment on some rank (as
+    ``_collective.has_empty_segment`` judges this rank's own)."""
+    cols = _columns(table, size)
+    sent, expected = cols[:, 1, :], cols[:, 3, :]  # [rank, peer] bytes
+    others = ~np.eye(size, dtype=bool)
+    return bool((sent[others] == 0).any() or (expected[others] == 0).any())
 
 
 def _verdict(table, size):

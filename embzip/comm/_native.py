@@ -6,7 +6,8 @@ with a 10.6 MB shared-memory exchange (plain ~1.6 ms), the lane's Python around 
 mpi4py's ``Iallgather`` (buffer parsing, a Request object), ~8-10 us completing it, ~17-24 us
 dispatching the bookkeeping, each paid with caches cold after megabytes of payload. Called
 through MPI's C API from compiled code, the gather, the payload and the wait cost one
-dispatch.
+dispatch. A sequenced lane (see ``_express``) makes the same calls in the other order: the
+gather and its wait, then the payload only when the gathered table is the agreed one.
 
 The functions are the ones mpi4py itself calls: looked up (``dlsym``) through mpi4py's
 extension module, whose dependencies include the MPI library it was built for. Handles come
@@ -43,15 +44,20 @@ FAILED = -3.0
 NOT_RAW = -4.0
 _RAW = 2
 # plan slots (int64): the gather's count and datatype, the communicator, per side the address
-# and datatype, the size, the row length, the decision's bypass and strategy codes (bypass -1:
-# a pass-through call), the codes of the three calls, then the request, the status, and the
-# four count / displacement vectors (MPI_Count / MPI_Aint, both 8 bytes here; or C ints, packed)
+# (the send side's: MPI_IN_PLACE's for a lane in place) and datatype, the size, the row length,
+# the decision's bypass and strategy codes (bypass -1: a pass-through call), the codes of the
+# three calls, then the request, the status, the order (0: the payload while the gather is in
+# flight; 1: after it, only when the table is the agreed one), whether the transfer is a
+# bandwidth sample, and the four count / displacement vectors (MPI_Count / MPI_Aint, both 8
+# bytes here; or C ints, packed)
 _GATHER_COUNT, _DOUBLE, _COMM, _SEND, _SEND_TYPE, _RECV, _RECV_TYPE, _SIZE, _LENGTH, _BYPASS, _STRATEGY = range(11)
 _CODES = 11  # three slots: Iallgather, Alltoallv_c, Wait
 _REQUEST = 14
 _STATUS = 15  # MPI_Status: at most _STATUS_SLOTS * 8 bytes (checked)
 _STATUS_SLOTS = 8
-_VECTORS = _STATUS + _STATUS_SLOTS
+_SEQUENCED = _STATUS + _STATUS_SLOTS
+_SAMPLE = _SEQUENCED + 1
+_VECTORS = _SAMPLE + 1
 
 # per payload call wanted ("large" or "int"): (compiled exchange, handle converter, bytes per
 # count) once resolved; False: unavailable
@@ -100,27 +106,32 @@ def signed_handle(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
-def _compile(functions, conclude, count_bytes: int):
+def _compile(functions, steps, count_bytes: int):
     gather, payload, wait, wtime = functions
+    agreed, conclude = steps
     vector_bytes = count_bytes  # (a constant of the compiled function: bytes per count / displacement)
 
     @kernel(cache=False)  # (calls through addresses of this process: never cached on disk)
     def run(buf, plan, costs):
         """The decision (``costs``: the cost state's vector; none for a pass-through call),
-        then Iallgather (this rank's row into the table, both in
-        ``buf``), the blocking payload Alltoallv while the gather is in flight, Wait; then
-        ``conclude``, and the decision's schedule update once the table is the agreed one.
-        Returns (what ``conclude`` returns, FAILED with the codes in the plan, or NOT_RAW
-        when the decision is to compress; seconds in MPI; then what CallStats shows of the
-        decision: the reason code and the model's six values, see ``_cost_kernels``): as
-        one tuple of floats, which costs less to build here than to read from the vector
-        in Python."""
+        then Iallgather (this rank's row into the table, both in ``buf``) and the blocking
+        payload Alltoallv: while the gather is in flight, then Wait (a fused lane); or, for
+        a sequenced lane, Wait first and the payload only when the table is the agreed one
+        (``agreed``). Then ``conclude``, and the decision's schedule update once the table is
+        the agreed one. Returns (what ``conclude`` returns, -2.0 when a sequenced lane's table
+        was not the agreed one (nothing sent), FAILED with the codes in the plan, or NOT_RAW
+        when the decision is to compress; seconds of the payload (a fused lane: with the
+        gather); seconds until the gather completed; then what CallStats shows of the
+        decision: the reason code and the model's six values, see ``_cost_kernels``): as one
+        tuple of floats, which costs less to build here than to read from the vector in
+        Python."""
         out, bypass = K.OUT, plan[_BYPASS]
         if bypass >= 0 and K.decide_into(costs, bypass, plan[_STRATEGY]) != _RAW:
-            return NOT_RAW, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+            return NOT_RAW, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         base, data = plan.ctypes.data, buf.ctypes.data
         size, length = plan[_SIZE], plan[_LENGTH]
         request, status, vectors = base + 8 * _REQUEST, base + 8 * _STATUS, base + 8 * _VECTORS
+        step = vector_bytes * size
         plan[_REQUEST] = 0
         start = wtime()
         code = gather(data + 8 * size * length, plan[_GATHER_COUNT], plan[_DOUBLE], data, plan[_GATHER_COUNT],
@@ -128,19 +139,29 @@ def _compile(functions, conclude, count_bytes: int):
         plan[_CODES] = code
         plan[_CODES + 1] = 0
         plan[_CODES + 2] = 0
-        if code == 0:  # (as the mpi4py lane: no payload when the gather could not be posted)
-            step = vector_bytes * size
+        sample, seconds, gathered = FAILED, 0.0, 0.0
+        if code == 0 and plan[_SEQUENCED] == 0:  # (as the mpi4py lane: no payload when the gather could not be posted)
             plan[_CODES + 1] = payload(plan[_SEND], vectors, vectors + step, plan[_SEND_TYPE], plan[_RECV],
                                        vectors + 2 * step, vectors + 3 * step, plan[_RECV_TYPE], plan[_COMM])
             plan[_CODES + 2] = wait(request, status)
-        seconds = wtime() - start
-        sample = FAILED
-        if plan[_CODES] == 0 and plan[_CODES + 1] == 0 and plan[_CODES + 2] == 0:
-            sample = conclude(buf, size, length, seconds, costs)
+            seconds = gathered = wtime() - start
+        elif code == 0:
+            plan[_CODES + 2] = wait(request, status)
+            gathered = wtime() - start
+            if plan[_CODES + 2] == 0:
+                if not agreed(buf, size, length):
+                    sample = -2.0  # (nothing sent: the caller's verdict decides, and sends)
+                else:
+                    begun = wtime()
+                    plan[_CODES + 1] = payload(plan[_SEND], vectors, vectors + step, plan[_SEND_TYPE], plan[_RECV],
+                                               vectors + 2 * step, vectors + 3 * step, plan[_RECV_TYPE], plan[_COMM])
+                    seconds = wtime() - begun
+        if plan[_CODES] == 0 and plan[_CODES + 1] == 0 and plan[_CODES + 2] == 0 and sample == FAILED:
+            sample = conclude(buf, size, length, seconds, costs, plan[_SAMPLE] != 0)
             if bypass >= 0 and sample != -2.0:  # (-2: the caller's verdict decides, then commits)
                 K.commit_next(costs)
         model = out + K.OUT_MODEL
-        return (sample, seconds, costs[out + K.OUT_REASON], costs[model], costs[model + 1], costs[model + 2],
+        return (sample, seconds, gathered, costs[out + K.OUT_REASON], costs[model], costs[model + 1], costs[model + 2],
                 costs[model + 3], costs[model + 4], costs[model + 5])
 
     return run
@@ -156,10 +177,14 @@ class Plan:
         return [int(c) for c in self.plan[_CODES:_CODES + 3] if c != 0]
 
 
-def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: int):
+def exchange(pcomm, send, recv, length: int, steps, bypass: int, strategy: int, *, in_place: bool = False,
+             sequenced: bool = False, sample: bool = True):
     """A :class:`Plan` for the lane's exchange on ``pcomm`` (rows of ``length`` doubles; ``send``
-    / ``recv`` the job's Specs, their buffers numpy arrays; ``bypass`` / ``strategy`` the codes
-    the decision takes, bypass -1 for a pass-through call), or None (use mpi4py).
+    / ``recv`` the job's Specs, their buffers numpy arrays; ``steps`` the lane's compiled
+    ``(agreed, conclude)``; ``bypass`` / ``strategy`` the codes the decision takes, bypass -1
+    for a pass-through call; ``in_place``: send with ``MPI_IN_PLACE``; ``sequenced``: the
+    payload after the gather, see ``run``; ``sample``: the transfer is a bandwidth sample), or
+    None (use mpi4py).
 
     The buffers' addresses are taken now: the lane runs only on the same array objects (kept
     alive by the memo) with the same shapes, and an array's data moves only when its size does.
@@ -171,7 +196,7 @@ def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: in
     wanted = "int" if setting == "int" else "large"
     if wanted not in _entries:
         found = _functions(MPI, large=wanted == "large")
-        _entries[wanted] = False if found is None else (_compile(found[0], conclude, found[2]), found[1], found[2])
+        _entries[wanted] = False if found is None else (_compile(found[0], steps, found[2]), found[1], found[2])
     entry = _entries[wanted]
     if entry is False or not (isinstance(send.buf, np.ndarray) and isinstance(recv.buf, np.ndarray)):
         return None
@@ -183,9 +208,12 @@ def exchange(pcomm, send, recv, length: int, conclude, bypass: int, strategy: in
             return None
         vectors = vectors.astype(np.int32)
     plan = np.zeros(_VECTORS + 4 * size, np.int64)
-    plan[:_CODES] = [length, convert(MPI.DOUBLE.handle), convert(pcomm.handle), send.buf.ctypes.data,
+    # (MPI_IN_PLACE's address as mpi4py passes it: MPICH's (void *) -1, Open MPI's (void *) 1)
+    source = MPI.Get_address(MPI.IN_PLACE) if in_place else send.buf.ctypes.data
+    plan[:_CODES] = [length, convert(MPI.DOUBLE.handle), convert(pcomm.handle), source,
                      convert(send.datatype.handle), recv.buf.ctypes.data, convert(recv.datatype.handle), size, length,
                      bypass, strategy]
+    plan[_SEQUENCED], plan[_SAMPLE] = sequenced, sample
     plan[_VECTORS:].view(np.uint8)[:vectors.nbytes] = vectors.view(np.uint8)
     result = Plan()
     result.run, result.plan = run, plan

@@ -107,10 +107,13 @@ def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chu
 class Memo:
     """The last successful call's argument key and Job, and the handshake it agreed to."""
 
-    __slots__ = ("key", "keep", "job", "agreed", "row_key", "row", "lane")
+    __slots__ = ("key", "keep", "job", "agreed", "row_key", "row", "lane", "sequenced")
 
     def __init__(self):
         self.key, self.keep, self.job, self.agreed = None, None, None, None
+        # the last agreed table showed an empty segment on some rank: no rank fuses (see
+        # _collective.fuses), so that none spins in its payload while others wait for the verdict
+        self.sequenced = False
         self.lane = None  # the express lane of this key's uncompressed repeats (see _express)
         self.row_key, self.row = None, None  # the handshake row of an uncompressed repeat
 

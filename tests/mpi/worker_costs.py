@@ -101,19 +101,74 @@ def express_lane():
             moved_buffers(fresh)
             fresh.Free()
         # a rank that sends or expects 0 elements somewhere waits for the verdict before its
-        # payload (a mismatch on a 0 is no MPI error: see has_empty_segment), so it has no lane
+        # payload (a mismatch on a 0 is no MPI error: see has_empty_segment), and once a table
+        # showed one, so do the others (see _collective.fuses): then every lane is sequenced
+        # (gather, then the payload). The first call opens lanes on the ranks with an empty
+        # segment; in the second the others stop fusing, so the table changes (those lanes
+        # finish on the full path's verdict) and they open theirs; from the fourth all are open.
         zs, zr = with_zeros[ME], with_zeros[:, ME]
-        empty = not (zs.all() and zr.all())
-        before = lanes["calls"]
-        send, got = payload(int(zs.sum()), np.float32, 50), np.zeros(int(zr.sum()), np.float32)
-        ref = reference([send, zs], lambda: [np.zeros(int(zr.sum()), np.float32), zr])
-        for _ in range(3):
-            ec.Alltoallv(COMM, [send, zs], [got, zr], abs_error=1e-3, bypass=True)
-            assert np.array_equal(got, ref), "with empty segments: not exact"
-        assert lanes["calls"] - before == (0 if empty or PAIRWISE else 2), (empty, lanes["calls"] - before)
+        empty = bool((with_zeros[~np.eye(P, dtype=bool)] == 0).any())  # on some rank (0 to itself: no)
+        for native in NATIVE_LANES:
+            os.environ["EMBZIP_NATIVE_MPI"] = native
+            fresh = COMM.Dup()
+            taken = []
+            send, got = np.zeros(int(zs.sum()), np.float32), np.zeros(int(zr.sum()), np.float32)
+            for step in range(6):
+                before = lanes["calls"]
+                send[:] = payload(send.size, np.float32, 50 + step)
+                ref = reference([send, zs], lambda: [np.zeros(int(zr.sum()), np.float32), zr])
+                stats = ec.Alltoallv(fresh, [send, zs], [got, zr], abs_error=1e-3, bypass=True)
+                taken.append(lanes["calls"] - before)
+                assert np.array_equal(got, ref), f"with empty segments, step {step}: not exact"
+                assert stats.mode == "raw" and stats.in_place is None and stats.transfer_s > 0
+            assert taken[3:] == [0 if PAIRWISE else 1] * 3, (empty, taken)
+            lane = _mpi.peek_state(fresh).memo.lane
+            assert (lane is None) == PAIRWISE
+            if lane is not None:
+                assert lane.sequenced == empty, (empty, lane.sequenced)
+                assert (lane.native is not None) == (native != "0" and KNOWN_MPI)
+            fresh.Free()
+        in_place_lane(lanes)
     finally:
         _express.try_call = real
         os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+def in_place_lane(lanes):
+    """Repeats of a raw call in place on every rank take a sequenced lane that hands the
+    buffer to MPI's own in-place Alltoallv (stats.in_place "mpi"); when another rank stops
+    sending in place, a lane rank learns it from the gathered table before it sent anything,
+    and sends a copy as the full path does; then the lane opens again."""
+    from embzip.comm import _mpi
+
+    counts = uneven_counts(77, scale=11)
+    counts = counts + counts.T  # in place, a rank's receive counts are its send counts
+    rc = counts[ME]
+    for native in NATIVE_LANES:
+        os.environ["EMBZIP_NATIVE_MPI"] = native
+        fresh = COMM.Dup()
+        for dtype, kwargs in ((np.float32, dict(rel_error=0.01, bypass=True)), (np.int32, dict(abs_error=1.0))):
+            buf = np.zeros(int(rc.sum()), dtype)
+            before = lanes["calls"]
+            for step, mixed in enumerate((False,) * 4 + (True, False, False, False)):
+                buf[:] = payload(buf.size, np.float64, 60 + step) * 100
+                ref = buf.copy()
+                COMM.Alltoallv(MPI.IN_PLACE, [ref, rc])
+                smsg = [buf.copy(), rc] if mixed and ME != 0 else MPI.IN_PLACE
+                stats = ec.Alltoallv(fresh, smsg, [buf, rc], **kwargs)
+                what = f"{dtype.__name__} in place, step {step}, mixed={mixed}, native={native}"
+                assert np.array_equal(buf, ref), what
+                expected = None if smsg is not MPI.IN_PLACE else "copy" if mixed and P > 1 or PAIRWISE else "mpi"
+                assert stats.in_place == expected, (what, stats.in_place, expected)
+            # steps 1-3 take the lane, step 4 (mixed) too on rank 0 (it sends nothing from it:
+            # the table differs), step 5 reopens it on the full path, steps 6-7 take it
+            used, expected = lanes["calls"] - before, 0 if PAIRWISE else 7 if P == 1 else 6 if ME == 0 else 5
+            assert used == expected, (dtype.__name__, native, used, expected)
+            lane = _mpi.peek_state(fresh).memo.lane
+            assert (lane is None) == PAIRWISE
+            if lane is not None:
+                assert lane.sequenced and lane.in_place and (lane.native is not None) == (native != "0" and KNOWN_MPI)
+        fresh.Free()
 
 
 def moved_buffers(comm):

@@ -70,3 +70,63 @@ def error_own_segment_mismatch():
     ec.Alltoallv(COMM, [send, sc], [got, sc])
     COMM.Alltoallv([send, sc], [ref, sc])
     assert np.array_equal(got, ref)
+
+
+@case
+def error_mismatch_after_a_sequenced_lane():
+    """Repeats of a call with an empty segment (rank 0 sends LAST nothing) take sequenced
+    express lanes (the gather, then the payload only if the table is the agreed one); then one
+    rank changes its counts so that a 0 meets a count: rank 0 starts sending LAST data LAST
+    does not expect, or LAST starts expecting data rank 0 does not send. After one warm call
+    only ranks 0 and LAST have lanes and the others are on the full path; after three, every
+    rank has one. A fresh communicator's first call: the others fuse (nothing told them to
+    wait yet) while ranks 0 and LAST wait; the mismatch then comes from a fused rank. In
+    every case each rank must learn it from the table, the waiting ones make the filler that
+    completes any fused rank's exchange: every rank raises, none hangs, and later calls get
+    their own data. Eager and rendezvous sizes, the compiled lane and mpi4py's."""
+    import os
+
+    from embzip.comm import _mpi
+    from worker_common import NATIVE_LANES, PAIRWISE
+
+    if P == 1:
+        return  # no pair of ranks
+    try:
+        for native in NATIVE_LANES:
+            os.environ["EMBZIP_NATIVE_MPI"] = native
+            for n in (4, 50_000):
+                fresh = COMM.Dup()
+                good = [n] * P
+                # the warm call: rank 0 sends LAST nothing, LAST expects nothing from rank 0
+                warm_s = [0 if ME == 0 and dst == LAST else n for dst in range(P)]
+                warm_r = [0 if ME == LAST and src == 0 else n for src in range(P)]
+                for direction, warm in (("sends", 0), ("expects", 0), ("sends", 1), ("expects", 1), ("sends", 3),
+                                        ("expects", 3)):
+                    if not warm:  # a fresh communicator: its first call
+                        fresh.Free()
+                        fresh = COMM.Dup()
+                    send = (np.arange(n * P) % 1000 + 1000 * ME).astype(np.float32)
+                    recv = np.zeros(n * P, np.float32)
+                    for _ in range(warm):
+                        ec.Alltoallv(fresh, [send, warm_s], [recv, warm_r], abs_error=1e-3, bypass=True)
+                    state = _mpi.peek_state(fresh)  # (None before a communicator's first call)
+                    lane = None if state is None else state.memo.lane
+                    sequenced = warm == 3 or warm == 1 and ME in (0, LAST)  # (see the docstring)
+                    assert PAIRWISE or (lane is not None and lane.sequenced) == sequenced, ("lane", warm, lane)
+                    sc, rc = list(warm_s), list(warm_r)
+                    if direction == "sends" and ME == 0:
+                        sc[LAST] = n  # LAST still expects 0
+                    if direction == "expects" and ME == LAST:
+                        rc[0] = n  # rank 0 still sends 0
+                    sent, expected = (n, 0) if direction == "sends" else (0, n)
+                    expect(lambda: ec.Alltoallv(fresh, [send, sc], [recv, rc], abs_error=1e-3, bypass=True),
+                           ec.CommValueError, f"rank 0 sends {sent} elements", f"rank {LAST} expects {expected} elements")
+                    for k in range(3):  # nothing left queued: each call receives its own data
+                        send = (np.arange(n * P) % 1000 + 1000 * k + 100 * ME).astype(np.float32)
+                        got, ref = np.full(n * P, -1, np.float32), np.full(n * P, -1, np.float32)
+                        ec.Alltoallv(fresh, [send, good], [got, good], abs_error=1e-3, bypass=True)
+                        COMM.Alltoallv([send, good], [ref, good])
+                        assert np.array_equal(got, ref), (native, n, direction, k)
+                fresh.Free()
+    finally:
+        os.environ.pop("EMBZIP_NATIVE_MPI", None)
