@@ -27,11 +27,10 @@ around its two synchronisations cost a 10.6 MB in-place call on 2 ranks / 2 core
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
-
-import copy
 
 from .._jit import kernel
 from . import _handshake, _mpi, _native, _reuse, _spec
@@ -186,8 +185,8 @@ def open_lane(state, job, mode: int, stats: CallStats, call_args, sequenced: boo
     gathered handshake: prepare its repeat. ``sequenced``: the call did not fuse (it sent in
     place on every rank, or the table shows an empty segment), so neither does its lane."""
     memo = state.memo
-    if memo.lane is not None and memo.lane.key is memo.key:
-        return
+    if memo.lane is not None and memo.lane.key is memo.key and memo.lane.sequenced == sequenced:
+        return  # (a lane of the other order is replaced: memo.sequenced changed meanwhile)
     if memo.key is None or memo.job is None or memo.agreed is None or memo.job.send is not job.send:
         return
     lane = Lane()
@@ -260,17 +259,26 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
         model = {"bandwidth_Bps": bandwidth, "ratio": ratio, "compress_Bps": compress, "decompress_Bps": decompress,
                  "pays": pays != 0.0} if modelled else {}
         failures = [] if sample != _native.FAILED else [_mpi.load().Exception(code) for code in native.codes()]
+        agreed = lane.sequenced and native.failed_in_payload()  # (posted only after the table was agreed)
     else:
         decision = costs.decide(job.bypass, job.strategy) if job.kind else None
         if decision is not None and decision.mode != "raw":
             state.pending = pending
             return None
         reason, model = (decision.reason, decision.model) if job.kind else (None, None)
-        sample, transfer, gathered, failures = _through_mpi4py(state.comm, lane, costs)
+        sample, transfer, gathered, failures, agreed = _through_mpi4py(state.comm, lane, costs)
         if sample != -2.0 and decision is not None:
             costs.commit(decision)
     if failures and lane.sequenced:  # (no verdict to reach: the full path's MPI call raises)
         state.memo.lane = None
+        if agreed:  # the payload failed after an agreed table: the full path's handshake had
+            # absorbed the measurements and committed the decision by then (agree_to_start);
+            # without it this rank's schedule would lag the others' (ranks disagree on mode)
+            costs.absorb(lane.table[:, -_MEASURED:].max(axis=0))
+            if native is None:
+                costs.commit(decision)
+            elif job.kind:
+                commit_next(costs.vector)
         raise failures[0]
     if failures:
         sample = -2.0
@@ -310,30 +318,34 @@ def _through_mpi4py(pcomm, lane, costs):
     as ``_handshake.fused_payload``), and its bookkeeping. Returns (what ``_conclude``
     returns, or -2.0 when the table is not the agreed one (a sequenced lane sent nothing
     then); seconds of the payload (a fused lane: with the gather); seconds until the gather
-    completed; MPI's exceptions)."""
+    completed; MPI's exceptions; whether a sequenced lane found the table agreed and its
+    payload failed)."""
     failures = []
     t = time.perf_counter()
     try:
         request = pcomm.Iallgather(lane.row, lane.table)
     except Exception as exc:
-        return -2.0, 0.0, 0.0, [exc]
+        return -2.0, 0.0, 0.0, [exc], False
     if not lane.sequenced:
         _handshake.fused_payload(request, lambda: pcomm.Alltoallv(lane.smsg, lane.rmsg), failures)
         transfer = gathered = time.perf_counter() - t
         sample = -2.0 if failures else _conclude(lane.buf, lane.size, lane.row.size, transfer, costs.vector, True)
-        return sample, transfer, gathered, failures
+        return sample, transfer, gathered, failures, False
     try:
         request.Wait()
-        gathered = time.perf_counter() - t
-        if not _agreed(lane.buf, lane.size, lane.row.size):
-            return -2.0, 0.0, gathered, failures
-        t = time.perf_counter()
+    except Exception as exc:
+        return -2.0, 0.0, 0.0, [exc], False
+    gathered = time.perf_counter() - t
+    if not _agreed(lane.buf, lane.size, lane.row.size):
+        return -2.0, 0.0, gathered, failures, False
+    t = time.perf_counter()
+    try:
         pcomm.Alltoallv(lane.smsg, lane.rmsg)
     except Exception as exc:
-        return -2.0, 0.0, 0.0, [exc]
+        return -2.0, 0.0, gathered, [exc], True
     transfer = time.perf_counter() - t
     return _conclude(lane.buf, lane.size, lane.row.size, transfer, costs.vector, lane.in_place), transfer, \
-        gathered, failures
+        gathered, failures, False
 
 
 def _sequenced_fallback(pcomm, lane, agreement):

@@ -173,8 +173,13 @@ class Plan:
     __slots__ = ("run", "plan")
 
     def codes(self):
-        """The nonzero MPI error codes of the last run, in call order."""
+        """The nonzero MPI error codes of the last run: Iallgather, Alltoallv, Wait (a
+        sequenced lane waits before its payload; only one of the last two can fail)."""
         return [int(c) for c in self.plan[_CODES:_CODES + 3] if c != 0]
+
+    def failed_in_payload(self) -> bool:
+        """Whether the last run's payload call failed after the gather and its wait succeeded."""
+        return bool(self.plan[_CODES] == 0 and self.plan[_CODES + 2] == 0 and self.plan[_CODES + 1] != 0)
 
 
 def exchange(pcomm, send, recv, length: int, steps, bypass: int, strategy: int, *, in_place: bool = False,

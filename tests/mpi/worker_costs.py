@@ -12,6 +12,7 @@ import numpy as np
 from mpi4py import MPI
 
 import embzip.comm as ec
+from embzip.comm._stats import MEASUREMENT_FIELDS
 from worker_common import (  # (same directory)
     COMM, KNOWN_MPI, ME, NATIVE_LANES, P, PAIRWISE, assert_close, case, payload, reference, uneven_counts)
 
@@ -40,6 +41,9 @@ def bypass_and_stats():
     if P > 1:
         assert set(stats.model) >= {"bandwidth_Bps", "ratio", "compress_Bps", "decompress_Bps", "pays"}
     fresh.Free()
+
+
+_INV_TRANSFER = MEASUREMENT_FIELDS.index("inv_transfer_s")  # (in a rank's measurement vector)
 
 
 @case
@@ -122,11 +126,16 @@ def express_lane():
                 assert np.array_equal(got, ref), f"with empty segments, step {step}: not exact"
                 assert stats.mode == "raw" and stats.in_place is None and stats.transfer_s > 0
             assert taken[3:] == [0 if PAIRWISE else 1] * 3, (empty, taken)
-            lane = _mpi.peek_state(fresh).memo.lane
+            state = _mpi.peek_state(fresh)
+            lane = state.memo.lane
             assert (lane is None) == PAIRWISE
             if lane is not None:
                 assert lane.sequenced == empty, (empty, lane.sequenced)
                 assert (lane.native is not None) == (native != "0" and KNOWN_MPI)
+            # the measurement the next call sends: a bandwidth sample (1 / transfer) only when
+            # the transfer started as the rank arrived (fused), as on the full path
+            sampled = stats.raw_bytes > 0 and not empty and not PAIRWISE
+            assert (state.pending[_INV_TRANSFER] > 0) == sampled, (empty, state.pending)
             fresh.Free()
         in_place_lane(lanes)
     finally:
@@ -143,6 +152,7 @@ def in_place_lane(lanes):
 
     counts = uneven_counts(77, scale=11)
     counts = counts + counts.T  # in place, a rank's receive counts are its send counts
+    counts[np.diag_indices(P)] += 5  # (data to check with one rank too)
     rc = counts[ME]
     for native in NATIVE_LANES:
         os.environ["EMBZIP_NATIVE_MPI"] = native
@@ -164,10 +174,16 @@ def in_place_lane(lanes):
             # the table differs), step 5 reopens it on the full path, steps 6-7 take it
             used, expected = lanes["calls"] - before, 0 if PAIRWISE else 7 if P == 1 else 6 if ME == 0 else 5
             assert used == expected, (dtype.__name__, native, used, expected)
-            lane = _mpi.peek_state(fresh).memo.lane
+            state = _mpi.peek_state(fresh)
+            lane = state.memo.lane
             assert (lane is None) == PAIRWISE
             if lane is not None:
                 assert lane.sequenced and lane.in_place and (lane.native is not None) == (native != "0" and KNOWN_MPI)
+            # every rank started the payload after the gather: a bandwidth sample (as on the
+            # full path in place), but none above GATHER_MAX (nothing was agreed in place), nor
+            # of data that is never compressed (pass-through calls measure nothing)
+            sampled = stats.mode == "raw" and stats.raw_bytes > 0 and not PAIRWISE
+            assert (state.pending[_INV_TRANSFER] > 0) == sampled, (dtype.__name__, state.pending)
         fresh.Free()
 
 
