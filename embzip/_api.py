@@ -186,7 +186,7 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         try:
             return _decode(header, buf, out)
         except MemoryError:  # the output, or a stage's scratch (dedup's unique rows...): see _allocate
-            raise _too_big(header) from None
+            raise frame_too_big(header) from None
 
 
 def _allocate(header, dtype) -> np.ndarray:
@@ -195,10 +195,10 @@ def _allocate(header, dtype) -> np.ndarray:
     try:
         return np.empty(header.shape, dtype=dtype)
     except MemoryError:
-        raise _too_big(header) from None
+        raise frame_too_big(header) from None
 
 
-def _too_big(header) -> EmbzipError:
+def frame_too_big(header) -> EmbzipError:
     return EmbzipError(f"frame declares shape {header.shape} ({header.raw_size} bytes), more than can be "
                        "allocated here")
 

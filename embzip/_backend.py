@@ -218,10 +218,30 @@ def frame_header(frame):
     return pipeline.read_device_header(flat)
 
 
+#: CUresult's CUDA_ERROR_OUT_OF_MEMORY (cuda.h), the code of numba's CudaAPIError when an
+#: allocation fails (cupy's pool raises its OutOfMemoryError, a MemoryError).
+_CUDA_ERROR_OUT_OF_MEMORY = 2
+
+
 def decompress(frame, out=None, verify: bool = True):
     """Decode a frame (device or host bytes) on the device; see embzip.decompress."""
     flat, pipeline = _device_frame(frame)
     header = pipeline.read_device_header(flat)
+    from numba.cuda.cudadrv.driver import CudaAPIError
+
+    from ._api import frame_too_big  # (as on the CPU: a few bytes may declare 2**48 elements)
+    try:
+        return _decode(frame, flat, pipeline, header, out, verify)
+    except MemoryError:
+        raise frame_too_big(header) from None
+    except CudaAPIError as exc:
+        if getattr(exc, "code", None) != _CUDA_ERROR_OUT_OF_MEMORY:  # (an int enum; the simulator's has none)
+            raise
+        raise frame_too_big(header) from None
+
+
+def _decode(frame, flat, pipeline, header, out, verify: bool):
+    """:func:`decompress` once the header is read: into a new device array or into ``out``."""
     dtype = header.dtype.numpy.newbyteorder("=")
     n = header.element_count
     from .cuda.scan import device_empty

@@ -7,7 +7,10 @@ works once embzip is installed. This module imports numcodecs; ``import embzip``
 The codec compresses what a numcodecs codec receives: a C-contiguous float array keeps its
 shape (so rows of a 2-D chunk are deduplicated); anything else is taken in memory order as a
 flat buffer, the way every numcodecs codec treats bytes: an F-ordered chunk, or raw bytes
-(``bytes``, ``bytearray``, integer arrays) when ``dtype`` says which floats they hold.
+(``bytes``, ``bytearray``, integer arrays) when ``dtype`` says which floats they hold. A view
+with gaps between its elements has no memory order: numcodecs' ``ValueError``, as for every
+numcodecs codec (``np.ascontiguousarray`` it first). Values must be in native byte order:
+decoded values come back in it, and a caller reading them in another order would read garbage.
 Decoding returns the array (or fills ``out``, an array or a writable buffer of the right size).
 
 Examples
@@ -49,7 +52,7 @@ class Embzip(Codec):
         As in :func:`embzip.compress`.
     dtype : str, optional
         How to read byte buffers and non-float arrays handed to :meth:`encode` (e.g.
-        ``"<f4"``). Float arrays are always compressed as their own dtype.
+        ``"<f4"``; native byte order). Float arrays are always compressed as their own dtype.
 
     Examples
     --------
@@ -68,6 +71,9 @@ class Embzip(Codec):
             dtype = np.dtype(dtype)
             if dtype.kind != "f" or dtype.itemsize not in (4, 8):
                 raise TypeError(f"dtype must be float32 or float64, found {dtype}")
+            if not dtype.isnative:  # encode would refuse every chunk (see encode)
+                raise TypeError(f"dtype must be in native byte order, found {dtype.str}: the codec "
+                                f"decodes to native order ({dtype.newbyteorder('=').str})")
             dtype = dtype.str  # JSON-friendly in the config, e.g. "<f4"
         self.abs_error = None if abs_error is None else float(abs_error)
         self.rel_error = None if rel_error is None else float(rel_error)

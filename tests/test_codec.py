@@ -96,10 +96,26 @@ def test_decode_into_out_fills_it_in_place():
 @pytest.mark.parametrize("kwargs, error", [
     ({}, ValueError), ({"abs_error": 1, "rel_error": 1}, ValueError),
     ({"abs_error": -1.0}, ValueError), ({"abs_error": 1e-3, "strategy": "best"}, ValueError),
-    ({"abs_error": 1e-3, "dtype": "i4"}, TypeError)])
+    ({"abs_error": 1e-3, "dtype": "i4"}, TypeError),
+    ({"abs_error": 1e-3, "dtype": "<f4" if np.little_endian else ">f4"}, None),
+    ({"abs_error": 1e-3, "dtype": ">f4" if np.little_endian else "<f4"}, TypeError)])
 def test_bad_parameters_fail_at_construction(kwargs, error):
+    """Including a byte order every chunk would be refused in (see the byte-order test)."""
+    if error is None:
+        assert Embzip(**kwargs).dtype == np.dtype(kwargs["dtype"]).str
+        return
     with pytest.raises(error):
         Embzip(**kwargs)
+
+
+def test_views_with_gaps_are_refused_as_numcodecs_refuses_them():
+    """F order is a memory order (taken flat); a strided view has none: numcodecs' ValueError."""
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    codec = Embzip(abs_error=1e-3)
+    flat = codec.decode(codec.encode(np.asfortranarray(x)))
+    assert flat.shape == (24,) and np.abs(flat - x.T.reshape(-1)).max() <= 1e-3
+    with pytest.raises(ValueError, match="contiguous"):
+        codec.encode(x[:, ::2])
 
 
 def test_bytes_without_dtype_are_refused():

@@ -389,3 +389,46 @@ else:
                     assert gpu == cpu, f"{strategy}: byte {at}"
                 else:
                     np.testing.assert_array_equal(bits(gpu), bits(cpu))
+
+    @pytest.mark.parametrize("elements", [2**34, 2**47])
+    def test_a_frame_declaring_more_than_fits_is_the_cpus_error_on_the_device(elements):
+        """A constant rANS section lets a 90-byte frame declare 2**47 elements; the device's
+        allocation (of the output) failing is the frame's EmbzipError, word for word the CPU's."""
+        import struct
+
+        from embzip.checksum import crc32c
+
+        frame = bytearray(embzip.compress(np.zeros(1000, np.float32), abs_error=0.1, strategy="compact").tobytes())
+        header_length, ndim = struct.unpack_from("<H", frame, 6)[0], frame[9]
+        struct.pack_into("<Q", frame, 52, elements)  # shape[0]
+        struct.pack_into("<Q", frame, 52 + 8 * ndim + 8, elements)  # CODES count
+        struct.pack_into("<I", frame, header_length - 4, crc32c(bytes(frame[:header_length - 4])))
+        errors = []
+        for device in ("cpu", "cuda"):
+            with pytest.raises(embzip.EmbzipError, match="more than can be allocated") as caught:
+                embzip.decompress(bytes(frame), device=device)
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1]
+
+    def test_only_an_out_of_memory_driver_error_becomes_the_frames_error(monkeypatch):
+        """numba's allocator reports a full device as CudaAPIError(CUDA_ERROR_OUT_OF_MEMORY);
+        any other driver error is not the frame's and propagates."""
+        from numba.cuda.cudadrv.driver import CudaAPIError
+
+        from embzip import _backend
+
+        def fail_with(code):
+            def fail(*args):
+                exc = CudaAPIError("driver")
+                exc.code = code
+                raise exc
+            return fail
+
+        frame = embzip.compress(np.ones((4, 3), np.float32), abs_error=0.1)
+        monkeypatch.setattr(_backend, "_decode", fail_with(_backend._CUDA_ERROR_OUT_OF_MEMORY))
+        with pytest.raises(embzip.EmbzipError, match=r"declares shape \(4, 3\).*more than can be allocated"):
+            embzip.decompress(frame, device="cuda")
+        monkeypatch.setattr(_backend, "_decode", fail_with(1))  # CUDA_ERROR_INVALID_VALUE
+        with pytest.raises(CudaAPIError) as caught:
+            embzip.decompress(frame, device="cuda")
+        assert caught.value.code == 1
