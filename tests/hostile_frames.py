@@ -95,6 +95,15 @@ def recrc(frame: bytes) -> bytes:
     return build(parse(frame))
 
 
+def declaring(elements: int) -> bytes:
+    """A valid ~90-byte frame of ``elements`` float32 zeros: one constant rANS section lets a
+    few bytes declare up to 2**48 values (more than any machine can allocate)."""
+    p = parse(embzip.compress(np.zeros(1000, np.float32), abs_error=0.1, strategy="compact").tobytes())
+    p.shape = [elements]
+    p.sections[p.index(CODES)][2] = elements
+    return build(p)
+
+
 # --------------------------------------------------------------------------- frame kinds
 
 

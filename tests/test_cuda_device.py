@@ -260,3 +260,16 @@ def test_beyond_two_to_the_31_values():
         del frame, y
     del x
     cuda.synchronize()
+
+
+def test_a_frame_declaring_more_than_the_device_holds_is_an_embzip_error():
+    """What the allocator of a real device raises (cupy's OutOfMemoryError, numba's
+    CudaAPIError) for a 90-byte frame declaring 2**47 float32 values: the CPU's EmbzipError."""
+    _gpu()
+    import embzip
+    import hostile_frames
+
+    frame = hostile_frames.declaring(2**47)
+    with pytest.raises(embzip.EmbzipError, match="more than can be allocated"):
+        embzip.decompress(frame, device="cuda")
+    embzip.decompress(hostile_frames.declaring(1000), device="cuda")  # the device still works
