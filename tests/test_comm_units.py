@@ -58,6 +58,22 @@ def test_resolve_rejects(kwargs, error, text):
     assert text in str(info.value)
 
 
+@pytest.mark.parametrize("row, ok", [(0, True), (60, True), (5, True), (15, True), (120, True), (12, True),
+                                     (48, False), (25, False), (7, False)])
+def test_table_layout_rows_must_fit_the_send_buffers_rows(row, ok):
+    """12 tables x dim 5 = rows of 60 values: a buffer [batch, 60] or [batch * 12, 5] (or a
+    multiple / divisor) fits; [batch, 48] (a 2-D buffer of 48 columns given 12 bounds) does not,
+    even though the counts are whole rows of 60."""
+    layout = TableLayout(dim=5, bounds=[0.1] * 6 + [0.2] * 6)
+    counts = np.array([240, 0, 480])  # whole rows of 60
+    if ok:
+        _layout.resolve(0.2, None, layout, 3, counts, row)
+    else:
+        with pytest.raises(ValueError, match=f"rows are {row} values wide.*12 tables x dim 5"):
+            _layout.resolve(0.2, None, layout, 3, counts, row)
+    _layout.resolve(0.2, None, TableLayout(dim=5), 3, counts, row)  # no bounds per table: no columns to misplace
+
+
 def test_table_layout_groups_by_bound_value():
     layout = TableLayout(dim=2, bounds=[0.1, None, 0.1, 0.3])
     assert layout.tables == 4

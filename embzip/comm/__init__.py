@@ -46,11 +46,13 @@ def Alltoallv(comm, sendbuf, recvbuf, *, abs_error=None, rel_error=None, strateg
         one, or within ``rel_error * (max - min)`` where the range is taken over the frame
         the element travelled in: one destination's segment (or, with per-table bounds, the
         tables of that segment sharing a bound). The segment a rank sends itself is copied exactly.
+        Bounds belong to the sender: ranks may pass different bounds, or modes, and each
+        segment travels under its sender's (frames say which; receivers need not know).
     strategy : {"auto", "fast", "compact"}
         The encoder: bit-packing (fast), rANS (compact), or ``auto``: whichever the measured
         codec speeds, ratios and link bandwidth say finishes first.
     bounds : sequence or TableLayout, optional
-        One bound per destination (``None`` entries take the default), or a
+        One bound per destination (``None`` or NaN entries take the default), or a
         :class:`TableLayout` describing ``[batch, tables * dim]`` rows, optionally with one
         bound per table.
     bypass : {"auto", True, False}

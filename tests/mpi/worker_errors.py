@@ -145,6 +145,13 @@ def error_arguments():
            "one bound per destination")
     expect(lambda: ec.Alltoallv(COMM, send, recv, rel_error=0.1, bounds=ec.TableLayout(dim=4)), ValueError,
            "not a whole number of rows of 4")
+    # 2-D buffers of 4 tables x dim 2 given 5 tables' bounds on the last rank: counts of 40 are whole
+    # rows of 10 there, but the buffer's rows are 8 wide, so the bounds would land on wrong columns
+    wide = np.arange(5 * P * 8, dtype=np.float32).reshape(5 * P, 8)
+    tables = 5 if ME == LAST else 4
+    expect(lambda: ec.Alltoallv(COMM, wide, np.zeros_like(wide), abs_error=1e-3,
+                                bounds=ec.TableLayout(dim=2, bounds=[1e-3] * tables)), ValueError,
+           f"rank {LAST}", "rows are 8 values wide", "5 tables x dim 2")
     # an object that looks like a TableLayout, on one rank: it broke the argument memo before
     # the handshake, on that rank alone, and the others waited in the handshake
     lookalike = types.SimpleNamespace(dim=2, bounds=[1e-3, 1e-3]) if ME == 0 else None
