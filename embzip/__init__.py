@@ -16,6 +16,7 @@ from .errors import (
     CorruptFrameError,
     EmbzipError,
     FormatError,
+    FrameTooLargeError,
     TruncatedFrameError,
     UnsupportedVersionError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "CorruptFrameError",
     "TruncatedFrameError",
     "UnsupportedVersionError",
+    "FrameTooLargeError",
     "BackendUnavailableError",
     "CommError",
     "__version__",

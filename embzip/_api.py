@@ -11,7 +11,7 @@ import numpy as np
 from . import _backend, _codec
 from . import _interop  # issue 7: torch tensors by duck typing (torch never imported)
 from ._jit import threads_for
-from .errors import EmbzipError
+from .errors import FrameTooLargeError
 from .format import parse_frame, read_header
 from .format.header import as_frame_bytes, check_shape
 from .format.ids import DTypeId, ErrorMode, Flags, SectionKind, Strategy
@@ -135,7 +135,8 @@ def _resolve_bound(abs_error, rel_error, span):
     return ErrorMode.REL, given, bound, None
 
 
-def decompress(frame, *, out=None, verify: bool = True, device: str | None = None, like=None):
+def decompress(frame, *, out=None, verify: bool = True, device: str | None = None, like=None,
+               max_bytes: int | None = None):
     """Decode a frame made by :func:`compress`.
 
     Parameters
@@ -153,6 +154,11 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
     like : torch.Tensor, optional
         Return a torch tensor on ``like``'s device (the frame's dtype and shape, not
         ``like``'s); on the CPU it shares the decoded array's memory (embzip/_interop.py).
+    max_bytes : int, optional
+        Refuse (:class:`~embzip.FrameTooLargeError`, before anything is allocated) a frame
+        whose decoded array would be larger: a few bytes of frame may declare 2**48 values,
+        so a service decoding frames it did not make should set it. None: no limit but
+        the memory there is.
 
     Returns
     -------
@@ -164,7 +170,9 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
     Raises
     ------
     embzip.EmbzipError
-        A subclass for any frame that is not valid: corrupt, truncated, or of a newer version.
+        A subclass for any frame that is not valid: corrupt, truncated, or of a newer version;
+        :class:`~embzip.FrameTooLargeError` for a valid one larger than ``max_bytes`` or than
+        the memory there is.
 
     Examples
     --------
@@ -172,16 +180,27 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
     >>> frame = embzip.compress(np.ones((3, 4)), abs_error=0.1)
     >>> embzip.decompress(frame).shape
     (3, 4)
+    >>> embzip.decompress(frame, max_bytes=64)
+    Traceback (most recent call last):
+    ...
+    embzip.errors.FrameTooLargeError: frame declares shape (3, 4) (96 bytes), more than max_bytes=64
     """
     if like is not None:  # issue 7: torch interop (embzip/_interop.py)
-        return _interop.to_like(decompress(frame, out=out, verify=verify, device=device), like)
+        return _interop.to_like(decompress(frame, out=out, verify=verify, device=device, max_bytes=max_bytes),
+                                like)
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', found {device!r}")
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+            raise TypeError(f"max_bytes must be None or an integer, found {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, found {max_bytes!r}")
     if device == "cuda" or (device is None and (_backend.is_device(frame) or _backend.is_device(out))):
-        return _backend.decompress(frame, out=out, verify=verify)  # CUDA backend (embzip/_backend.py)
+        return _backend.decompress(frame, out=out, verify=verify, max_bytes=max_bytes)  # embzip/_backend.py
     if _backend.is_device(frame):  # device="cpu": the frame's bytes come to the host
         frame = _backend.to_host_frame(frame)
     header, buf = parse_frame(frame, verify=verify)
+    check_size(header, max_bytes)
     with threads_for(header.raw_size):
         try:
             return _decode(header, buf, out)
@@ -198,9 +217,16 @@ def _allocate(header, dtype) -> np.ndarray:
         raise frame_too_big(header) from None
 
 
-def frame_too_big(header) -> EmbzipError:
-    return EmbzipError(f"frame declares shape {header.shape} ({header.raw_size} bytes), more than can be "
-                       "allocated here")
+def frame_too_big(header) -> FrameTooLargeError:
+    return FrameTooLargeError(f"frame declares shape {header.shape} ({header.raw_size} bytes), more than can be "
+                              "allocated here")
+
+
+def check_size(header, max_bytes) -> None:
+    """Refuse a frame whose decoded array is larger than ``max_bytes`` (None: any size)."""
+    if max_bytes is not None and header.raw_size > max_bytes:
+        raise FrameTooLargeError(f"frame declares shape {header.shape} ({header.raw_size} bytes), more than "
+                                 f"max_bytes={max_bytes}")
 
 
 _NATIVE = {dtype_id: dtype_id.numpy.newbyteorder("=") for dtype_id in DTypeId}  # newbyteorder: ~0.5 us

@@ -223,13 +223,14 @@ def frame_header(frame):
 _CUDA_ERROR_OUT_OF_MEMORY = 2
 
 
-def decompress(frame, out=None, verify: bool = True):
+def decompress(frame, out=None, verify: bool = True, max_bytes=None):
     """Decode a frame (device or host bytes) on the device; see embzip.decompress."""
     flat, pipeline = _device_frame(frame)
     header = pipeline.read_device_header(flat)
     from numba.cuda.cudadrv.driver import CudaAPIError
 
-    from ._api import frame_too_big  # (as on the CPU: a few bytes may declare 2**48 elements)
+    from ._api import check_size, frame_too_big  # (as on the CPU: a few bytes may declare 2**48 elements)
+    check_size(header, max_bytes)
     try:
         return _decode(frame, flat, pipeline, header, out, verify)
     except MemoryError:

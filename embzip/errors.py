@@ -13,6 +13,7 @@ __all__ = [
     "CorruptFrameError",
     "TruncatedFrameError",
     "UnsupportedVersionError",
+    "FrameTooLargeError",
     "BackendUnavailableError",
     "CommError",
 ]
@@ -36,6 +37,11 @@ class TruncatedFrameError(FormatError):
 
 class UnsupportedVersionError(FormatError):
     """The frame was written by a newer major version of the format."""
+
+
+class FrameTooLargeError(EmbzipError):
+    """A valid frame declares more than may be decoded here: more bytes than the caller's
+    ``max_bytes``, or than can be allocated (a few bytes of frame may declare 2**48 values)."""
 
 
 class BackendUnavailableError(EmbzipError):

@@ -223,6 +223,27 @@ def test_out_overlapping_the_frame_is_decoded_through_a_copy():
         np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
+def test_max_bytes_refuses_a_larger_frame_before_allocating_anything(monkeypatch):
+    import hostile_frames
+    from embzip import _api
+
+    frame = embzip.compress(np.ones((4, 3), np.float32), abs_error=0.1)  # 48 bytes decoded
+    assert embzip.decompress(frame, max_bytes=48).shape == (4, 3)
+    assert embzip.decompress(frame, max_bytes=48, out=np.empty((4, 3), np.float32)).shape == (4, 3)
+    assert embzip.decompress(frame, max_bytes=np.int64(48)).shape == (4, 3)
+
+    def allocate(*args):
+        raise AssertionError("allocated before the size check")
+
+    monkeypatch.setattr(_api, "_allocate", allocate)
+    for tight, declared in ((47, frame), (0, frame), (2**40, hostile_frames.declaring(2**47))):
+        with pytest.raises(embzip.FrameTooLargeError, match=f"more than max_bytes={tight}"):
+            embzip.decompress(declared, max_bytes=tight)
+    for bad, error in ((-1, ValueError), (1.5, TypeError), (True, TypeError), ("48", TypeError)):
+        with pytest.raises(error, match="max_bytes must be"):
+            embzip.decompress(frame, max_bytes=bad)
+
+
 def test_running_out_of_memory_while_decoding_is_an_embzip_error(monkeypatch):
     """Not only the output: a stage's scratch (dedup's unique rows) may not fit either."""
     from embzip import _api
@@ -233,5 +254,5 @@ def test_running_out_of_memory_while_decoding_is_an_embzip_error(monkeypatch):
         raise MemoryError
 
     monkeypatch.setattr(_api, "_decode", exhausted)
-    with pytest.raises(embzip.EmbzipError, match=r"declares shape \(4, 3\).*more than can be allocated"):
+    with pytest.raises(embzip.FrameTooLargeError, match=r"declares shape \(4, 3\).*more than can be allocated"):
         embzip.decompress(frame)

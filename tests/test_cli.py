@@ -42,7 +42,7 @@ def test_compress_decompress_round_trip_within_bound(npy, tmp_path, capsys):
     frame, back = tmp_path / "x.ezf", tmp_path / "y.npy"
     status, out, err = run(capsys, "compress", path, frame, "--rel-error", "0.01", "--strategy", "fast")
     assert status == 0 and "ratio" in out and err == ""
-    status, out, _ = run(capsys, "decompress", frame, back)
+    status, out, _ = run(capsys, "decompress", frame, back, "--max-bytes", str(x.nbytes))  # exactly fits
     assert status == 0 and back.exists()
     y = np.load(back)
     info = embzip.inspect(frame.read_bytes())
@@ -77,6 +77,8 @@ def test_compress_and_inspect_json_describe_the_frame(npy, tmp_path, capsys):
     (["inspect", "{npy}"], 1, "Error"),
     (["decompress", "{zeros}", "{tmp}/o.npy"], 1, "is not an embzip frame: it starts with b'\\x00\\x00"),
     (["inspect", "{truncated}"], 1, "Truncated"),
+    (["decompress", "{frame}", "{tmp}/o.npy", "--max-bytes", "100"], 1, "more than max_bytes=100"),
+    (["decompress", "{frame}", "{tmp}/o.npy", "--max-bytes", "-1"], 2, "positive integer"),
     (["bench", "{ints}", "--methods", "fp16"], 2, "float32 or float64"),
     (["bench", "--bounds", "rel:x"], 2, "bad bound"),
     ([], 2, "missing command"),
@@ -89,7 +91,9 @@ def test_bad_input_is_one_line_on_stderr_and_nonzero(npy, tmp_path, capsys, argv
     zeros.write_bytes(bytes(1 << 20))
     np.save(ints, np.arange(10))
     truncated.write_bytes(embzip.compress(x, abs_error=1e-2).tobytes()[:-10])
-    argv = [a.format(npy=path, tmp=tmp_path, junk=junk, ints=ints, truncated=truncated, zeros=zeros)
+    frame = tmp_path / "f.ezf"
+    frame.write_bytes(embzip.compress(x, abs_error=1e-2).tobytes())
+    argv = [a.format(npy=path, tmp=tmp_path, junk=junk, ints=ints, truncated=truncated, zeros=zeros, frame=frame)
             for a in argv]
     got, out, err = run(capsys, *argv)
     assert got == status, err

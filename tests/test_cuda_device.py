@@ -270,6 +270,8 @@ def test_a_frame_declaring_more_than_the_device_holds_is_an_embzip_error():
     import hostile_frames
 
     frame = hostile_frames.declaring(2**47)
-    with pytest.raises(embzip.EmbzipError, match="more than can be allocated"):
+    with pytest.raises(embzip.FrameTooLargeError, match="more than can be allocated"):
         embzip.decompress(frame, device="cuda")
+    with pytest.raises(embzip.FrameTooLargeError, match="more than max_bytes=4000"):
+        embzip.decompress(hostile_frames.declaring(1001), device="cuda", max_bytes=4000)
     embzip.decompress(hostile_frames.declaring(1000), device="cuda")  # the device still works

@@ -397,12 +397,13 @@ else:
         import hostile_frames
 
         frame = hostile_frames.declaring(elements)
-        errors = []
-        for device in ("cpu", "cuda"):
-            with pytest.raises(embzip.EmbzipError, match="more than can be allocated") as caught:
-                embzip.decompress(frame, device=device)
-            errors.append(str(caught.value))
-        assert errors[0] == errors[1]
+        for limit, text in ((None, "more than can be allocated"), (1000, "more than max_bytes=1000")):
+            errors = []
+            for device in ("cpu", "cuda"):
+                with pytest.raises(embzip.FrameTooLargeError, match=text) as caught:
+                    embzip.decompress(frame, device=device, max_bytes=limit)
+                errors.append(str(caught.value))
+            assert errors[0] == errors[1]
 
     def test_only_an_out_of_memory_driver_error_becomes_the_frames_error(monkeypatch):
         """numba's allocator reports a full device as CudaAPIError(CUDA_ERROR_OUT_OF_MEMORY);
@@ -420,7 +421,7 @@ else:
 
         frame = embzip.compress(np.ones((4, 3), np.float32), abs_error=0.1)
         monkeypatch.setattr(_backend, "_decode", fail_with(_backend._CUDA_ERROR_OUT_OF_MEMORY))
-        with pytest.raises(embzip.EmbzipError, match=r"declares shape \(4, 3\).*more than can be allocated"):
+        with pytest.raises(embzip.FrameTooLargeError, match=r"declares shape \(4, 3\).*more than can be allocated"):
             embzip.decompress(frame, device="cuda")
         monkeypatch.setattr(_backend, "_decode", fail_with(1))  # CUDA_ERROR_INVALID_VALUE
         with pytest.raises(CudaAPIError) as caught:

@@ -190,7 +190,7 @@ def test_frame_declaring_more_memory_than_exists_raises_embzip_error():
     """A constant rANS section lets a 90-byte frame declare 2**47 elements: a clean error."""
     import hostile_frames
 
-    with pytest.raises(embzip.EmbzipError, match="more than can be allocated"):
+    with pytest.raises(embzip.FrameTooLargeError, match="more than can be allocated"):
         embzip.decompress(hostile_frames.declaring(2**47))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import load_npy, positive_float
+from ._args import load_npy, positive_float, positive_int
 
 __all__ = ["add_compress", "add_decompress", "add_inspect"]
 
@@ -80,13 +80,16 @@ def add_decompress(subparsers):
     p.add_argument("input", metavar="IN.ezf")
     p.add_argument("output", metavar="OUT.npy")
     p.add_argument("--no-verify", action="store_true", help="skip the payload CRC32C check")
+    p.add_argument("--max-bytes", type=positive_int, default=None, metavar="N",
+                   help="refuse a frame that decodes to more than N bytes (a frame of a few bytes "
+                        "may declare 2**48 values)")
     p.set_defaults(func=_run_decompress)
 
 
 def _run_decompress(args) -> int:
     import numpy as np
     import embzip
-    array = embzip.decompress(_read_frame(args.input), verify=not args.no_verify)
+    array = embzip.decompress(_read_frame(args.input), verify=not args.no_verify, max_bytes=args.max_bytes)
     with open(args.output, "wb") as fh:  # a handle: np.save(path) would append ".npy"
         np.save(fh, array, allow_pickle=False)
     return 0
