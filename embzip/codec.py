@@ -119,20 +119,24 @@ class Embzip(Codec):
         As numcodecs codecs do, ``out`` is filled in its memory order: the decoded values'
         C-order bytes land in ``out``'s memory as they are, so an F-ordered ``out`` of the
         frame's shape holds them transposed. ``embzip.decompress(frame, out=...)`` fills by
-        index instead.
+        index instead. A frame that decodes to more (or fewer) bytes than ``out`` holds is
+        refused (``ValueError``) before anything is decoded or allocated; without ``out``
+        nothing caps the size a frame declares (``embzip.decompress(frame, max_bytes=...)``
+        does).
         """
         frame = ensure_contiguous_ndarray(buf).view(np.uint8)
+        if out is None:
+            return _api.decompress(frame)
+        info = _api.inspect(frame)
         if isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable:
-            info = _api.inspect(frame)
             if out.shape == info.shape and out.dtype == info.dtype:
                 return _api.decompress(frame, out=out)  # straight in, no copy
-        decoded = _api.decompress(frame)
-        if out is None:
-            return decoded
         out_arr = ensure_ndarray(out)
-        if out_arr.nbytes != decoded.nbytes:
+        if out_arr.nbytes != info.raw_size:  # before decoding: a frame declaring more than
+            # out holds (a corrupt or hostile chunk) must not allocate what it declares
             raise ValueError(f"out holds {out_arr.nbytes} bytes, the frame decodes to "
-                             f"{decoded.nbytes}")
+                             f"{info.raw_size}")
+        decoded = _api.decompress(frame, max_bytes=out_arr.nbytes)
         if out_arr.dtype != decoded.dtype and out_arr.dtype == decoded.dtype.newbyteorder():
             # a float out of the other byte order: its bytes must hold the values in that order
             # (ndarray_copy copies bytes, and would leave native-order bytes there)

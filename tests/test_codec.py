@@ -93,6 +93,15 @@ def test_decode_into_out_fills_it_in_place():
         Embzip(abs_error=1e-6).decode(enc, out=np.empty(3))
 
 
+@pytest.mark.parametrize("out", [np.empty(1000, np.float32), bytearray(4000), np.empty((10, 100), np.float32, order="F")])
+def test_a_frame_declaring_more_than_out_holds_is_refused_before_decoding(out):
+    import hostile_frames  # (tests/ directory)
+    # 2**40 float32 values (4 TiB): decoding it first and checking out after would run out of
+    # memory (or swap) instead of refusing the chunk
+    with pytest.raises(ValueError, match=f"out holds 4000 bytes, the frame decodes to {4 * 2**40}"):
+        Embzip(abs_error=1e-3).decode(hostile_frames.declaring(2**40), out=out)
+
+
 @pytest.mark.parametrize("kwargs, error", [
     ({}, ValueError), ({"abs_error": 1, "rel_error": 1}, ValueError),
     ({"abs_error": -1.0}, ValueError), ({"abs_error": 1e-3, "strategy": "best"}, ValueError),
