@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from . import _interrupts
+from . import _interrupts, _mpi
 from ._collective import finish
 from ._stats import CallStats
 
@@ -19,8 +19,10 @@ class Request:
     :class:`CallStats`; ``test()`` returns ``(done, stats or None)``, as mpi4py's lowercase
     ``test()`` returns ``(flag, what wait() returns)``. A failure (on any rank) is raised
     by ``wait()`` / ``test()`` on every rank. ``Wait()`` / ``Test()`` are mpi4py's spellings,
-    so code written for ``comm.Ialltoallv`` keeps working; ``MPI.Request.Waitall`` does not
-    take this object (it is not an MPI request): wait for it on its own.
+    so code written for ``comm.Ialltoallv`` keeps working. ``MPI.Request.Waitall`` does not
+    take this object (it is not an MPI request); :meth:`Waitall` and :meth:`Testall` (and
+    lowercase :meth:`waitall`, :meth:`testall`), as ``mpi4py.util.pkl5.Request`` has them, take
+    a list mixing these requests and mpi4py's.
     """
 
     def __init__(self, state, stats: CallStats, start: float):
@@ -87,6 +89,14 @@ class Request:
     def Test(self, status=None) -> bool:
         """mpi4py's spelling: True when complete (then ``wait()`` returns at once); raises the
         agreed error (``status`` as for :meth:`Wait`)."""
+        if not self._ready():
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def _ready(self) -> bool:
+        """Complete the call if it can be without blocking; whether it is complete."""
         if not self._done:
             if self._work is not None and not self._work.done():
                 time.sleep(0)  # hand the GIL to the call's MPI thread: a caller spinning on test() starved it
@@ -94,8 +104,6 @@ class Request:
             if self._mpi_request is not None and not self._mpi_request.Test():
                 return False
             self._complete_holding_interrupts()
-        if self._error is not None:
-            raise self._error
         return True
 
     def test(self):
@@ -105,3 +113,107 @@ class Request:
         ``wait()`` returns), so ``flag, _ = req.test()`` written for mpi4py keeps working.
         """
         return (True, self._stats) if self.Test() else (False, None)
+
+    # ---------------------------------------------------------------- lists of requests
+
+    @classmethod
+    def Waitall(cls, requests, statuses=None) -> bool:
+        """Complete every request in ``requests``: embzip's and mpi4py's ``MPI.Request``.
+
+        embzip's are completed first (one may need this rank's MPI calls, made from ``wait()``,
+        before another rank sends what an MPI request here waits for), then MPI's with
+        ``MPI.Request.Waitall``. Every request is complete before anything is raised; then the
+        first failed embzip request's error (agreed by all ranks), else MPI's exception.
+        ``statuses``: as for ``MPI.Request.Waitall`` (a list, extended to ``len(requests)``;
+        the entries of embzip requests are left as they are). Returns True.
+
+        Examples
+        --------
+        >>> import numpy as np, embzip.comm
+        >>> from mpi4py import MPI
+        >>> x, y = np.arange(4.0), np.zeros(4)
+        >>> req = embzip.comm.Ialltoallv(MPI.COMM_SELF, x, y, abs_error=0.01)
+        >>> embzip.comm.Request.Waitall([req, MPI.COMM_SELF.Ibarrier()])
+        True
+        >>> bool(np.abs(y - x).max() <= 0.01), req.stats.mode
+        (True, 'compressed')
+        """
+        return _all(requests, statuses, block=True)[0]
+
+    @classmethod
+    def Testall(cls, requests, statuses=None) -> bool:
+        """True when every request in ``requests`` (embzip's and mpi4py's) is complete, then
+        raising as :meth:`Waitall` does; False (nothing raised) while one is not.
+
+        embzip's requests that are done are completed; MPI's are completed only together (all
+        or none, by ``MPI.Request.Testall``), once embzip's all are.
+        """
+        return _all(requests, statuses, block=False)[0]
+
+    @classmethod
+    def waitall(cls, requests, statuses=None) -> list:
+        """:meth:`Waitall`, returning what each request's ``wait()`` returns: an embzip
+        request's :class:`CallStats`; for mpi4py's, what ``MPI.Request.waitall`` returns (the
+        received object of a lowercase ``irecv``, else None)."""
+        return _all(requests, statuses, block=True, objects=True)[1]
+
+    @classmethod
+    def testall(cls, requests, statuses=None):
+        """``(True, waitall's list)`` when all are complete (see :meth:`Testall`), else
+        ``(False, None)``."""
+        return _all(requests, statuses, block=False, objects=True)
+
+
+def _all(requests, statuses, *, block: bool, objects: bool = False):
+    """Waitall / Testall (``block``), and with ``objects`` the list of what each request's
+    wait() returns: (whether all are complete, that list or None)."""
+    requests = list(requests)
+    ours, theirs, their_statuses = _split(requests, statuses)
+    if block:
+        for request in ours:
+            request._complete_holding_interrupts()
+    elif not all([request._ready() for request in ours]):  # (a list: poll every one)
+        return False, None
+    done, got, failure = True, [], None
+    if theirs:
+        MPI = _mpi.load()
+        try:
+            if objects:
+                done, got = (True, MPI.Request.waitall(theirs, their_statuses)) if block else \
+                    MPI.Request.testall(theirs, their_statuses)
+            else:
+                done = MPI.Request.Waitall(theirs, their_statuses) if block else \
+                    MPI.Request.Testall(theirs, their_statuses)
+        except Exception as exc:  # (raised below, after embzip's agreed error if there is one)
+            failure = exc
+    if failure is None and not done:  # (Testall: nothing is raised until all are complete)
+        return False, None
+    errors = [request._error for request in ours if request._error is not None]
+    if errors:
+        raise errors[0]
+    if failure is not None:
+        raise failure
+    if not objects:
+        return True, None
+    theirs_got = iter(got)
+    return True, [request._stats if isinstance(request, Request) else next(theirs_got) for request in requests]
+
+
+def _split(requests, statuses):
+    """(embzip's requests, mpi4py's, the statuses for mpi4py's): refused before anything waits."""
+    MPI = None
+    ours, theirs, their_statuses = [], [], None
+    for k, request in enumerate(requests):
+        if isinstance(request, Request):
+            ours.append(request)
+            continue
+        MPI = MPI or _mpi.load()
+        if not isinstance(request, MPI.Request):
+            raise TypeError(f"requests[{k}] is a {type(request).__module__}.{type(request).__qualname__}, neither "
+                            f"an embzip.comm.Request nor an MPI.Request")
+        theirs.append(request)
+    if statuses is not None:
+        MPI = MPI or _mpi.load()
+        statuses.extend(MPI.Status() for _ in range(len(statuses), len(requests)))
+        their_statuses = [statuses[k] for k, request in enumerate(requests) if not isinstance(request, Request)]
+    return ours, theirs, their_statuses

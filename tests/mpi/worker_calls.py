@@ -81,6 +81,68 @@ def ialltoallv_returns_before_the_others_start():
             comm.Free()
 
 
+@case
+def waitall_mixes_requests():
+    """Request.Waitall / waitall / Testall / testall complete a list mixing embzip's requests
+    and mpi4py's (which MPI.Request.Waitall refuses): statuses, received objects, the agreed
+    error raised on every rank once everything is complete, a bad entry refused up front."""
+    rows = payload(P * 30, np.float32, 96).reshape(-1, 6)
+    ref = reference(rows, lambda: np.zeros_like(rows))
+    right, left = (ME + 1) % P, (ME - 1) % P
+    for kind in ("Waitall", "waitall", "Testall", "testall"):
+        got, token = np.zeros_like(rows), np.zeros(3)
+        reqs = [COMM.Irecv(token, source=left, tag=97), ec.Ialltoallv(COMM, rows, got, abs_error=1e-3,
+                strategy="fast", bypass=False, chunk_bytes=100), COMM.Isend(np.full(3, ME + 0.5), dest=right, tag=97),
+                COMM.irecv(source=left, tag=98), COMM.isend({"from": ME}, dest=right, tag=98)]
+        mine = MPI.Status()
+        statuses = [MPI.Status(), mine]  # extended to five; embzip's entry (index 1) left as it is
+        if kind in ("Waitall", "waitall"):
+            result = getattr(ec.Request, kind)(reqs, statuses)
+        else:
+            result = getattr(ec.Request, kind)(reqs, statuses)
+            while result in (False, (False, None)):
+                result = getattr(ec.Request, kind)(reqs, statuses)
+        if kind in ("Waitall", "Testall"):
+            assert result is True, result
+        else:
+            objects = result if kind == "waitall" else result[1]
+            assert kind == "waitall" or result[0] is True
+            assert objects[1] is reqs[1].stats and objects[1].mode == "compressed", objects
+            assert objects[3] == {"from": left} and objects[0] is None and objects[2] is None, objects
+        assert len(statuses) == 5 and statuses[1] is mine and mine.Get_source() == MPI.ANY_SOURCE
+        assert statuses[0].Get_source() == left and statuses[0].Get_count(MPI.DOUBLE) == 3, kind
+        assert all(r == MPI.REQUEST_NULL for k, r in enumerate(reqs) if k != 1), reqs
+        assert np.array_equal(token, np.full(3, left + 0.5)) and reqs[1].wait() is reqs[1].stats
+        assert_close(got, ref, 1e-3, f"Request.{kind}")
+    # a bad entry is refused before anything waits: the requests are still there to complete
+    got = np.zeros_like(rows)
+    pending = ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, strategy="fast", bypass=False, chunk_bytes=100)
+    try:
+        ec.Request.Waitall([pending, object()])
+    except TypeError as exc:
+        assert "requests[1] is a builtins.object" in str(exc), exc
+    else:
+        raise AssertionError("an object in the list was accepted")
+    assert ec.Request.waitall([pending]) == [pending.stats]
+    assert_close(got, ref, 1e-3, "after a refused list")
+    if P > 1:  # the agreed error, on every rank, once the MPI request beside it is complete too
+        token = np.zeros(3)
+        reqs = [ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, chunk_bytes=100 + ME),
+                COMM.Irecv(token, source=left, tag=99), COMM.Isend(np.full(3, ME + 0.25), dest=right, tag=99)]
+        for kind in ("Waitall", "Testall"):
+            try:
+                while not getattr(ec.Request, kind)(reqs):
+                    pass
+            except ec.CommValueError as exc:
+                assert "disagree on chunk_bytes" in str(exc), exc
+            else:
+                raise AssertionError(f"Request.{kind}: a failed call raised nothing")
+            # (then Testall: the completed requests, MPI's now null, raise the same error again)
+            assert reqs[1] == MPI.REQUEST_NULL and np.array_equal(token, np.full(3, left + 0.25)), kind
+        ec.Alltoallv(COMM, rows, got, abs_error=1e-3, strategy="fast", bypass=False)
+        assert_close(got, ref, 1e-3, "after a failed Waitall")
+
+
 def threads_are_reused(rows, got, ref):
     """A loop of pipelined calls reuses the same few threads: with MPICH, every thread started
     leaves ~290 bytes behind, and a thread pair per call grew a long training run by ~0.6 GB."""
