@@ -12,8 +12,8 @@ from . import _backend, _codec
 from . import _interop  # issue 7: torch tensors by duck typing (torch never imported)
 from ._jit import threads_for
 from .errors import FrameTooLargeError
-from .format import parse_frame, read_header
-from .format.header import as_frame_bytes, check_shape
+from .format import read_header
+from .format.header import as_frame_bytes, check_payload, check_shape
 from .format.ids import DTypeId, ErrorMode, Flags, SectionKind, Strategy
 
 __all__ = ["compress", "decompress", "inspect", "FrameInfo"]
@@ -199,8 +199,11 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         return _backend.decompress(frame, out=out, verify=verify, max_bytes=max_bytes)  # embzip/_backend.py
     if _backend.is_device(frame):  # device="cpu": the frame's bytes come to the host
         frame = _backend.to_host_frame(frame)
-    header, buf = parse_frame(frame, verify=verify)
-    check_size(header, max_bytes)
+    buf = as_frame_bytes(frame)
+    header = read_header(buf)
+    check_size(header, max_bytes)  # before reading the payload, as on the GPU (the same error first)
+    if verify:
+        check_payload(header, buf)
     with threads_for(header.raw_size):
         try:
             return _decode(header, buf, out)

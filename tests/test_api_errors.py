@@ -239,6 +239,14 @@ def test_max_bytes_refuses_a_larger_frame_before_allocating_anything(monkeypatch
     for tight, declared in ((47, frame), (0, frame), (2**40, hostile_frames.declaring(2**47))):
         with pytest.raises(embzip.FrameTooLargeError, match=f"more than max_bytes={tight}"):
             embzip.decompress(declared, max_bytes=tight)
+    # a frame both too large and corrupt: the size first, before its payload is read, as on
+    # the GPU (tests/test_cuda_sim.py), so both backends raise the same error
+    corrupt = bytearray(frame.tobytes())
+    corrupt[-1] ^= 0xFF
+    with pytest.raises(embzip.FrameTooLargeError, match="more than max_bytes=47"):
+        embzip.decompress(bytes(corrupt), max_bytes=47)
+    with pytest.raises(embzip.CorruptFrameError, match="payload checksum"):
+        embzip.decompress(bytes(corrupt), max_bytes=48)
     for bad, error in ((-1, ValueError), (1.5, TypeError), (True, TypeError), ("48", TypeError)):
         with pytest.raises(error, match="max_bytes must be"):
             embzip.decompress(frame, max_bytes=bad)

@@ -334,6 +334,12 @@ def parse_frame(frame, verify: bool = True):
     """Validate a whole frame; return ``(header, buf)`` where ``buf`` is the uint8 frame."""
     buf = as_frame_bytes(frame)
     header = read_header(buf)
-    if verify and crc32c(buf[header.header_length:]) != header.payload_crc:
-        raise CorruptFrameError("payload checksum mismatch: the payload is corrupted")
+    if verify:
+        check_payload(header, buf)
     return header, buf
+
+
+def check_payload(header: FrameHeader, buf: np.ndarray) -> None:
+    """Raise CorruptFrameError unless the payload's CRC is the header's."""
+    if crc32c(buf[header.header_length:]) != header.payload_crc:
+        raise CorruptFrameError("payload checksum mismatch: the payload is corrupted")
