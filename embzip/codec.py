@@ -67,27 +67,27 @@ class Embzip(Codec):
         # Validate now, not at the first chunk: a bad codec must not reach a zarr store.
         probe = np.zeros(1, np.float32)
         _api.compress(probe, abs_error=abs_error, rel_error=rel_error, strategy=strategy)
-        if dtype is not None:
-            dtype = np.dtype(dtype)
-            if dtype.kind != "f" or dtype.itemsize not in (4, 8):
-                raise TypeError(f"dtype must be float32 or float64, found {dtype}")
-            if not dtype.isnative:  # encode would refuse every chunk (see encode)
-                raise TypeError(f"dtype must be in native byte order, found {dtype.str}: the codec "
-                                f"decodes to native order ({dtype.newbyteorder('=').str})")
-            dtype = dtype.str  # JSON-friendly in the config, e.g. "<f4"
         self.abs_error = None if abs_error is None else float(abs_error)
         self.rel_error = None if rel_error is None else float(rel_error)
         self.strategy = strategy
-        self.dtype = dtype
+        self.dtype = _float_dtype(dtype, native=True)
 
     @classmethod
     def from_config(cls, config):
-        """The codec from :meth:`get_config`'s dict (its ``"id"`` key is allowed)."""
+        """The codec from :meth:`get_config`'s dict (its ``"id"`` key is allowed).
+
+        A stored config may name a non-native ``dtype`` (earlier versions took one): it opens,
+        so the store's chunks decode (decoding never reads ``dtype``), and only encoding a
+        byte buffer with it is refused, as :meth:`encode` says.
+        """
         config = dict(config)
         codec_id = config.pop("id", cls.codec_id)
         if codec_id != cls.codec_id:
             raise ValueError(f"config is for codec {codec_id!r}, not {cls.codec_id!r}")
-        return cls(**config)
+        dtype = config.pop("dtype", None)
+        codec = cls(**config)
+        codec.dtype = _float_dtype(dtype, native=False)
+        return codec
 
     def __repr__(self):  # parameters in signature order, evaluable
         return (f"Embzip(abs_error={self.abs_error!r}, rel_error={self.rel_error!r}, "
@@ -142,6 +142,20 @@ class Embzip(Codec):
             # (ndarray_copy copies bytes, and would leave native-order bytes there)
             decoded = decoded.astype(out_arr.dtype)
         return ndarray_copy(decoded, out)
+
+
+def _float_dtype(dtype, native: bool):
+    """``dtype`` as the config holds it (e.g. "<f4"), or None; refused unless a float32/64
+    (and, with ``native``, in native byte order: encode would refuse every byte buffer)."""
+    if dtype is None:
+        return None
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise TypeError(f"dtype must be float32 or float64, found {dtype}")
+    if native and not dtype.isnative:
+        raise TypeError(f"dtype must be in native byte order, found {dtype.str}: the codec "
+                        f"decodes to native order ({dtype.newbyteorder('=').str})")
+    return dtype.str  # JSON-friendly in the config
 
 
 register_codec(Embzip)

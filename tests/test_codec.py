@@ -117,6 +117,25 @@ def test_bad_parameters_fail_at_construction(kwargs, error):
         Embzip(**kwargs)
 
 
+def test_a_stored_config_with_a_non_native_dtype_still_opens_and_decodes():
+    """Earlier versions took Embzip(dtype=">f4") (on a little-endian host) and encoded float
+    chunks with it: those stores must still open through the registry and decode."""
+    import numcodecs
+
+    other = ">f4" if np.little_endian else "<f4"
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    frame = Embzip(abs_error=1e-3).encode(x)
+    codec = numcodecs.get_codec({"id": "embzip", "abs_error": 1e-3, "rel_error": None, "strategy": "auto",
+                                 "dtype": other})
+    assert codec.dtype == other and codec.get_config()["dtype"] == other
+    assert np.abs(codec.decode(frame) - x).max() <= 1e-3
+    assert np.abs(codec.decode(codec.encode(x)) - x).max() <= 1e-3  # float chunks never read dtype
+    with pytest.raises(TypeError, match="native byte order"):
+        codec.encode(x.tobytes())  # the byte buffer it would read in the other order
+    with pytest.raises(TypeError, match="float32 or float64"):
+        numcodecs.get_codec({"id": "embzip", "abs_error": 1e-3, "dtype": "i4"})
+
+
 def test_views_with_gaps_are_refused_as_numcodecs_refuses_them():
     """F order is a memory order (taken flat); a strided view has none: numcodecs' ValueError."""
     x = np.arange(24, dtype=np.float32).reshape(4, 6)
