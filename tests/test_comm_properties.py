@@ -28,7 +28,7 @@ from embzip.comm import _layout, _segment
 
 @st.composite
 def segments(draw, dtype):
-    """(segment [rows, tables*dim], plan, destination, resolved bound per table)."""
+    """(segment [rows, tables*dim], plan, destination, the bound per table it must get, mode)."""
     mode = draw(st.sampled_from(["abs", "rel"]), label="mode")
     pool = S.abs_bounds(dtype) if mode == "abs" else S.rel_bounds()
     size = draw(st.integers(1, 3), label="size")
@@ -40,23 +40,27 @@ def segments(draw, dtype):
     levels = draw(st.lists(pool, min_size=1, max_size=3, unique=True), label="bound values")
     default = levels[0]
     kind = draw(st.sampled_from(["call", "per destination", "dim only", "per table", "per destination and table"]))
-    maybe = st.one_of(st.none(), st.sampled_from(levels), st.sampled_from(levels[::-1]))
+    maybe = st.one_of(st.none(), st.just(float("nan")), st.sampled_from(levels), st.sampled_from(levels[::-1]))
+    # the bound each table of this destination's segment must get, worked out from what was
+    # drawn (not from the plan under test): None and NaN entries take the call's
+    given = [default] * tables
     if kind == "per destination":
         bounds = draw(st.lists(maybe, min_size=size, max_size=size), label="bounds")
+        given = [bounds[dest]] * tables
     elif kind == "dim only":
         bounds = TableLayout(dim=dim)
     elif kind == "per table":
-        bounds = TableLayout(dim=dim, bounds=draw(st.lists(maybe, min_size=tables, max_size=tables)))
+        given = draw(st.lists(maybe, min_size=tables, max_size=tables), label="table bounds")
+        bounds = TableLayout(dim=dim, bounds=given)
     elif kind == "per destination and table":
         grid = draw(st.lists(st.lists(maybe, min_size=tables, max_size=tables), min_size=size, max_size=size))
-        bounds = TableLayout(dim=dim, bounds=grid)
+        bounds, given = TableLayout(dim=dim, bounds=grid), grid[dest]
     else:
         bounds = None
+    per_table = np.array([default if b is None or b != b else b for b in given])
     count = rows * tables * dim
     plan = _layout.resolve(default if mode == "abs" else None, default if mode == "rel" else None, bounds, size,
                            np.full(size, count))
-    per_table = (plan.table_bounds[dest] if plan.table_bounds is not None
-                 else np.full(tables, plan.per_dest[dest]))
     # Values quantized on the finest table's grid (abs), or spread over a drawn range (rel),
     # with adversarial elements written over drawn positions.
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
@@ -91,8 +95,6 @@ def test_each_table_decodes_within_its_bound(dtype, data):
     want = x.reshape(rows, tables, dim)
     for value in dict.fromkeys(per_table.tolist()):  # the tables of one frame
         idx = np.flatnonzero(per_table == value)
-        if plan.groups(dest) is None:
-            idx = np.arange(tables)  # one bound for all: one frame over the whole segment
         columns = want[:, idx, :]
         bound = expected_abs_error(columns, mode, value)
         note(f"tables {idx.tolist()}: {mode}_error={value!r} -> abs bound {bound!r}")

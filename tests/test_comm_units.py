@@ -58,12 +58,13 @@ def test_resolve_rejects(kwargs, error, text):
     assert text in str(info.value)
 
 
-@pytest.mark.parametrize("row, ok", [(0, True), (60, True), (5, True), (15, True), (120, True), (12, True),
-                                     (48, False), (25, False), (7, False)])
+@pytest.mark.parametrize("row, ok", [(0, True), (60, True), (5, True), (120, True), (15, False), (12, False),
+                                     (30, False), (10, False), (48, False), (25, False), (7, False)])
 def test_table_layout_rows_must_fit_the_send_buffers_rows(row, ok):
-    """12 tables x dim 5 = rows of 60 values: a buffer [batch, 60] or [batch * 12, 5] (or a
-    multiple / divisor) fits; [batch, 48] (a 2-D buffer of 48 columns given 12 bounds) does not,
-    even though the counts are whole rows of 60."""
+    """12 tables x dim 5 = rows of 60 values: a buffer [batch, 60] (or a multiple), [batch, 12,
+    5] or [batch * 12, 5] fits; [batch, 48] (48 columns given 12 bounds), [batch, 30] (6 tables
+    per row given 12 bounds), [batch, 12] (cutting vectors) do not, though the counts are whole
+    rows of 60."""
     layout = TableLayout(dim=5, bounds=[0.1] * 6 + [0.2] * 6)
     counts = np.array([240, 0, 480])  # whole rows of 60
     if ok:

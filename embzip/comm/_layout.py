@@ -38,9 +38,10 @@ class TableLayout:
         Omitted: every table gets the call's bound and each segment is one frame.
 
     Segments must be whole rows of ``tables * dim`` values; with per-table bounds and a 2-D
-    (or N-d, C-ordered) send buffer, the buffer's row width must also be a multiple or a
-    divisor of ``tables * dim`` (``[batch, tables * dim]`` or ``[batch * tables, dim]``),
-    so that a wrong table count is an error rather than bounds applied to the wrong columns.
+    (or N-d, C-ordered) send buffer, the buffer's row width (its last axis) must also be a
+    multiple of ``tables * dim`` or ``dim`` itself (``[batch, tables * dim]``,
+    ``[batch, tables, dim]`` or ``[batch * tables, dim]``), so that a wrong table count is an
+    error rather than bounds applied to the wrong columns.
 
     Examples
     --------
@@ -141,10 +142,10 @@ def resolve(abs_error, rel_error, bounds, size: int, send_counts: np.ndarray, ro
             what = f"{table_bounds.shape[1]} tables x dim {dim}" if table_bounds is not None else f"dim {dim}"
             raise ValueError(f"send counts[{bad[0]}] is {send_counts[bad[0]]}, not a whole number of rows of "
                              f"{unit} values ({what}) as the TableLayout says")
-        if table_bounds is not None and row and unit % row and row % unit:
-            raise ValueError(f"the send buffer's rows are {row} values wide, which is neither a multiple nor a "
-                             f"divisor of the TableLayout's rows of {unit} values ({table_bounds.shape[1]} tables "
-                             f"x dim {dim}): its bounds would fall on the wrong columns; is the table count right?")
+        if table_bounds is not None and row and row != dim and row % unit:
+            raise ValueError(f"the send buffer's rows are {row} values wide, neither a multiple of the TableLayout's "
+                             f"rows of {unit} values ({table_bounds.shape[1]} tables x dim {dim}) nor one vector "
+                             f"of {dim}: its bounds would fall on the wrong columns; is the table count right?")
     elif bounds is not None:
         if isinstance(bounds, (str, bytes)) or np.ndim(bounds) != 1:
             raise TypeError(f"bounds must be a TableLayout or one bound per destination (a sequence of {size}), "
