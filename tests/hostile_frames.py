@@ -104,6 +104,19 @@ def declaring(elements: int) -> bytes:
     return build(p)
 
 
+def every_row_unique(rows: int, cols: int, dtype=np.float32) -> bytes:
+    """A valid ~140-byte dedup frame of ``rows`` x ``cols`` zeros in which every row is a
+    unique row (constant rANS sections for the codes and the row index): the most working
+    memory a frame of that shape makes the decoder need (by a review)."""
+    p = parse(embzip.compress(np.zeros(1000, dtype), abs_error=0.1, strategy="compact").tobytes())
+    p.shape = [rows, cols]
+    p.sections[p.index(CODES)][2] = rows * cols
+    p.sections.append([ROW_INDEX, ENC_RANS, rows, 2])
+    p.payloads.append(b"\x01\x00")  # a constant reference 0: each row is the next unique row
+    p.fields["flags"] = FLAG_DEDUP
+    return build(p)
+
+
 # --------------------------------------------------------------------------- frame kinds
 
 

@@ -252,6 +252,35 @@ def test_max_bytes_refuses_a_larger_frame_before_allocating_anything(monkeypatch
             embzip.decompress(frame, max_bytes=bad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [1, 3, 16])
+def test_working_memory_is_within_the_multiple_decompress_documents(dtype, cols):
+    """max_bytes caps the array; the docstring bounds what decoding needs besides: at most
+    ``2 + 12 / row_bytes`` times the array for the worst dedup frame (every row unique), and
+    1.6x without dedup. numpy's allocations are traced (kernels allocate nothing)."""
+    import tracemalloc
+
+    import hostile_frames
+
+    rows = 2**16 // cols
+    frames = {"every row unique": hostile_frames.every_row_unique(rows, cols, dtype)}
+    x = np.random.default_rng(cols).normal(size=(rows, cols)).astype(dtype)
+    x[::7] = 1e30  # outliers too
+    for strategy in ("fast", "compact"):
+        frames[strategy] = embzip.compress(x, rel_error=0.01, strategy=strategy, dedup=False)
+    for name, frame in frames.items():
+        info = embzip.inspect(frame)
+        limit = info.raw_size * ((2 + 12 / (cols * info.dtype.itemsize)) if "dedup" in info.stages else 1.6)
+        embzip.decompress(frame)  # (compiled first: numba's own memory is not the frame's)
+        tracemalloc.start()
+        try:
+            decoded = embzip.decompress(frame, max_bytes=info.raw_size)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert decoded.shape == (rows, cols) and peak <= limit + 64 * 1024, (name, peak / info.raw_size)
+
+
 def test_running_out_of_memory_while_decoding_is_an_embzip_error(monkeypatch):
     """Not only the output: a stage's scratch (dedup's unique rows) may not fit either."""
     from embzip import _api
