@@ -161,8 +161,8 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         the memory there is. It caps the array (as zstd's ``max_output_size`` does); decoding
         needs working memory besides, a bounded multiple of it: on the CPU at most 0.6x for
         frames without dedup, and for frames with dedup the unique rows (at most the array
-        again) plus 12 bytes per row, so ``2 + 12 / row_bytes`` times the array at worst (5x
-        for rows of one float32; 2.2x for rows of 16). The GPU decoder needs more (not yet
+        again) plus 4 bytes per row, so ``2 + 4 / row_bytes`` times the array at worst (3x
+        for rows of one float32; 2.06x for rows of 16). The GPU decoder needs more (not yet
         measured on a GPU).
 
     Returns

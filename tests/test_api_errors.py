@@ -256,7 +256,7 @@ def test_max_bytes_refuses_a_larger_frame_before_allocating_anything(monkeypatch
 @pytest.mark.parametrize("cols", [1, 3, 16])
 def test_working_memory_is_within_the_multiple_decompress_documents(dtype, cols):
     """max_bytes caps the array; the docstring bounds what decoding needs besides: at most
-    ``2 + 12 / row_bytes`` times the array for the worst dedup frame (every row unique), and
+    ``2 + 4 / row_bytes`` times the array for the worst dedup frame (every row unique), and
     1.6x without dedup. numpy's allocations are traced (kernels allocate nothing)."""
     import tracemalloc
 
@@ -270,7 +270,7 @@ def test_working_memory_is_within_the_multiple_decompress_documents(dtype, cols)
         frames[strategy] = embzip.compress(x, rel_error=0.01, strategy=strategy, dedup=False)
     for name, frame in frames.items():
         info = embzip.inspect(frame)
-        limit = info.raw_size * ((2 + 12 / (cols * info.dtype.itemsize)) if "dedup" in info.stages else 1.6)
+        limit = info.raw_size * ((2 + 4 / (cols * info.dtype.itemsize)) if "dedup" in info.stages else 1.6)
         embzip.decompress(frame)  # (compiled first: numba's own memory is not the frame's)
         tracemalloc.start()
         try:

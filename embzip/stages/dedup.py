@@ -69,8 +69,14 @@ def deduplicate(codes: np.ndarray, outlier_mask: np.ndarray) -> Deduplicated:
 
 
 def resolve(refs: np.ndarray, unique_count: int) -> np.ndarray:
-    """Row -> unique-row ids from a decoded reference stream; CorruptFrameError if inconsistent."""
-    row_ids = np.empty(refs.size, dtype=np.int64)
+    """Row -> unique-row ids from a decoded reference stream; CorruptFrameError if inconsistent.
+
+    The ids overwrite ``refs`` when they fit in it (a writeable uint32 stream, fewer than
+    2**32 unique rows; each reference is read before its id is written): a decoder then needs
+    4 bytes of working memory per row here instead of 12.
+    """
+    in_place = refs.dtype == np.uint32 and refs.flags.writeable and unique_count <= 2**32
+    row_ids = refs if in_place else np.empty(refs.size, dtype=np.int64)
     bad = kernels.resolve_refs(refs, unique_count, row_ids)
     if bad >= 0:
         raise CorruptFrameError(
