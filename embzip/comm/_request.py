@@ -122,10 +122,13 @@ class Request:
 
         embzip's are completed first (one may need this rank's MPI calls, made from ``wait()``,
         before another rank sends what an MPI request here waits for), then MPI's with
-        ``MPI.Request.Waitall``. Every request is complete before anything is raised; then the
-        first failed embzip request's error (agreed by all ranks), else MPI's exception.
-        ``statuses``: as for ``MPI.Request.Waitall`` (a list, extended to ``len(requests)``;
-        the entries of embzip requests are left as they are). Returns True.
+        ``MPI.Request.Waitall``. Every request is complete before anything is raised (a
+        Ctrl-C too is held until then, as MPI holds it); then the first failed embzip
+        request's error (agreed by all ranks, or what completing it raised on this rank),
+        else MPI's exception. ``statuses``: as for ``MPI.Request.Waitall`` (a list, extended
+        to ``len(requests)``, or a sequence that long; the entries of embzip requests are left
+        as they are). Returns True. ``mpi4py.util.pkl5``'s requests are not MPI requests:
+        wait for them with pkl5's own ``waitall``.
 
         Examples
         --------
@@ -146,7 +149,8 @@ class Request:
         raising as :meth:`Waitall` does; False (nothing raised) while one is not.
 
         embzip's requests that are done are completed; MPI's are completed only together (all
-        or none, by ``MPI.Request.Testall``), once embzip's all are.
+        or none, by ``MPI.Request.Testall``), once embzip's all are. An embzip request whose
+        completion fails on this rank (an MPI error) raises at once.
         """
         return _all(requests, statuses, block=False)[0]
 
@@ -169,9 +173,21 @@ def _all(requests, statuses, *, block: bool, objects: bool = False):
     wait() returns: (whether all are complete, that list or None)."""
     requests = list(requests)
     ours, theirs, their_statuses = _split(requests, statuses)
+    held = _interrupts.enter()  # one hold for the list: a Ctrl-C is raised once all are complete
+    try:
+        return _complete_all(requests, ours, theirs, their_statuses, block, objects)
+    finally:
+        _interrupts.leave(held)
+
+
+def _complete_all(requests, ours, theirs, their_statuses, block: bool, objects: bool):
+    failures = {}  # embzip request -> what completing it raised on this rank (an MPI error, say)
     if block:
         for request in ours:
-            request._complete_holding_interrupts()
+            try:
+                request._complete()
+            except Exception as exc:  # (kept: the others are completed before anything is raised)
+                failures.setdefault(id(request), exc)
     elif not all([request._ready() for request in ours]):  # (a list: poll every one)
         return False, None
     done, got, failure = True, [], None
@@ -188,9 +204,10 @@ def _all(requests, statuses, *, block: bool, objects: bool = False):
             failure = exc
     if failure is None and not done:  # (Testall: nothing is raised until all are complete)
         return False, None
-    errors = [request._error for request in ours if request._error is not None]
-    if errors:
-        raise errors[0]
+    for request in ours:  # in list order: every rank raises the same agreed error
+        error = failures.get(id(request), request._error)
+        if error is not None:
+            raise error
     if failure is not None:
         raise failure
     if not objects:
@@ -210,10 +227,16 @@ def _split(requests, statuses):
         MPI = MPI or _mpi.load()
         if not isinstance(request, MPI.Request):
             raise TypeError(f"requests[{k}] is a {type(request).__module__}.{type(request).__qualname__}, neither "
-                            f"an embzip.comm.Request nor an MPI.Request")
+                            f"an embzip.comm.Request nor an MPI.Request (wait for mpi4py.util.pkl5's requests "
+                            f"with their own waitall)")
         theirs.append(request)
     if statuses is not None:
         MPI = MPI or _mpi.load()
-        statuses.extend(MPI.Status() for _ in range(len(statuses), len(requests)))
+        if len(statuses) < len(requests):  # (mpi4py extends a list; a tuple must be long enough)
+            if not isinstance(statuses, list):
+                raise TypeError(f"statuses must be a list (extended to len(requests)) or hold one status per "
+                                f"request, found a {type(statuses).__name__} of {len(statuses)} for "
+                                f"{len(requests)} requests")
+            statuses.extend(MPI.Status() for _ in range(len(statuses), len(requests)))
         their_statuses = [statuses[k] for k, request in enumerate(requests) if not isinstance(request, Request)]
     return ours, theirs, their_statuses

@@ -125,6 +125,44 @@ def waitall_mixes_requests():
         raise AssertionError("an object in the list was accepted")
     assert ec.Request.waitall([pending]) == [pending.stats]
     assert_close(got, ref, 1e-3, "after a refused list")
+    if P > 1:  # (with one rank a raw Ialltoallv posts no MPI request to complete)
+        # a failure on this rank alone while completing one request (injected: its copy-back
+        # raises on rank 0) is raised once the others are complete, not before
+        other = COMM.Dup()
+        got, second, token = np.zeros_like(rows), np.zeros_like(rows), np.zeros(3)
+        reqs = [ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, bypass=True),
+                ec.Ialltoallv(other, rows, second, abs_error=1e-3, strategy="fast", bypass=False, chunk_bytes=100),
+                COMM.Irecv(token, source=left, tag=100), COMM.Isend(np.full(3, ME + 0.75), dest=right, tag=100)]
+        if ME == 0:
+            def failing_copy_back():
+                raise RuntimeError("copy-back failed (injected)")
+            if reqs[0]._work is not None:
+                reqs[0]._work.result()  # (its thread sets _on_done: after it, the injection stays)
+            assert reqs[0]._mpi_request is not None, "the raw call's MPI request, whose completion runs _on_done"
+            reqs[0]._on_done = failing_copy_back
+        try:
+            ec.Request.Waitall(reqs)
+            raised = None
+        except RuntimeError as exc:
+            raised = str(exc)
+        assert raised == ("copy-back failed (injected)" if ME == 0 else None), raised
+        assert reqs[1].stats is not None and reqs[2] == MPI.REQUEST_NULL and reqs[3] == MPI.REQUEST_NULL
+        assert_close(second, ref, 1e-3, "beside a failed completion")
+        assert np.array_equal(token, np.full(3, left + 0.75))
+        reqs[0]._on_done = None  # (the failed one completes now: COMM's next call would complete it)
+        assert reqs[0].wait() is reqs[0].stats and np.array_equal(got, ref)
+        other.Free()
+    # statuses: a tuple as long as the list works as in mpi4py; a shorter one cannot be extended
+    extra = COMM.Ibarrier()
+    assert ec.Request.Waitall([extra], (MPI.Status(),)) and extra == MPI.REQUEST_NULL
+    barriers = [COMM.Ibarrier(), COMM.Ibarrier()]
+    try:
+        ec.Request.Waitall(barriers, (MPI.Status(),))
+    except TypeError as exc:
+        assert "statuses must be a list" in str(exc), exc
+    else:
+        raise AssertionError("a short tuple of statuses was accepted")
+    MPI.Request.Waitall(barriers)  # (refused before waiting: they are still pending)
     if P > 1:  # the agreed error, on every rank, once the MPI request beside it is complete too
         token = np.zeros(3)
         reqs = [ec.Ialltoallv(COMM, rows, got, abs_error=1e-3, chunk_bytes=100 + ME),
@@ -268,7 +306,8 @@ def interrupt_is_held():
     raise it once MPI returns: rank 0 is interrupted while it waits for the others (they arrive
     1 s late); its call completes with what mpi4py delivers, then raises KeyboardInterrupt, and
     the communicator's next calls work on every rank. Compressed, raw, a repeat of the raw call
-    (the express lane) and Ialltoallv's wait()."""
+    (the express lane), Ialltoallv's wait(), and Request.Waitall of two (held until both are
+    complete, not raised after the first)."""
     import os
     import signal
     import threading
@@ -276,12 +315,12 @@ def interrupt_is_held():
     if P == 1:  # nobody to wait for: the interrupt could not be timed to land inside the call
         return
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN, "mpiexec started this rank with SIGINT ignored"
-    comm = COMM.Dup()
+    comm, other = COMM.Dup(), COMM.Dup()
     send = payload(3000 * P, np.float32, 97)
     ref = reference(send, lambda: np.zeros_like(send))
     try:
-        for how in ("compressed", "raw", "raw", "Ialltoallv"):
-            recv = np.zeros_like(send)
+        for how in ("compressed", "raw", "raw", "Ialltoallv", "Waitall"):
+            recv, second = np.zeros_like(send), np.zeros_like(send)
             comm.Barrier()
             if ME == 0:
                 threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
@@ -291,14 +330,20 @@ def interrupt_is_held():
             try:
                 if how == "Ialltoallv":
                     ec.Ialltoallv(comm, send, recv, abs_error=1e-3, strategy="fast").wait()
+                elif how == "Waitall":
+                    ec.Request.Waitall([ec.Ialltoallv(comm, send, recv, abs_error=1e-3, strategy="fast"),
+                                        ec.Ialltoallv(other, send, second, abs_error=1e-3, strategy="fast")])
                 else:
                     ec.Alltoallv(comm, send, recv, abs_error=1e-3, strategy="fast", bypass=how == "raw")
             except KeyboardInterrupt:
                 raised = True
             assert raised == (ME == 0), (how, raised)
             assert_close(recv, ref, 1e-3, f"{how}: interrupted call")
+            if how == "Waitall":
+                assert_close(second, ref, 1e-3, "Waitall: the second request of the interrupted list")
             again = np.zeros_like(send)
             ec.Alltoallv(comm, send, again, abs_error=1e-3, strategy="fast", bypass=False)
             assert_close(again, ref, 1e-3, f"{how}: the call after")
     finally:
         comm.Free()
+        other.Free()
