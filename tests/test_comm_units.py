@@ -58,21 +58,24 @@ def test_resolve_rejects(kwargs, error, text):
     assert text in str(info.value)
 
 
-@pytest.mark.parametrize("row, ok", [(0, True), (60, True), (5, True), (120, True), (15, False), (12, False),
-                                     (30, False), (10, False), (48, False), (25, False), (7, False)])
-def test_table_layout_rows_must_fit_the_send_buffers_rows(row, ok):
-    """12 tables x dim 5 = rows of 60 values: a buffer [batch, 60] (or a multiple), [batch, 12,
-    5] or [batch * 12, 5] fits; [batch, 48] (48 columns given 12 bounds), [batch, 30] (6 tables
-    per row given 12 bounds), [batch, 12] (cutting vectors) do not, though the counts are whole
-    rows of 60."""
+@pytest.mark.parametrize("row, across, ok", [
+    (0, 0, True), (60, 0, True), (60, 7, True), (5, 0, True), (5, 12, True),
+    (5, 6, False), (5, 24, False), (120, 0, False), (15, 0, False), (12, 0, False), (30, 0, False),
+    (10, 0, False), (48, 0, False), (25, 0, False), (7, 0, False)])
+def test_table_layout_rows_must_fit_the_send_buffers_rows(row, across, ok):
+    """12 tables x dim 5 = rows of 60 values: a buffer [batch, 60], [..., 12, 5] or [batch * 12,
+    5] fits; [batch, 6, 5] or [batch, 24, 5] (6 or 24 tables given 12 bounds), [batch, 120] (24
+    tables), [batch, 48], [batch, 30], [batch, 12] (cutting vectors) do not, though the counts
+    are whole rows of 60."""
     layout = TableLayout(dim=5, bounds=[0.1] * 6 + [0.2] * 6)
     counts = np.array([240, 0, 480])  # whole rows of 60
     if ok:
-        _layout.resolve(0.2, None, layout, 3, counts, row)
+        _layout.resolve(0.2, None, layout, 3, counts, row, across)
     else:
-        with pytest.raises(ValueError, match=f"rows are {row} values wide.*12 tables x dim 5"):
-            _layout.resolve(0.2, None, layout, 3, counts, row)
-    _layout.resolve(0.2, None, TableLayout(dim=5), 3, counts, row)  # no bounds per table: no columns to misplace
+        shape = f"\\[\\.\\.\\., {across}, {row}\\]" if across else f"{row} values wide"
+        with pytest.raises(ValueError, match=f"rows are {shape}.*12 tables x dim 5"):
+            _layout.resolve(0.2, None, layout, 3, counts, row, across)
+    _layout.resolve(0.2, None, TableLayout(dim=5), 3, counts, row, across)  # no bounds per table: nothing to misplace
 
 
 def test_table_layout_groups_by_bound_value():

@@ -37,11 +37,11 @@ class TableLayout:
         value are compressed together (one frame per distinct value and destination).
         Omitted: every table gets the call's bound and each segment is one frame.
 
-    Segments must be whole rows of ``tables * dim`` values; with per-table bounds and a 2-D
-    (or N-d, C-ordered) send buffer, the buffer's row width (its last axis) must also be a
-    multiple of ``tables * dim`` or ``dim`` itself (``[batch, tables * dim]``,
-    ``[batch, tables, dim]`` or ``[batch * tables, dim]``), so that a wrong table count is an
-    error rather than bounds applied to the wrong columns.
+    Segments must be whole rows of ``tables * dim`` values; with per-table bounds, a 2-D (or
+    N-d, C-ordered) host send buffer must also be shaped ``[..., tables * dim]``,
+    ``[..., tables, dim]`` or ``[batch * tables, dim]``, so that a wrong table count is an
+    error rather than bounds applied to the wrong columns (flat and GPU buffers are not
+    checked: their rows are not known).
 
     Examples
     --------
@@ -118,9 +118,11 @@ class BoundPlan:
         return self.dim or row_hint or 1
 
 
-def resolve(abs_error, rel_error, bounds, size: int, send_counts: np.ndarray, row: int = 0) -> BoundPlan:
+def resolve(abs_error, rel_error, bounds, size: int, send_counts: np.ndarray, row: int = 0,
+            across: int = 0) -> BoundPlan:
     """Validate the bound arguments of a call against this rank's send counts (and the send
-    buffer's row width ``row``, 0 when it has none)."""
+    buffer's row width ``row``, 0 when it has none; ``across``: the length of the axis before
+    the row's in an N-d buffer, N >= 3, else 0)."""
     if (abs_error is None) == (rel_error is None):
         raise ValueError(f"give exactly one of abs_error and rel_error (it picks the mode and is the default "
                          f"bound), found abs_error={abs_error!r}, rel_error={rel_error!r}")
@@ -142,10 +144,12 @@ def resolve(abs_error, rel_error, bounds, size: int, send_counts: np.ndarray, ro
             what = f"{table_bounds.shape[1]} tables x dim {dim}" if table_bounds is not None else f"dim {dim}"
             raise ValueError(f"send counts[{bad[0]}] is {send_counts[bad[0]]}, not a whole number of rows of "
                              f"{unit} values ({what}) as the TableLayout says")
-        if table_bounds is not None and row and row != dim and row % unit:
-            raise ValueError(f"the send buffer's rows are {row} values wide, neither a multiple of the TableLayout's "
-                             f"rows of {unit} values ({table_bounds.shape[1]} tables x dim {dim}) nor one vector "
-                             f"of {dim}: its bounds would fall on the wrong columns; is the table count right?")
+        tables = 0 if table_bounds is None else table_bounds.shape[1]
+        if tables and row and row != unit and not (row == dim and across in (0, tables)):
+            shape = f"[..., {across}, {row}]" if across else f"{row} values wide"
+            raise ValueError(f"the send buffer's rows are {shape}, neither the TableLayout's rows of {unit} values "
+                             f"({tables} tables x dim {dim}) nor [..., {tables}, {dim}] or [..., {dim}]: its bounds "
+                             f"would fall on the wrong columns; is the table count right?")
     elif bounds is not None:
         if isinstance(bounds, (str, bytes)) or np.ndim(bounds) != 1:
             raise TypeError(f"bounds must be a TableLayout or one bound per destination (a sequence of {size}), "

@@ -86,7 +86,8 @@ def prepare(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, si
                             f"use the same float type on both sides (embzip.comm does not convert)")
         job.kind = s
         if s:
-            job.plan = resolve(abs_error, rel_error, bounds, size, job.send.counts, job.send.row)
+            job.plan = resolve(abs_error, rel_error, bounds, size, job.send.counts, job.send.row,
+                               job.send.rows_across)
     except Exception as exc:  # anything: it must reach the other ranks, not unwind this one alone
         job.error = LocalError.from_exception(exc, rank)
     return job

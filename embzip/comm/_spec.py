@@ -62,6 +62,7 @@ class Spec:
     kind: int = 0  # FLOAT_KINDS code when this side is compressible, else 0
     true_lb: int = 0  # the datatype's true lower bound and extent (bytes): where its data lie
     true_extent: int = 0
+    rows_across: int = 0  # length of the axis before the row's (an N-d buffer, N >= 3), else 0
 
     def mpi_message(self):
         """This spec in mpi4py's explicit form (datatypes, counts, displacements)."""
@@ -267,13 +268,14 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     device = _device.is_device(buf)
     if device:
         flat, own_dtype = _device.device_flat(buf, writable, name)
-        nbytes, row = int(flat.size) * own_dtype.itemsize, 0
+        nbytes, row, across = int(flat.size) * own_dtype.itemsize, 0, 0
     else:
         arr = _host_array(buf, writable, name)
         own_dtype = arr.dtype
         flat = arr.reshape(-1) if arr.flags.c_contiguous else arr.ravel(order="K")
         nbytes = arr.nbytes
         row = arr.shape[-1] if arr.ndim >= 2 and arr.flags.c_contiguous else 0
+        across = arr.shape[-2] if row and arr.ndim >= 3 else 0
     datatype = _datatype(dtype_arg, own_dtype, name, MPI)
     _check_committed(datatype, name, MPI)
     elem = _element_dtype(datatype)
@@ -337,10 +339,10 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     if elem is not None and elem in FLOAT_KINDS and (own_dtype == elem or own_dtype in _BYTE_KINDS):
         kind = FLOAT_KINDS[elem]
         if own_dtype != elem:  # untyped bytes declared as floats: read them as floats
-            flat, row = flat[:nbytes - nbytes % elem.itemsize].view(elem), 0
+            flat, row, across = flat[:nbytes - nbytes % elem.itemsize].view(elem), 0, 0
     return Spec(buf=buf, flat=flat, dtype=elem, datatype=datatype, counts=counts, displs=displs,
                 extent=int(extent), elem_size=int(elem_size), device=device, row=int(row), kind=kind,
-                true_lb=int(true_lb), true_extent=int(true_extent))
+                true_lb=int(true_lb), true_extent=int(true_extent), rows_across=int(across))
 
 
 def is_in_place(msg, MPI) -> bool:
@@ -374,4 +376,4 @@ def in_place_send(recv: Spec, size: int, MPI):
         snapshot = np.empty_like(source, order="K")  # (contiguous: the receive buffer is)
         fill = functools.partial(np.copyto, snapshot, source)
     send = parse([snapshot, (recv.counts, recv.displs), recv.datatype], size, False, "sendbuf (MPI.IN_PLACE)", MPI)
-    return dataclasses.replace(send, row=recv.row), fill
+    return dataclasses.replace(send, row=recv.row, rows_across=recv.rows_across), fill

@@ -152,6 +152,14 @@ def error_arguments():
     expect(lambda: ec.Alltoallv(COMM, wide, np.zeros_like(wide), abs_error=1e-3,
                                 bounds=ec.TableLayout(dim=2, bounds=[1e-3] * tables)), ValueError,
            f"rank {LAST}", "rows are 8 values wide", "5 tables x dim 2")
+    # [batch, tables, dim] buffers: 3 tables of dim 2 given 2 tables' bounds on the last rank
+    # (counts of 24 are whole rows of 4 there too); the others' [batch, 2, dim] fit
+    cube = np.arange(4 * P * 3 * 2, dtype=np.float32).reshape(4 * P, 3, 2)
+    if ME != LAST:
+        cube = cube.reshape(6 * P, 2, 2)
+    expect(lambda: ec.Alltoallv(COMM, cube, np.zeros_like(cube), abs_error=1e-3,
+                                bounds=ec.TableLayout(dim=2, bounds=[1e-3, 1e-2])), ValueError,
+           f"rank {LAST}", "rows are [..., 3, 2]", "2 tables x dim 2")
     # an object that looks like a TableLayout, on one rank: it broke the argument memo before
     # the handshake, on that rank alone, and the others waited in the handshake
     lookalike = types.SimpleNamespace(dim=2, bounds=[1e-3, 1e-3]) if ME == 0 else None
