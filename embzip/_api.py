@@ -158,12 +158,12 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
         Refuse (:class:`~embzip.FrameTooLargeError`, before anything is allocated) a frame
         whose decoded array would be larger: a few bytes of frame may declare 2**48 values,
         so a service decoding frames it did not make should set it. None: no limit but
-        the memory there is. It caps the array (as zstd's ``max_output_size`` does); decoding
-        needs working memory besides, a bounded multiple of it: on the CPU at most 0.6x for
-        frames without dedup, and for frames with dedup the unique rows (at most the array
-        again) plus 4 bytes per row, so ``2 + 4 / row_bytes`` times the array at worst (3x
-        for rows of one float32; 2.06x for rows of 16). The GPU decoder needs more (not yet
-        measured on a GPU).
+        the memory there is. It caps the array (as zstd's ``max_output_size`` does);
+        decoding on the CPU needs working memory besides: about 7 KiB, 1.5x the bytes of the
+        frame's outlier sections (12 or 16 bytes per outlier), and for a frame with dedup
+        the unique rows (at most the array again) plus 4 bytes per row, so at worst
+        ``1 + 4 / row_bytes`` times the array more (2x for rows of one float32, 1.06x for rows
+        of 16). The GPU decoder needs more (not yet measured on a GPU).
 
     Returns
     -------

@@ -194,12 +194,14 @@ def _outliers(buf: np.ndarray, header: FrameHeader, limit: int):
     if pos_sec is None:
         return None
     val_sec = header.section(SectionKind.OUTLIER_VALUES)
-    positions = np.frombuffer(buf[pos_sec.offset:pos_sec.offset + pos_sec.length].tobytes(), dtype="<u8")
+    # views of the frame's bytes (unaligned, little-endian), then one aligned native copy each
+    # for the kernel: 12 (float32) or 16 (float64) bytes of working memory per outlier
+    positions = buf[pos_sec.offset:pos_sec.offset + pos_sec.length].view("<u8").astype(np.int64)
     if positions[-1] >= limit or (positions.size > 1 and not np.all(positions[1:] > positions[:-1])):
         raise CorruptFrameError(f"outlier positions must increase strictly and stay below {limit}")
     dtype = header.dtype.numpy
-    values = np.frombuffer(buf[val_sec.offset:val_sec.offset + val_sec.length].tobytes(), dtype=dtype)
-    return positions.astype(np.int64), values.astype(dtype.newbyteorder("="))
+    values = buf[val_sec.offset:val_sec.offset + val_sec.length].view(dtype)
+    return positions, values.astype(dtype.newbyteorder("="))
 
 
 def decode_into(header: FrameHeader, buf: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -207,8 +209,7 @@ def decode_into(header: FrameHeader, buf: np.ndarray, out: np.ndarray) -> np.nda
     flat = out.reshape(-1)
     raw = header.section(SectionKind.RAW)
     if raw is not None:
-        data = np.frombuffer(buf[raw.offset:raw.offset + raw.length].tobytes(), dtype=header.dtype.numpy)
-        flat[:] = data
+        flat[:] = buf[raw.offset:raw.offset + raw.length].view(header.dtype.numpy)  # (a view: no copy)
         return out
     step = out.dtype.type(header.step)
     codes_sec = header.section(SectionKind.CODES)
