@@ -234,11 +234,15 @@ def decompress(frame, out=None, verify: bool = True, max_bytes=None):
     try:
         return _decode(frame, flat, pipeline, header, out, verify)
     except MemoryError:
-        raise frame_too_big(header) from None
+        pass
     except CudaAPIError as exc:
         if getattr(exc, "code", None) != _CUDA_ERROR_OUT_OF_MEMORY:  # (an int enum; the simulator's has none)
             raise
-        raise frame_too_big(header) from None
+    # The output (or a stage's scratch) did not fit. The CPU checks the payload CRC before it
+    # allocates, so a frame both corrupt and too large is corrupt there: judged alike here.
+    if verify:
+        pipeline.check_payload(flat, header)
+    raise frame_too_big(header)
 
 
 def _decode(frame, flat, pipeline, header, out, verify: bool):

@@ -400,13 +400,20 @@ else:
 
         frame = hostile_frames.declaring(elements)
         corrupt = bytearray(frame)
-        corrupt[-1] ^= 0xFF  # (its payload: with max_bytes, the size is judged first on both)
-        for data, limit, text in ((frame, None, "more than can be allocated"), (frame, 1000, "more than max_bytes=1000"),
-                                  (bytes(corrupt), 1000, "more than max_bytes=1000")):
+        corrupt[-1] ^= 0xFF  # its payload: with max_bytes the size is judged first on both,
+        # without it the CRC (the CPU checks it before allocating; the device once it failed to)
+        too_big, too_big_for_limit = (embzip.FrameTooLargeError, "more than can be allocated"), \
+            (embzip.FrameTooLargeError, "more than max_bytes=1000")
+        for data, limit, verify, (error, text) in (
+                (frame, None, True, too_big), (frame, 1000, True, too_big_for_limit),
+                (bytes(corrupt), 1000, True, too_big_for_limit),
+                (bytes(corrupt), None, True, (embzip.CorruptFrameError, "payload checksum mismatch")),
+                (bytes(corrupt), None, False, too_big)):
             errors = []
             for device in ("cpu", "cuda"):
-                with pytest.raises(embzip.FrameTooLargeError, match=text) as caught:
-                    embzip.decompress(data, device=device, max_bytes=limit)
+                with pytest.raises(error, match=text) as caught:
+                    embzip.decompress(data, device=device, max_bytes=limit, verify=verify)
+                assert type(caught.value) is error
                 errors.append(str(caught.value))
             assert errors[0] == errors[1]
 

@@ -102,6 +102,15 @@ def decode_frame(frame, header: FrameHeader, out_flat, verify: bool):
     return out_flat
 
 
+@in_workspace
+def check_payload(frame, header: FrameHeader) -> None:
+    """Raise CorruptFrameError when the payload's CRC32C is not the header's (a host read).
+
+    For the out-of-memory path: a frame whose output cannot be allocated is judged as the
+    CPU judges it, which checks the CRC before it allocates (the same error on both)."""
+    _judge_crc(header, current_workspace().read(payload_crc(frame, header.header_length, header.payload_length))[0])
+
+
 def _judge_crc(header: FrameHeader, crc) -> None:
     """``crc``: the payload CRC as read (a list of one), or None when not verified."""
     if crc is not None and crc[0] != header.payload_crc:

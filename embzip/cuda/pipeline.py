@@ -26,13 +26,13 @@ from . import dedup as kd
 from . import fused
 from . import quantize as kq
 from ._launch import THREADS, blocks
-from .decode import decode_frame, read_device_header
+from .decode import check_payload, decode_frame, read_device_header
 from .frames import MAX_HEADER, UINT, finish, new_frame, raw_frame, too_big
 from .memory import current_workspace, in_workspace
 from .scan import copy_bytes, device_empty, exclusive_scan, to_device
 from .streams import BitPlan, deduplicate, plan_bits, rans_encode, rans_histogram, resolve_plans, write_bits
 
-__all__ = ["encode_array", "decode_frame", "read_device_header", "finite_range", "MAX_HEADER"]
+__all__ = ["encode_array", "decode_frame", "check_payload", "read_device_header", "finite_range", "MAX_HEADER"]
 
 _EXPONENT = {4: np.uint64(0x7F800000), 8: np.uint64(0x7FF0000000000000)}  # exponent fields: inf and NaN
 
