@@ -50,6 +50,16 @@ def test_compress_decompress_round_trip_within_bound(npy, tmp_path, capsys):
     assert np.abs(y.astype(np.float64) - x).max() <= info.abs_error
 
 
+def test_max_bytes_zero_decodes_an_empty_array(tmp_path, capsys):
+    """``--max-bytes 0`` is ``max_bytes=0``: an empty array fits, anything else is refused."""
+    path, frame, back = tmp_path / "e.npy", tmp_path / "e.ezf", tmp_path / "f.npy"
+    np.save(path, np.empty((0, 5), np.float64))
+    assert run(capsys, "compress", path, frame, "--abs-error", "0.1")[0] == 0
+    assert run(capsys, "decompress", frame, back, "--max-bytes", "0")[0] == 0
+    y = np.load(back)
+    assert y.shape == (0, 5) and y.dtype == np.float64
+
+
 def test_compress_and_inspect_json_describe_the_frame(npy, tmp_path, capsys):
     path, x = npy
     frame = tmp_path / "x.ezf"
@@ -78,7 +88,8 @@ def test_compress_and_inspect_json_describe_the_frame(npy, tmp_path, capsys):
     (["decompress", "{zeros}", "{tmp}/o.npy"], 1, "is not an embzip frame: it starts with b'\\x00\\x00"),
     (["inspect", "{truncated}"], 1, "Truncated"),
     (["decompress", "{frame}", "{tmp}/o.npy", "--max-bytes", "100"], 1, "more than max_bytes=100"),
-    (["decompress", "{frame}", "{tmp}/o.npy", "--max-bytes", "-1"], 2, "positive integer"),
+    (["decompress", "{frame}", "{tmp}/o.npy", "--max-bytes", "-1"], 2, "non-negative integer"),
+    (["decompress", "{frame}", "{tmp}/o.npy", "--max-bytes", "0"], 1, "more than max_bytes=0"),
     (["bench", "{ints}", "--methods", "fp16"], 2, "float32 or float64"),
     (["bench", "--bounds", "rel:x"], 2, "bad bound"),
     ([], 2, "missing command"),

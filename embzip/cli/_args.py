@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["PROG", "OneLineParser", "positive_int", "positive_float", "method_list", "method_keys", "load_npy"]
+__all__ = ["PROG", "OneLineParser", "positive_int", "non_negative_int", "positive_float", "method_list", "method_keys", "load_npy"]
 
 PROG = "embzip"
 
@@ -23,6 +23,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (``--max-bytes 0`` admits only empty arrays, as ``max_bytes=0`` does)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
 
 

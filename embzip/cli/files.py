@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import load_npy, positive_float, positive_int
+from ._args import load_npy, non_negative_int, positive_float
 
 __all__ = ["add_compress", "add_decompress", "add_inspect"]
 
@@ -80,7 +80,7 @@ def add_decompress(subparsers):
     p.add_argument("input", metavar="IN.ezf")
     p.add_argument("output", metavar="OUT.npy")
     p.add_argument("--no-verify", action="store_true", help="skip the payload CRC32C check")
-    p.add_argument("--max-bytes", type=positive_int, default=None, metavar="N",
+    p.add_argument("--max-bytes", type=non_negative_int, default=None, metavar="N",
                    help="refuse a frame that decodes to more than N bytes (a frame of a few bytes "
                         "may declare 2**48 values)")
     p.set_defaults(func=_run_decompress)
