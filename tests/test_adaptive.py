@@ -21,7 +21,8 @@ def schedules(draw):
     kind = draw(kinds)
     end = draw(pos)
     start = end if kind == "constant" else end * draw(st.floats(min_value=1.0, max_value=100.0))
-    return Schedule(kind, start, end, draw(st.integers(1, 64)), draw(st.integers(1, 10**6)))
+    steps = draw(st.integers(1, 64))
+    return Schedule(kind, start, end, steps, draw(st.integers(steps if kind == "step" else 1, 10**6)))
 
 
 @st.composite
@@ -149,6 +150,7 @@ def test_policy_bounds_positive_and_in_range(p, i):
     assert b.shape == (p.n_tables,) and b.dtype == np.float64
     assert np.all(b > 0) and np.all(np.isfinite(b))
     assert np.all(b >= lo * (1 - 1e-9)) and np.all(b <= hi * (1 + 1e-9))
+    assert lo <= p.default(i) <= hi  # (range() covers default() too, a table in base or not)
     assert min(p.tables.class_bounds.values()) * p.schedule.end * (1 - 1e-9) <= lo
     assert hi <= max(p.tables.class_bounds.values()) * p.schedule.start * (1 + 1e-9)
     for t in range(p.n_tables):
@@ -207,7 +209,15 @@ def test_fixed_and_dual():
     (lambda: Policy.fixed(2, rel=-0.1), ValueError),
     (lambda: Policy.dual([1, 2], by="name"), ValueError),
     (lambda: Policy.from_json("{"), ValueError),
-    (lambda: Policy.from_json(b"[]"), TypeError),
+    (lambda: Policy.from_json(b"[]"), ValueError),  # JSON, but not a policy: the text is wrong
+    (lambda: Policy.from_json("null"), ValueError),
+    (lambda: Policy.from_json("[" * 100_000), ValueError),  # json's RecursionError
+    (lambda: Policy.from_json(Policy.fixed(2).to_json().replace('"version": 1', '"version": true')), ValueError),
+    (lambda: Policy.from_json(Policy.fixed(2).to_json().replace('"version": 1', '"version": 1.0')), ValueError),
+    (lambda: Policy.from_json(Policy.fixed(2).to_json().replace('"start": 1.0', '"start": "1"')), ValueError),
+    (lambda: Policy.from_json(Policy.fixed(2).to_json().replace('"horizon"', '"horizn"')), ValueError),
+    (lambda: Policy.from_json(Policy.fixed(2).to_json().replace('"names"', '"nmes"')), ValueError),
+    (lambda: Policy.from_json(Policy.fixed(2).to_json().replace('"mode"', '"mdoe"')), ValueError),
     (lambda: Policy.from_json(3), TypeError),
     (lambda: Policy.from_json('{"format": "other"}'), ValueError),
     (lambda: Policy.from_json('{"format": "embzip.adaptive", "version": 99}'), ValueError),
@@ -225,3 +235,101 @@ def test_policy_feeds_table_layout():
     p = Policy.dual([10, 10**4, 10**7], thresholds=(100, 10**6))
     layout = comm.TableLayout(8, bounds=p.bounds(0))
     assert layout.tables == 3 and math.isclose(float(layout.bounds[2]), 0.02)
+
+
+# -- what each level accepts, found by review ---------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: Policy(TableClasses(["base"], {c: 1e-200 for c in CLASSES}), Schedule.constant(1e-200)),
+    lambda: Policy(TableClasses(["base"], {c: 1e200 for c in CLASSES}), Schedule.constant(1e200)),
+    lambda: Policy(TableClasses(["tight", "loose"], {"tight": 1e-300, "base": 1.0, "loose": 1e300}),
+                   Schedule.step(start=1e10, end=1e-30)),
+    lambda: Policy.fixed(2, rel=1e-300).scaled(1e-300),
+    lambda: Policy.fixed(2, rel=1e300).scaled(1e300),
+])
+def test_a_policy_whose_bounds_reach_zero_or_infinity_is_refused(make):
+    """Each factor is finite and > 0, their product is not: refused when made, not a 0.0 or
+    inf bound at some iteration."""
+    with pytest.raises(ValueError, match="finite|> 0"):
+        make()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Schedule.step(start=10**400), lambda: Schedule.log(horizon=10**400),
+    lambda: Schedule.step(horizon=2**63), lambda: Policy.fixed(2, rel=10**400),
+    lambda: Policy.fixed(2).scaled(10**400), lambda: TableClasses.by_size([10**400, 1]),
+    lambda: TableClasses.by_size([1, 2], thresholds=(-10**400, 1)),
+])
+def test_integers_beyond_floats_are_a_value_error(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_a_step_schedule_makes_the_drops_it_is_asked_for():
+    s = Schedule.step(start=2.0, end=1.0, steps=10, horizon=10)
+    assert [s(i) for i in range(11)] == [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0]
+    with pytest.raises(ValueError, match="steps <= horizon"):
+        Schedule.step(steps=100, horizon=10)  # (it made 10 drops of 0.1, not 100)
+
+
+def test_class_bounds_cannot_change_after_construction():
+    import copy
+    import pickle
+
+    t = TableClasses(["base", "loose"], {"tight": 0.01, "base": 0.02, "loose": 0.04}, ["a", "b"])
+    before = hash(t)
+    with pytest.raises(TypeError):
+        t.class_bounds["base"] = -1.0
+    with pytest.raises(TypeError):
+        DEFAULT_CLASS_BOUNDS["base"] = -1.0
+    assert t.bound(0) == 0.02 and hash(t) == before and DEFAULT_CLASS_BOUNDS["base"] == 0.03
+    p = Policy(t, Schedule.linear(horizon=7))
+    for copied in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert copied == p and hash(copied.tables) == before
+        with pytest.raises(TypeError):
+            copied.tables.class_bounds["base"] = 1.0
+
+
+def test_table_class_json_must_say_what_it_means():
+    """An unknown (misspelt) key, or class_bounds that are there but empty, is an error, not
+    the default; left out, class_bounds and names take their defaults."""
+    assert TableClasses.from_dict({"assignment": ["base"]}) == TableClasses(["base"])
+    for bad in ({"assignment": ["base"], "class_bounds": {}}, {"assignment": ["base"], "clas_bounds": None}):
+        with pytest.raises(ValueError):
+            TableClasses.from_dict(bad)
+    with pytest.raises(ValueError, match="horizn"):
+        Schedule.from_dict({"kind": "step", "horizn": 100})
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ([1, 1, 1, 1000], ("base", "base", "base", "tight")),
+    ([5, 5, 5], ("base", "base", "base")),
+    ([1, 1000, 1000, 1000], ("loose", "base", "base", "base")),
+    ([2, 30, 40_000], ("loose", "base", "tight")),
+])
+def test_default_thresholds_put_tied_tables_in_one_class(sizes, expected):
+    assert TableClasses.by_size(sizes).assignment == expected
+    flipped = {"tight": "loose", "loose": "tight", "base": "base"}
+    assert TableClasses.by_frequency(sizes, hottest="loose").assignment == tuple(flipped[c] for c in expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6) | st.floats(0, 1e9), min_size=1, max_size=12),
+       st.none() | st.tuples(st.floats(0, 10), st.floats(0, 10)).map(sorted))
+def test_classes_are_monotone_in_the_metric(metrics, thresholds):
+    """A larger table never gets a class further from ``largest`` than a smaller one's, and
+    equal tables share a class, with default and with given thresholds."""
+    order = {"loose": 0, "base": 1, "tight": 2}
+    got = TableClasses.by_size(metrics, thresholds).assignment
+    for a, ca in zip(metrics, got):
+        for b, cb in zip(metrics, got):
+            if a == b:
+                assert ca == cb
+            elif a > b:
+                assert order[ca] >= order[cb]
+
+
+def test_range_covers_the_default_when_no_table_is_in_base():
+    p = Policy.dual([1, 2, 3], thresholds=(0, 0))  # every table tight
+    assert p.tables.assignment == ("tight",) * 3
+    lo, hi = p.range()
+    assert lo <= p.default(0) <= hi and lo <= p.default(10**9) <= hi

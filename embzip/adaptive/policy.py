@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -16,6 +17,12 @@ __all__ = ["Policy"]
 
 _FORMAT = "embzip.adaptive"
 _VERSION = 1
+_FIELDS = ("format", "version", "mode", "tables", "schedule")
+
+
+def _product(bound: float, factor: float) -> float:
+    """``bound * factor`` rounded to 12 significant digits (0.03 * 2 is 0.06, not 0.06000000000000001)."""
+    return float(f"{bound * factor:.12g}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,10 @@ class Policy:
         How the comm layer reads the bounds: ``rel_error`` (fraction of the range, default) or
         ``abs_error``.
 
+    Every bound it can return (class bound times a factor between the schedule's ``end`` and
+    ``start``) must be finite and > 0: a policy whose products reach 0 or infinity is refused
+    (ValueError) when made.
+
     Examples
     --------
     >>> p = Policy.fixed(3, rel=0.02)       # 3 tables, 0.02 always
@@ -43,9 +54,11 @@ class Policy:
     >>> d.range()
     (0.01, 0.1)
 
-    With the comm layer (every rank, every step)::
+    With the comm layer (every rank, every step; ``my_tables``: the tables this rank sends,
+    in the order of its payload's columns; ``abs_error=`` in place of ``rel_error=`` when
+    ``policy.mode`` is ``"abs"``)::
 
-        layout = embzip.comm.TableLayout(dim, bounds=policy.bounds(step))
+        layout = embzip.comm.TableLayout(dim, bounds=policy.bounds(step)[my_tables])
         embzip.comm.Alltoallv(comm, send, recv, rel_error=policy.default(step), bounds=layout)
     """
 
@@ -60,24 +73,34 @@ class Policy:
             raise TypeError(f"schedule must be a Schedule, found {type(self.schedule).__name__}")
         if self.mode not in ("rel", "abs"):
             raise ValueError(f"mode must be 'rel' or 'abs', found {self.mode!r}")
+        bounds = self.tables.class_bounds.values()
+        lo, hi = _product(min(bounds), self.schedule.end), _product(max(bounds), self.schedule.start)
+        if not (lo > 0 and math.isfinite(hi)):  # each factor is sound; their product may not be
+            raise ValueError(f"this policy's bounds reach {lo!r} .. {hi!r} (class bounds {dict(self.tables.class_bounds)} "
+                             f"times schedule factors {self.schedule.end} .. {self.schedule.start}): every bound "
+                             f"must be finite and > 0")
 
     @classmethod
-    def fixed(cls, tables, rel=0.03, names=None):
-        """Every table at ``rel`` at every iteration (the paper's non-adaptive baseline)."""
+    def fixed(cls, tables, rel=0.03, names=None, mode="rel"):
+        """Every table at ``rel`` at every iteration (the paper's non-adaptive baseline; with
+        ``mode="abs"``, ``rel`` is an absolute bound)."""
         rel = check_real("rel", rel)
         return cls(TableClasses.uniform(tables, "base", {"tight": rel, "base": rel, "loose": rel}, names),
-                   Schedule.constant(1.0))
+                   Schedule.constant(1.0), mode)
 
     @classmethod
-    def dual(cls, metrics, *, by="size", thresholds=None, class_bounds=None, schedule=None, names=None):
-        """Table classes from ``metrics`` (sizes or access counts) and a schedule (default step)."""
+    def dual(cls, metrics, *, by="size", thresholds=None, class_bounds=None, schedule=None, names=None,
+             mode="rel"):
+        """Table classes from ``metrics`` (sizes or access counts) and a schedule (default step);
+        ``class_bounds`` are absolute with ``mode="abs"`` (then give them: the defaults are
+        fractions of the range)."""
         if by == "size":
             tables = TableClasses.by_size(metrics, thresholds, class_bounds=class_bounds, names=names)
         elif by == "frequency":
             tables = TableClasses.by_frequency(metrics, thresholds, class_bounds=class_bounds, names=names)
         else:
             raise ValueError(f"by must be 'size' or 'frequency', found {by!r}")
-        return cls(tables, Schedule.step() if schedule is None else schedule)
+        return cls(tables, Schedule.step() if schedule is None else schedule, mode)
 
     def scaled(self, factor) -> "Policy":
         """The same classes and schedule with every class bound times ``factor`` (finite, > 0).
@@ -92,7 +115,7 @@ class Policy:
         [0.003, 0.003]
         """
         factor = check_real("factor", factor)
-        bounds = {c: float(f"{b * factor:.12g}") for c, b in self.tables.class_bounds.items()}
+        bounds = {c: _product(b, factor) for c, b in self.tables.class_bounds.items()}
         return Policy(TableClasses(self.tables.assignment, bounds, self.tables.names), self.schedule, self.mode)
 
     @property
@@ -101,21 +124,23 @@ class Policy:
 
     def bound(self, table, iteration) -> float:
         """Bound for ``table`` (index or name) at ``iteration`` (int >= 0)."""
-        return float(f"{self.tables.bound(table) * self.schedule(iteration):.12g}")
+        return _product(self.tables.bound(table), self.schedule(iteration))
 
     def bounds(self, iteration) -> np.ndarray:
         """Bounds of all tables at ``iteration``, float64 ``(tables,)``."""
         f = self.schedule(iteration)
-        return np.array([float(f"{b * f:.12g}") for b in self.tables.bounds()], dtype=np.float64)
+        return np.array([_product(b, f) for b in self.tables.bounds()], dtype=np.float64)
 
     def default(self, iteration) -> float:
-        """The ``base`` class bound at ``iteration`` (a scalar default for the call)."""
-        return float(f"{self.tables.class_bounds['base'] * self.schedule(iteration):.12g}")
+        """The ``base`` class bound at ``iteration`` (a scalar default for the call), whether or
+        not a table is in ``base``."""
+        return _product(self.tables.class_bounds["base"], self.schedule(iteration))
 
     def range(self) -> tuple:
-        """``(smallest, largest)`` bound this policy can ever return."""
-        used = self.tables.bounds()
-        return (float(f"{used.min() * self.schedule.end:.12g}"), float(f"{used.max() * self.schedule.start:.12g}"))
+        """``(smallest, largest)`` of every bound this policy can return: :meth:`bound`,
+        :meth:`bounds` and :meth:`default`, at any iteration."""
+        returned = [*self.tables.bounds(), self.tables.class_bounds["base"]]
+        return _product(min(returned), self.schedule.end), _product(max(returned), self.schedule.start)
 
     def to_dict(self) -> dict:
         return {"format": _FORMAT, "version": _VERSION, "mode": self.mode,
@@ -127,7 +152,10 @@ class Policy:
             raise TypeError(f"expected a mapping, found {type(d).__name__}")
         if d.get("format") != _FORMAT:
             raise ValueError(f"not an embzip policy: format is {d.get('format')!r}, expected {_FORMAT!r}")
-        if d.get("version") != _VERSION:
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:  # (a misspelt key would otherwise leave its field at the default)
+            raise ValueError(f"unknown policy keys {unknown}; expected some of {_FIELDS}")
+        if type(d.get("version")) is not int or d["version"] != _VERSION:  # (true == 1 == 1.0)
             raise ValueError(f"unsupported policy version {d.get('version')!r}, expected {_VERSION}")
         return cls(TableClasses.from_dict(d["tables"]), Schedule.from_dict(d["schedule"]), d.get("mode", "rel"))
 
@@ -137,14 +165,18 @@ class Policy:
 
     @classmethod
     def from_json(cls, text):
-        """Inverse of :meth:`to_json`. Raises ValueError on malformed text or content."""
+        """Inverse of :meth:`to_json`. Raises TypeError when ``text`` is not str or bytes, and
+        ValueError for anything wrong in it: malformed JSON, or JSON that is not a policy
+        (a value of the wrong type included)."""
         if not isinstance(text, (str, bytes, bytearray)):
             raise TypeError(f"from_json needs str or bytes, found {type(text).__name__}")
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # (JSONDecodeError, bad UTF-8; nesting too deep)
             raise ValueError(f"not valid JSON: {exc}") from None
         try:
             return cls.from_dict(d)
         except KeyError as exc:
             raise ValueError(f"policy JSON lacks the key {exc}") from None
+        except TypeError as exc:  # (the text is what is wrong, not the caller's argument)
+            raise ValueError(f"policy JSON holds a value of the wrong type: {exc}") from None

@@ -11,6 +11,9 @@ from ._checks import check_int, check_real
 __all__ = ["Schedule"]
 
 _KINDS = ("step", "linear", "log", "constant")
+_FIELDS = ("kind", "start", "end", "steps", "horizon")
+#: Beyond it ``log1p(horizon)`` overflows a float; no training runs that long.
+_MAX_HORIZON = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,9 @@ class Schedule:
     start, end : float
         Factor at iteration 0 and from ``horizon`` on; ``start >= end > 0``.
     steps : int
-        Number of drops of the ``step`` kind (>= 1).
+        Number of drops of the ``step`` kind (1 <= steps <= horizon).
     horizon : int
-        Iterations over which the factor moves (>= 1).
+        Iterations over which the factor moves (1 <= horizon < 2**63).
 
     Examples
     --------
@@ -60,8 +63,12 @@ class Schedule:
             raise ValueError(f"a constant schedule needs start == end, found {start} and {end}")
         object.__setattr__(self, "start", start)
         object.__setattr__(self, "end", end)
-        object.__setattr__(self, "steps", check_int("steps", self.steps, minimum=1))
-        object.__setattr__(self, "horizon", check_int("horizon", self.horizon, minimum=1))
+        horizon = check_int("horizon", self.horizon, minimum=1, maximum=_MAX_HORIZON)
+        steps = check_int("steps", self.steps, minimum=1)
+        if self.kind == "step" and steps > horizon:  # (it would make fewer drops than asked)
+            raise ValueError(f"a step schedule needs steps <= horizon, found steps={steps}, horizon={horizon}")
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "horizon", horizon)
 
     @classmethod
     def step(cls, start=2.0, end=1.0, steps=10, horizon=65536):
@@ -103,11 +110,15 @@ class Schedule:
     factor = __call__
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "start": self.start, "end": self.end, "steps": self.steps,
-                "horizon": self.horizon}
+        return {k: getattr(self, k) for k in _FIELDS}
 
     @classmethod
     def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`; a key left out takes its default, an unknown key raises
+        ValueError."""
         if not isinstance(d, Mapping):
             raise TypeError(f"expected a mapping, found {type(d).__name__}")
-        return cls(**{k: d[k] for k in ("kind", "start", "end", "steps", "horizon") if k in d})
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:  # (a misspelt key would otherwise leave its field at the default)
+            raise ValueError(f"unknown schedule keys {unknown}; expected some of {_FIELDS}")
+        return cls(**{k: d[k] for k in _FIELDS if k in d})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -13,8 +14,9 @@ __all__ = ["CLASSES", "DEFAULT_CLASS_BOUNDS", "TableClasses"]
 
 #: The class names, from the tightest bound to the loosest.
 CLASSES = ("tight", "base", "loose")
-#: Default relative bound of each class (fraction of the value range).
-DEFAULT_CLASS_BOUNDS = {"tight": 0.01, "base": 0.03, "loose": 0.05}
+#: Default relative bound of each class (fraction of the value range); read-only.
+DEFAULT_CLASS_BOUNDS = MappingProxyType({"tight": 0.01, "base": 0.03, "loose": 0.05})
+_FIELDS = ("assignment", "class_bounds", "names")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class TableClasses:
         The class of table ``t`` at position ``t``; each one of :data:`CLASSES`.
     class_bounds : mapping, optional
         Bound of each class (all three keys), ``tight <= base <= loose``, all finite and > 0.
-        Default :data:`DEFAULT_CLASS_BOUNDS` (0.01 / 0.03 / 0.05).
+        Default :data:`DEFAULT_CLASS_BOUNDS` (0.01 / 0.03 / 0.05). Kept as a read-only
+        mapping: a TableClasses, like every object here, cannot change once made.
     names : sequence of str, optional
         Table names (unique), so that ``bound("user_id", it)`` works as well as ``bound(0, it)``.
 
@@ -41,7 +44,7 @@ class TableClasses:
     """
 
     assignment: tuple
-    class_bounds: Mapping = field(default_factory=lambda: dict(DEFAULT_CLASS_BOUNDS))
+    class_bounds: Mapping = field(default_factory=lambda: DEFAULT_CLASS_BOUNDS)
     names: tuple = None
 
     def __post_init__(self):
@@ -75,7 +78,7 @@ class TableClasses:
             if len(set(names)) != len(names):
                 raise ValueError("names must be unique")
         object.__setattr__(self, "assignment", assignment)
-        object.__setattr__(self, "class_bounds", bounds)
+        object.__setattr__(self, "class_bounds", MappingProxyType(bounds))
         object.__setattr__(self, "names", names)
 
     # -- constructors ------------------------------------------------------------------------
@@ -99,7 +102,9 @@ class TableClasses:
             Rows (or bytes) of each table, >= 0.
         thresholds : (low, high), optional
             ``size >= high`` goes to the ``largest`` class, ``size < low`` to the opposite one,
-            the rest to ``base``. Default: the 1/3 and 2/3 quantiles of ``sizes``.
+            the rest to ``base``. Default: the 1/3 and 2/3 quantiles of ``sizes``, with a size
+            equal to one going to ``base`` (tied tables share a class: three of 1 row and one
+            of 1000 are ``base`` and the ``largest`` class, not all ``largest``).
         largest : {"tight", "loose"}
             Class of the largest tables (default ``tight``: a large table's rows are the ones
             the model has seen least, so their errors are corrected least by training).
@@ -119,7 +124,8 @@ class TableClasses:
 
         ``count >= high`` goes to ``hottest`` (default ``tight``: an error in a hot table
         reaches many samples), ``count < low`` to the opposite class, the rest to ``base``.
-        Default thresholds: the 1/3 and 2/3 quantiles of ``counts``.
+        Default thresholds: the 1/3 and 2/3 quantiles of ``counts`` (a count equal to one goes
+        to ``base``, as for :meth:`by_size`).
 
         >>> TableClasses.by_frequency([5, 50, 500], thresholds=(10, 100)).assignment
         ('loose', 'base', 'tight')
@@ -154,19 +160,27 @@ class TableClasses:
     def __hash__(self):
         return hash((self.assignment, tuple(self.class_bounds.items()), self.names))
 
+    def __reduce__(self):  # (a read-only mapping does not pickle; the constructor's arguments do)
+        return type(self), (self.assignment, dict(self.class_bounds), self.names)
+
     def to_dict(self) -> dict:
         return {"assignment": list(self.assignment), "class_bounds": dict(self.class_bounds),
                 "names": None if self.names is None else list(self.names)}
 
     @classmethod
     def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`: ``assignment`` is needed; ``class_bounds`` left out (or
+        None) is the default, ``names`` left out is None; an unknown key raises ValueError."""
         if not isinstance(d, Mapping):
             raise TypeError(f"expected a mapping, found {type(d).__name__}")
-        return cls(d["assignment"], d.get("class_bounds") or dict(DEFAULT_CLASS_BOUNDS), d.get("names"))
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:  # (a misspelt key would otherwise leave its field at the default)
+            raise ValueError(f"unknown table-class keys {unknown}; expected some of {_FIELDS}")
+        return cls(d["assignment"], _default_bounds(d.get("class_bounds")), d.get("names"))
 
 
 def _default_bounds(class_bounds):
-    return dict(DEFAULT_CLASS_BOUNDS) if class_bounds is None else class_bounds
+    return DEFAULT_CLASS_BOUNDS if class_bounds is None else class_bounds
 
 
 def _classify(metrics, thresholds, top, what):
@@ -177,14 +191,16 @@ def _classify(metrics, thresholds, top, what):
         raise ValueError(f"{what} must not be empty")
     if top not in ("tight", "loose"):
         raise ValueError(f"the class of the top group must be 'tight' or 'loose', found {top!r}")
-    if thresholds is None:
-        lo, hi = (float(x) for x in np.quantile(values, [1 / 3, 2 / 3]))
-    else:
-        if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or len(thresholds) != 2:
-            raise TypeError(f"thresholds must be a pair (low, high), found {thresholds!r}")
-        lo = check_real("thresholds[0]", thresholds[0], positive=False)
-        hi = check_real("thresholds[1]", thresholds[1], positive=False)
-        if lo > hi:
-            raise ValueError(f"thresholds must satisfy low <= high, found ({lo}, {hi})")
     bottom = "loose" if top == "tight" else "tight"
+    if thresholds is None:
+        # Strict on both sides: with ties a quantile is a table's own value, and ">= high"
+        # would put every table equal to it (all of [1, 1, 1, 1000]) in the top class.
+        lo, hi = (float(x) for x in np.quantile(values, [1 / 3, 2 / 3]))
+        return tuple(top if v > hi else bottom if v < lo else "base" for v in values)
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence) or len(thresholds) != 2:
+        raise TypeError(f"thresholds must be a pair (low, high), found {thresholds!r}")
+    lo = check_real("thresholds[0]", thresholds[0], positive=False)
+    hi = check_real("thresholds[1]", thresholds[1], positive=False)
+    if lo > hi:
+        raise ValueError(f"thresholds must satisfy low <= high, found ({lo}, {hi})")
     return tuple(top if v >= hi else bottom if v < lo else "base" for v in values)
