@@ -3,7 +3,8 @@
     mpiexec -n 2 python examples/dlrm/train.py --iterations 12 --compress forward+backward --policy dual
 
 Asserts: exit 0, the final ``auc=<float> logloss=<float>`` line parses, frames crossed MPI
-compressed (0 < sent bytes < raw bytes, forward and backward), the training loss went down, and
+compressed (0 < sent bytes < raw bytes, forward and backward; every call of the test pass), the
+training loss went down, and
 the ``result`` line carries the per-iteration loss and time (experiment.py plots them).
 ``test_experiment_report`` renders experiment.py's tables and plots from made-up runs (no MPI).
 Numba compiles the codec in every process (tens of seconds on a loaded 2-core machine): the
@@ -46,7 +47,7 @@ def env(tmp_path_factory):
 def test_dlrm_two_ranks_compressed(env):
     cmd = mpirun.command(2, sys.executable, TRAIN, "--iterations", "12", "--batch-size", "64",
                          "--compress", "forward+backward", "--policy", "dual", "--lr", "0.01", "--log-every", "4",
-                         "--max-test", "1000", "--eval-batch", "500", "--seed", "0")
+                         "--max-test", "1000", "--eval-batch", "200", "--seed", "0")
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=89, cwd=ROOT)
     except subprocess.TimeoutExpired as exc:
@@ -65,6 +66,9 @@ def test_dlrm_two_ranks_compressed(env):
         raw, sent = int(stats[f"{d}_raw_bytes"]), int(stats[f"{d}_sent_bytes"])
         assert 0 < sent < raw, f"{d}: sent {sent} bytes of {raw} raw: nothing was compressed"
         assert int(stats[f"{d}_compressed_calls"].split("/")[0]) > 0
+    done, calls = map(int, stats["test_compressed_calls"].split("/"))  # 1000 rows in batches of 200,
+    assert done == calls == 5 * 2, stats["test_compressed_calls"]       # on each of 2 ranks: all compressed
+    # (5 calls: with the cost model on, the 3rd and 4th would be its raw calibration calls)
 
     loss = dict(re.findall(r"(train_loss_\w+)=(\S+)", out))
     first, final = float(loss["train_loss_first"]), float(loss["train_loss_last"])
@@ -74,6 +78,29 @@ def test_dlrm_two_ranks_compressed(env):
     res = json.loads(re.search(r"^result (.*)$", out, re.M).group(1))
     assert len(res["losses"]) == len(res["iter_times"]) == 12
     assert res["compute_s"] >= 0 and all(t > 0 for t in res["iter_times"])
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--timing-skip", "-3"], "--timing-skip must be >= 0"),  # (it divided the timings by 7 of 4 iterations)
+    (["--max-test", "-1"], "--max-test must be >= 0"), (["--horizon", "0"], "--horizon must be >= 1"),
+    (["--rel", "0"], "--rel must be finite and > 0"), (["--lr", "nan"], "--lr must be finite and > 0"),
+])
+def test_train_refuses_bad_arguments(argv, text, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(TRAIN))
+    import train
+
+    with pytest.raises(SystemExit) as caught:
+        train.parse_args(argv)
+    assert caught.value.code == 2 and text in capsys.readouterr().err
+
+
+@needs_stack
+def test_train_refuses_a_global_batch_larger_than_the_training_split(env):
+    """It read past the pooled vectors' end in the raw Alltoallv (a segfault) instead."""
+    cmd = mpirun.command(2, sys.executable, TRAIN, "--iterations", "2", "--batch-size", "50000", "--compress", "none")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "larger than the training split" in proc.stdout + proc.stderr, \
+        f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
 
 
 def test_experiment_report(tmp_path, monkeypatch):

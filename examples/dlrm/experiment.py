@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=1024, help="samples per rank per iteration")
     p.add_argument("--dim", type=int, default=128, help="embedding dimension")
     p.add_argument("--lr", type=float, default=0.002)
+    p.add_argument("--horizon", type=int, default=None,
+                   help="iterations of the dual policy's step decay (default: --iterations, so that its "
+                        "iteration-wise level, 2x -> 1x the class bounds, acts within the run)")
     p.add_argument("--timing-skip", type=int, default=6,
                    help="iterations left out of the timings (first-call setup, embzip's calibration calls)")
     p.add_argument("--configs", nargs="+", default=[c for c, _ in CONFIGS], help="subset of the configuration names")
@@ -82,6 +85,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py arguments (last)")
     args = p.parse_args(argv)
+    if args.horizon is None:
+        args.horizon = args.iterations
     if args.slow_link:
         args.links = [args.slow_link]
     unknown = set(args.configs) - {c for c, _ in CONFIGS}
@@ -136,6 +141,7 @@ def run_one(mpiexec, env, args, seed, cfg_args, ns=None):
     cmd = [*(ns.wrap() if ns else []), mpiexec, "-n", str(args.ranks), *(TCP_ENV if ns else []), sys.executable,
            TRAIN, "--iterations", str(args.iterations), "--batch-size", str(args.batch_size), "--dim", str(args.dim),
            "--lr", str(args.lr), "--timing-skip", str(args.timing_skip), "--seed", str(seed),
+           "--horizon", str(args.horizon),
            "--log-every", str(max(1, args.iterations // 4)), *cfg_args, *args.extra]
     before = ns.sent_bytes() if ns else None
     t0 = time.perf_counter()
@@ -195,7 +201,10 @@ def report(results, args, meta=None):
     links = [lk for lk in args.links if any(r["link"] == lk for r in results)]
     lines = [f"# DLRM on MovieLens-100K: compressed all-to-all ({args.ranks} ranks)", "",
              f"{args.iterations} iterations x {args.batch_size} samples per rank, embedding dim {args.dim}, "
-             f"8 tables, Adam lr {args.lr}; seeds {args.seeds}. Mean ± half the spread over seeds. "
+             f"8 tables, Adam lr {args.lr}; seeds {args.seeds}. Policies: fixed rel 0.03; dual = table "
+             f"classes by size (0.01 / 0.03 / 0.05) x step decay 2x -> 1x over {args.horizon} iterations. "
+             "The test pass compresses whenever the forward does (cost model off). "
+             "Mean ± half the spread over seeds. "
              "ΔAUC: mean over seeds of (config - uncompressed) with the same seed. Times per iteration "
              f"(slowest rank, first {args.timing_skip} iterations excluded); compute = iteration - all-to-all. "
              "MB: payload sent to other ranks per iteration, all ranks together (raw: uncompressed size); "
