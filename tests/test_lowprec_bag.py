@@ -114,6 +114,10 @@ def test_bag_bounds_semantics():
     assert s.tolist() == [0, 2, 2] and e.tolist() == [2, 2, 5]
     s, e = bag_bounds([0, 2, 5], 5, include_last_offset=True)
     assert s.tolist() == [0, 2] and e.tolist() == [2, 5]
+    with pytest.raises(TypeError, match="n_indices must be an integer"):
+        bag_bounds([0, 1], 2.5)
+    with pytest.raises(ValueError, match="n_indices must be >= 0"):
+        bag_bounds([0], -1)
 
 
 @pytest.mark.parametrize(

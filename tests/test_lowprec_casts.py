@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -44,6 +46,38 @@ def test_bf16_nan_pattern_matches_torch_for_every_shape(shape, bits):
     want = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(bf16_bits(x), want)
     assert bf16_bits(x).shape == shape
+
+
+@st.composite
+def laid_out(draw):
+    """A float32 array with NaNs (and finite values), laid out as a caller's array may be:
+    sliced with steps, transposed, broadcast, with dimensions of size 1 (torch refuses
+    negative strides, so none)."""
+    shape = draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+    base = np.full(shape, np.nan, F32)
+    base.flat[:: draw(st.integers(2, 4))] = 1.5
+    steps = tuple(slice(None, None, draw(st.integers(1, 3))) for _ in shape)
+    x = base[steps]
+    if draw(st.booleans()):
+        x = x.transpose(draw(st.permutations(range(x.ndim))))
+    if draw(st.booleans()):
+        x = np.broadcast_to(x, (draw(st.integers(1, 3)),) + x.shape)
+        x = x.transpose(draw(st.permutations(range(x.ndim))))
+    return x
+
+
+@settings(max_examples=300, deadline=None)
+@given(laid_out())
+def test_bf16_nan_pattern_matches_torch_for_every_layout(x):
+    """torch converts with its scalar code (NaN -> 0x7FC0) when its copy loop cannot run
+    vectorized over the innermost dimension (strided, broadcast), else 0xFFFF; a strided
+    slice gave 0xFFFF here."""
+    torch = _torch()
+    with warnings.catch_warnings():  # (a broadcast array is read-only: torch warns)
+        warnings.simplefilter("ignore", UserWarning)
+        want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(bf16_bits(x), want, err_msg=f"shape {x.shape} strides {x.strides}")
+    np.testing.assert_array_equal(bf16_to_f32(bf16_bits(x)).view(np.uint32) >> 16, want)
 
 
 @given(bit_arrays)

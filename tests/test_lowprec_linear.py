@@ -213,6 +213,39 @@ def test_batch_shapes_and_empty():
     assert linear_fp16_weight(x[0, 0], w).shape == (3,)
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (2, 4, 0), (0,)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_no_input_features_is_the_bias(shape, with_bias):
+    """K = 0: the empty sum plus the bias, as F.linear gives (torch's quantized ops return
+    uninitialised memory there, no oracle). reshape(-1, 0) raised before."""
+    torch = _torch()
+    w = np.zeros((3, 0), F32)
+    b = np.array([1.5, -0.0, -2.25], F32) if with_bias else None
+    expected = torch.nn.functional.linear(torch.zeros(shape), torch.from_numpy(w),
+                                          None if b is None else torch.from_numpy(b)).numpy()
+    for y in (linear_dynamic_int8(np.zeros(shape, F32), w, b), linear_fp16_weight(np.zeros(shape, F32), w, b),
+              linear_fp16_weight(np.zeros(shape, F32), w, b, accumulate="fp16")):
+        assert y.shape == shape[:-1] + (3,) and y.dtype == F32
+        np.testing.assert_array_equal(y, expected)
+
+
+def test_big_endian_float32_is_float32():
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(F32) for s in ((4, 5), (3, 5), (3,)))
+    swapped = [a.astype(a.dtype.newbyteorder(">")) for a in (x, w, b)]
+    np.testing.assert_array_equal(linear_dynamic_int8(*swapped), linear_dynamic_int8(x, w, b))
+    np.testing.assert_array_equal(linear_fp16_weight(*swapped), linear_fp16_weight(x, w, b))
+
+
+def test_activation_qparams_refuses_what_it_cannot_quantize():
+    with pytest.raises(ValueError, match="finite"):
+        activation_qparams(np.array([1.0, np.nan], F32))
+    with pytest.raises(ValueError, match="finite"):
+        activation_qparams(np.array([1.0, np.inf], F32))
+    with pytest.raises(TypeError, match="float32"):  # (1e300 became inf with a warning)
+        activation_qparams(np.array([1.0, 1e300]))
+
+
 @given(layers())
 def test_fp16_accumulation_emulation(layer):
     # independent reference: halves in, each k step rounded to fp16 (exact in float64 first)

@@ -182,6 +182,15 @@ def test_packed_dim_and_row_bytes():
         packed_dim(36, 4, dim=62)
     with pytest.raises(ValueError, match="at least 8 bytes"):
         packed_dim(7, 8)
+    for bad in (12.0, "12", True):  # (12.0 gave 4.0, "12" a TypeError from "<")
+        with pytest.raises(TypeError, match="row_bytes must be an integer"):
+            packed_dim(bad, 8)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_big_endian_tables_are_float32(bits):
+    w = np.random.default_rng(0).standard_normal((5, 24)).astype(F32)
+    np.testing.assert_array_equal(quantize_rowwise(w.astype(">f4"), bits), quantize_rowwise(w, bits))
 
 
 @pytest.mark.parametrize("bits", [3, 0, 16, True, 8.0, "8"])

@@ -151,6 +151,10 @@ def test_study_argument_errors():
         study({}, d)
     with pytest.raises(ValueError, match="budget must be a non-negative number"):
         study(m, d, budget=-1)
+    with pytest.raises(ValueError, match="budget must be a non-negative number"):
+        study(m, d, budget=float("nan"))
+    with pytest.raises(TypeError, match="budget must be a real number"):
+        study(m, d, budget=True)
     with pytest.raises(ValueError, match=r"need 2 sparse features, found 1"):
         study(m, dict(d, sparse=d["sparse"][:1]))
     with pytest.raises(ValueError, match=r"ids must be in \[0, 40\)"):
@@ -182,3 +186,46 @@ def test_docstring_examples_run():
         mod = importlib.import_module(f"embzip.lowprec.{name}")
         result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, f"{name}: {result.failed} docstring examples failed"
+
+
+def test_table_names_are_unique_and_layer_bytes_checks_its_arguments():
+    m = _model()
+    with pytest.raises(ValueError, match="table_names must be unique"):
+        DLRM(m.embeddings, m.bottom, m.top, table_names=["a", "a"])  # (layer_bytes gave a's for both)
+    with pytest.raises(TypeError, match="table_names must be str"):
+        DLRM(m.embeddings, m.bottom, m.top, table_names=["a", 1])
+    assert layer_bytes(m, "emb:t1", "int8") == 7 * (4 + 8)
+    for layer, prec, match in (("emb:zz", "int8", "unknown layer"), ("bottom9", "fp16", "unknown layer"),
+                               ("emb:t0", "zz", "precision must be one of"), ("top0", "int4", "precision must be")):
+        with pytest.raises(ValueError, match=match):
+            layer_bytes(m, layer, prec)
+
+
+@pytest.mark.parametrize("ids, offsets, match", [
+    ([0, -1], [0, 1], r"indices must be in \[0, 7\) .* found -1"),  # (-1 read the last row of a float table)
+    ([0, 7], [0, 1], r"indices must be in \[0, 7\) .* found 7"),
+    ([0, 1, 2], [0, 2, 1], "non-decreasing"),
+    ([0, 1], [0], r"offsets give 1 bags for 2 samples"),
+    ([0.0, 1.0], [0, 1], "indices must be an integer array"),
+])
+def test_every_table_precision_refuses_bad_lookups_alike(ids, offsets, match):
+    """The float tables (fp32 / fp16 / bf16) check ids and offsets as the rowwise ones do:
+    the same error for the same input, whatever the precision."""
+    m = _model()
+    dense = np.zeros((2, 3), F32)
+    sparse = [(np.array([0, 1]), np.array([0, 1])), (np.array(ids), np.array(offsets))]
+    messages = set()
+    for prec in ("fp32", "fp16", "bf16", "int8", "int4", "int2"):
+        with pytest.raises((ValueError, TypeError), match=match) as caught:
+            forward(m, dense, sparse, {"emb:t1": prec})
+        messages.add((type(caught.value), str(caught.value)))
+    assert len(messages) == 1, messages
+
+
+def test_plain_lists_are_lookups_too():
+    m = _model()
+    dense = np.random.default_rng(0).standard_normal((2, 3)).astype(F32)
+    arrays = [(np.array([0, 1]), np.array([0, 1])), (np.array([0, 1, 2]), np.array([0, 2]))]
+    lists = [([0, 1], [0, 1]), ([0, 1, 2], [0, 2])]
+    for prec in ("fp32", "int8"):
+        np.testing.assert_array_equal(forward(m, dense, lists, prec), forward(m, dense, arrays, prec))

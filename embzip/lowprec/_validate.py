@@ -15,11 +15,16 @@ def check_bits(bits) -> int:
     return int(bits)
 
 
+def _float32_or_16(arr, name: str) -> None:
+    # either byte order: a big-endian float32 is a float32 (converted, value for value)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 2):
+        raise TypeError(f"{name} must be a float32 (or float16) array, found dtype {arr.dtype}")
+
+
 def float_matrix(a, name: str, *, allow_empty: bool = True) -> np.ndarray:
     """A C-contiguous 2-D float32 array; float16 is widened exactly, other dtypes are refused."""
     arr = np.asarray(a)
-    if arr.dtype not in (np.float32, np.float16):
-        raise TypeError(f"{name} must be a float32 (or float16) array, found dtype {arr.dtype}")
+    _float32_or_16(arr, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x dim), found shape {arr.shape}")
     return np.asarray(arr, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
@@ -27,8 +32,7 @@ def float_matrix(a, name: str, *, allow_empty: bool = True) -> np.ndarray:
 
 def float_array(a, name: str) -> np.ndarray:
     arr = np.asarray(a)
-    if arr.dtype not in (np.float32, np.float16):
-        raise TypeError(f"{name} must be a float32 (or float16) array, found dtype {arr.dtype}")
+    _float32_or_16(arr, name)
     return np.asarray(arr, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
 
 
@@ -52,6 +56,15 @@ def int_vector(a, name: str) -> np.ndarray:
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds values above int64 range, found max {int(arr.max())}")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def count(value, name: str) -> int:
+    """A non-negative integer (not bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, found {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, found {value}")
+    return int(value)
 
 
 def flag(value, name: str) -> bool:

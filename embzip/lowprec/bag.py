@@ -13,7 +13,7 @@ import numpy as np
 
 from embzip._jit import kernel, parallel_kernel, prange
 from embzip.lowprec._simd import bag8_rows, bag_block
-from embzip.lowprec._validate import check_bits, flag, float_array, int_vector, uint8_matrix
+from embzip.lowprec._validate import check_bits, count, flag, float_array, int_vector, uint8_matrix
 from embzip.lowprec.rowwise import packed_dim
 
 __all__ = ["embedding_bag_rowwise", "bag_bounds"]
@@ -170,6 +170,7 @@ def bag_bounds(offsets, n_indices: int, include_last_offset: bool = False):
     (array([0, 2, 2]), array([2, 2, 5]))
     """
     offs = int_vector(offsets, "offsets")
+    n_indices = count(n_indices, "n_indices")
     if offs.size:
         if offs[0] != 0:
             raise ValueError(f"offsets must start at 0, found offsets[0]={int(offs[0])}")

@@ -3,8 +3,10 @@
 * ``to_fp16`` rounds to nearest even like ``Tensor.half()`` (``vcvtps2ph``): overflow to +-inf,
   gradual underflow, NaN keeps its sign and top payload bits with the quiet bit set.
 * ``bf16_bits(x)`` rounds to nearest even like ``Tensor.to(torch.bfloat16)``; overflow goes to
-  +-inf and every NaN becomes ``0xFFFF``, the pattern torch's vectorized CPU conversion writes
-  (a 0-d array takes torch's scalar conversion, ``c10::BFloat16``, whose NaN is ``0x7FC0``).
+  +-inf and every NaN becomes ``0xFFFF``, the pattern torch's vectorized CPU conversion writes,
+  or ``0x7FC0``, its scalar conversion's (``c10::BFloat16``), for an array laid out as a tensor
+  torch converts element by element: 0-d, or strided or broadcast along the dimension its copy
+  loop runs innermost (see :func:`_torch_converts_one_by_one`).
 * ``rounding="fbgemm"`` is FBGEMM's ``FloatToBfloat16``: ``(bits + 0x8000) >> 16`` on the raw
   uint32, i.e. ties away from zero, and no NaN handling (some NaNs become inf or +0, exactly as
   in FBGEMM).
@@ -29,6 +31,43 @@ def _as_f32(x, name="x") -> np.ndarray:
         raise TypeError(f"{name} must be a real numeric array, found dtype {arr.dtype}")
     # float64 and integers are first rounded to float32: the casts are defined on float32
     return np.asarray(arr, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
+
+
+def _torch_converts_one_by_one(arr: np.ndarray) -> bool:
+    """Whether torch's CPU copy into bfloat16 runs its scalar loop for a tensor laid out as
+    ``arr``: its vectorized loop needs the dimension it runs innermost one element apart.
+
+    ``Tensor.to`` makes the output dense in the input's order of dimensions (its strides if
+    dense, else ``infer_dense_strides``), and TensorIterator runs the output's innermost
+    dimension innermost. That order is an insertion sort of the dimensions by stride (the
+    smallest first; a stride of 0, broadcast, compares as neither; equal strides put the
+    smaller size first), starting from the last dimension innermost; dimensions of size 1 are
+    coalesced away. 0-d tensors take the scalar loop.
+    """
+    if arr.ndim == 0:
+        return True
+    strides, sizes = arr.strides, arr.shape
+
+    def after(d0, d1) -> int:  # 1: d0 goes after (outside) d1; -1: before; 0: either
+        s0, s1 = strides[d0], strides[d1]
+        if s0 == 0 or s1 == 0:
+            return 0
+        if s0 != s1:
+            return -1 if s0 < s1 else 1
+        return 1 if sizes[d0] > sizes[d1] else 0
+
+    perm = list(range(arr.ndim - 1, -1, -1))  # innermost first
+    for i in range(1, len(perm)):
+        d1 = i
+        for d0 in range(i - 1, -1, -1):
+            order = after(perm[d0], perm[d1])
+            if order > 0:
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+                d1 = d0
+            elif order < 0:
+                break
+    inner = next((d for d in perm if sizes[d] > 1), None)
+    return inner is not None and strides[inner] != arr.itemsize
 
 
 def to_fp16(x) -> np.ndarray:
@@ -68,8 +107,9 @@ def bf16_bits(x, rounding: str = "rne") -> np.ndarray:
     ----------
     x : array_like of float32 (other real dtypes are first converted to float32)
     rounding : {"rne", "fbgemm"}
-        ``"rne"``: round to nearest even, NaN -> 0xFFFF (torch CPU; 0x7FC0 for a 0-d array,
-        as torch's scalar path writes for a 0-d tensor). ``"fbgemm"``: FBGEMM's
+        ``"rne"``: round to nearest even, NaN -> 0xFFFF (torch CPU; 0x7FC0 where torch takes
+        its scalar path, for ``torch.from_numpy(x)`` laid out as ``x``: a 0-d array, a strided
+        slice such as ``x[::2]`` or a broadcast one). ``"fbgemm"``: FBGEMM's
         add-0x8000-and-shift rounding (ties away from zero, NaN not special-cased).
 
     Examples
@@ -82,12 +122,13 @@ def bf16_bits(x, rounding: str = "rne") -> np.ndarray:
     ['0x3f81', '0x3f82', '0x7fc0']
     """
     choice(rounding, "rounding", _ROUNDINGS)
+    one_by_one = _torch_converts_one_by_one(np.asarray(x))
     a = _as_f32(x)
     u = a.view(np.uint32).astype(np.uint64)  # 64-bit: the adds below may carry past 2**32
     if rounding == "fbgemm":
         return np.asarray(((u + 0x8000) & 0xFFFFFFFF) >> 16, dtype=np.uint16)
     r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    nan = 0x7FC0 if a.ndim == 0 else 0xFFFF  # torch converts a 0-d tensor with its scalar code
+    nan = 0x7FC0 if one_by_one else 0xFFFF
     return np.asarray(np.where(np.isnan(a), nan, r), dtype=np.uint16)
 
 

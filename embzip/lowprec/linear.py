@@ -17,6 +17,8 @@ with AVX2, restart every 512 k and add the block sums in order), then the bias a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from embzip._jit import kernel, parallel_kernel, prange
@@ -152,6 +154,11 @@ def _weight_bias(weight, bias, k_dim=None):
     return w, b
 
 
+def _rows(a) -> np.ndarray:
+    """``a`` as C-contiguous rows of in_features (``reshape(-1, 0)`` cannot infer the -1)."""
+    return np.ascontiguousarray(a.reshape(math.prod(a.shape[:-1]), a.shape[-1]))
+
+
 def _input(x):
     a = float_array(x, "x")
     if a.ndim < 1:
@@ -199,7 +206,9 @@ def activation_qparams(x, reduce_range: bool = True):
     (0.031496062874794006, 32)
     """
     reduce_range = flag(reduce_range, "reduce_range")
-    a = np.asarray(x, dtype=F32)
+    a = float_array(x, "x")
+    if not np.isfinite(a).all():
+        raise ValueError("x must be finite to pick quantization parameters, found NaN or inf")
     qmin, qmax = (0, 127) if reduce_range else (0, 255)
     lo = F32(min(F32(a.min()), F32(0.0))) if a.size else F32(0.0)
     hi = F32(max(F32(a.max()), F32(0.0))) if a.size else F32(0.0)
@@ -267,10 +276,12 @@ def linear_dynamic_int8(
     if flush:
         a = flush_to_zero(a)
     lead = a.shape[:-1]
-    a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]))
+    a2 = _rows(a)
     n_out = w.shape[0]
     out = np.empty((a2.shape[0], n_out), dtype=F32)
-    if out.size:
+    if out.size and not a2.shape[1]:  # no input features: the empty sum, plus the bias
+        out[...] = F32(0.0) if b is None else F32(0.0) + b
+    elif out.size:
         qw, ws = quantize_weight_int8(w, per_channel)
         scale, zp = activation_qparams(a2, reduce_range)
         qx = np.empty(a2.shape, np.float64)
@@ -330,7 +341,7 @@ def linear_fp16_weight(
     w, b = _weight_bias(weight, bias, a.shape[-1])
     wh = np.clip(w, -FP16_MAX, FP16_MAX).astype(np.float16)
     lead = a.shape[:-1]
-    a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]))
+    a2 = _rows(a)
     n_out = w.shape[0]
     out = np.empty((a2.shape[0], n_out), dtype=F32)
     if out.size == 0:

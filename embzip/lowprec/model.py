@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embzip.lowprec.bag import embedding_bag_rowwise
+from embzip.lowprec._validate import int_vector
+from embzip.lowprec.bag import _index_error, bag_bounds, embedding_bag_rowwise
 from embzip.lowprec.casts import to_bf16
 from embzip.lowprec.linear import linear_dynamic_int8, linear_fp16_weight
 from embzip.lowprec.rowwise import packed_row_bytes, quantize_rowwise
@@ -56,7 +57,7 @@ class DLRM:
     embeddings : list of float arrays (rows, dim); all tables share ``dim``
     bottom : list of (weight (out, in), bias (out,)); the last ``out`` must equal ``dim``
     top : list of (weight, bias); the last layer has one output (the logit)
-    table_names : optional names for the tables (default ``t0``, ``t1``, ...)
+    table_names : optional unique names (str) for the tables (default ``t0``, ``t1``, ...)
 
     Examples
     --------
@@ -81,10 +82,15 @@ class DLRM:
             raise ValueError("a DLRM needs at least one table, one bottom and one top layer")
         if self.table_names is None:
             self.table_names = [f"t{i}" for i in range(len(self.embeddings))]
+        self.table_names = list(self.table_names)
         if len(self.table_names) != len(self.embeddings):
             raise ValueError(
                 f"table_names has {len(self.table_names)} names for {len(self.embeddings)} tables"
             )
+        if not all(isinstance(n, str) for n in self.table_names):
+            raise TypeError(f"table_names must be str, found {self.table_names!r}")
+        if len(set(self.table_names)) != len(self.table_names):  # (a layer is named by its table)
+            raise ValueError(f"table_names must be unique, found {self.table_names!r}")
         dims = {t.shape[1] for t in self.embeddings if t.ndim == 2}
         if any(t.ndim != 2 for t in self.embeddings) or len(dims) != 1:
             raise ValueError(f"embedding tables must be 2-D with one shared dim, found {dims}")
@@ -153,6 +159,10 @@ class DLRM:
 
 def layer_bytes(model: DLRM, layer: str, prec: str) -> int:
     """Bytes to store one layer at a precision (biases and rowwise scale/bias included)."""
+    if layer not in model.layers():
+        raise ValueError(f"unknown layer {layer!r}; layers are {model.layers()}")
+    if prec not in model.precisions(layer):
+        raise ValueError(f"{layer}: precision must be one of {model.precisions(layer)}, found {prec!r}")
     if layer.startswith("emb:"):
         t = model.embeddings[model.table_names.index(layer[4:])]
         if prec in _ROWWISE_BITS:
@@ -175,14 +185,21 @@ def _linear(x, w, b, prec):
     return to_bf16(y)
 
 
-def _bag_f32(table, indices, offsets, n):
-    if indices.size == n and np.array_equal(offsets, np.arange(n)):
+def _bag_f32(table, indices, offsets):
+    """Sum-pooled rows of a float table, with the checks (and errors) of the rowwise bags."""
+    indices = int_vector(indices, "indices")
+    rows = table.shape[0]
+    # ids before offsets, as the rowwise bags report them (and -1 would read the last row)
+    if indices.size and (indices.min() < 0 or indices.max() >= rows):
+        raise _index_error(indices, rows)
+    starts, ends = bag_bounds(offsets, indices.size)
+    n = starts.size
+    if indices.size == n and np.array_equal(starts, np.arange(n)):
         return table[indices]  # one id per sample: a gather
     out = np.zeros((n, table.shape[1]), np.float32)
-    sizes = np.diff(np.append(offsets, indices.size))
-    full = sizes > 0
+    full = ends > starts
     if indices.size:
-        out[full] = np.add.reduceat(table[indices], offsets[full], axis=0)
+        out[full] = np.add.reduceat(table[indices], starts[full], axis=0)
     return out
 
 
@@ -195,13 +212,18 @@ def bottom_forward(model: DLRM, dense, cfg) -> np.ndarray:
 
 
 def pool(model: DLRM, i: int, prec: str, feature, n: int) -> np.ndarray:
-    """Sum-pooled embeddings of table ``i`` at ``prec`` for one ``(indices, offsets)`` feature."""
+    """Sum-pooled embeddings of table ``i`` at ``prec`` for one ``(indices, offsets)`` feature
+    of ``n`` samples (offsets as for :func:`~embzip.lowprec.bag_bounds`, one bag a sample)."""
     indices, offsets = feature
     t = model._table(i, prec)
     if prec in _ROWWISE_BITS:
-        return embedding_bag_rowwise(t, _ROWWISE_BITS[prec], indices, offsets,
-                                     dim=model.embeddings[i].shape[1])
-    return _bag_f32(t, indices, offsets, n)
+        out = embedding_bag_rowwise(t, _ROWWISE_BITS[prec], indices, offsets,
+                                    dim=model.embeddings[i].shape[1])
+    else:
+        out = _bag_f32(t, indices, offsets)
+    if out.shape[0] != n:
+        raise ValueError(f"table {model.table_names[i]!r}: offsets give {out.shape[0]} bags for {n} samples")
+    return out
 
 
 def interaction(h, pooled) -> np.ndarray:

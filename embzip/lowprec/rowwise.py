@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from embzip.lowprec import _rowwise_kernels as _k
-from embzip.lowprec._validate import check_bits, float_matrix, uint8_matrix
+from embzip.lowprec._validate import check_bits, count, float_matrix, uint8_matrix
 
 __all__ = ["quantize_rowwise", "dequantize_rowwise", "packed_row_bytes", "packed_dim"]
 
@@ -48,6 +48,7 @@ def packed_dim(row_bytes: int, bits: int, dim=None) -> int:
     (64, 64, 5)
     """
     bits = check_bits(bits)
+    row_bytes = count(row_bytes, "row_bytes")
     overhead = 8 if bits == 8 else 4
     if row_bytes < overhead:
         raise ValueError(

@@ -7,6 +7,7 @@ change against the all-fp32 model (``+0.0005`` = +0.05%, the default budget).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,7 +245,9 @@ def study(model: DLRM, data, configs=None, budget: float = 0.0005, search: bool 
     """
     if not isinstance(model, DLRM):
         raise TypeError(f"model must be a DLRM, found {type(model).__name__}")
-    if not (isinstance(budget, (int, float)) and budget >= 0):
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise TypeError(f"budget must be a real number, found {type(budget).__name__} {budget!r}")
+    if not budget >= 0:
         raise ValueError(f"budget must be a non-negative number, found {budget!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, found {batch_size!r}")
