@@ -8,8 +8,9 @@ shifted by a per-table row offset, a different draw per rank. Destination d gets
 Methods, same data, same run: plain ``comm.Alltoallv``; a control (an ``Iallgather`` the size
 of embzip's handshake in flight during an ``Alltoallv`` of the payload: what the bypass path
 adds to MPI, without embzip); embzip with a fixed bound
-(rel_error 0.01, ``bypass=False``); embzip with the cost-model bypass (``bypass="auto"``);
-the pipelined ``Ialltoallv`` (fixed bound). Time per call = the slowest rank's, after a
+(rel_error 0.01, ``bypass=False``); embzip with the cost-model bypass (``bypass="auto"``), also
+with new arrays and a new TableLayout every call (host buffers: three pairs of arrays in turn,
+as a training loop makes them each step); the pipelined ``Ialltoallv`` (fixed bound). Time per call = the slowest rank's, after a
 Barrier; the median of ``--reps`` calls per method after ``--warmup`` calls (which also run
 the bypass calibration), the methods interleaved call by call so that a shared host's drifting
 load hits them alike. With ``--tc-dev`` the bytes the shaped link carried are read from
@@ -118,16 +119,26 @@ def run(args):
         c.Alltoallv(cupy.asnumpy(send), staging)
         r.set(staging)
 
+    pairs = 3 if args.device == "host" else 0
+    turn = {"k": 0, "sends": [send.copy() for _ in range(pairs)], "recvs": [zeros_like(send) for _ in range(pairs)]}
+
+    def new_arrays(c, r):  # another pair of arrays (and layout object) each call; r every third
+        k = turn["k"] = (turn["k"] + 1) % 3
+        return ec.Alltoallv(c, turn["sends"][k], r if k == 0 else turn["recvs"][k], rel_error=REL,
+                            bounds=ec.TableLayout(dim=DIM))
+
     methods = {
         "plain Alltoallv": (lambda c, r: c.Alltoallv(send, r)) if args.device == "host" else plain_staged,
         "control: Iallgather + Alltoallv": control,
         f"embzip rel {REL}": lambda c, r: ec.Alltoallv(c, send, r, rel_error=REL, bounds=layout, bypass=False),
         f"embzip rel {REL} + bypass": lambda c, r: ec.Alltoallv(c, send, r, rel_error=REL, bounds=layout),
+        f"embzip rel {REL} + bypass, new arrays each call": new_arrays,
         f"embzip rel {REL} pipelined": lambda c, r: ec.Ialltoallv(c, send, r, rel_error=REL, bounds=layout,
                                                                  bypass=False, chunk_bytes=args.chunk).wait(),
     }
     if args.device == "cupy":
-        del methods["control: Iallgather + Alltoallv"]  # a host-only measure
+        del methods["control: Iallgather + Alltoallv"]  # host-only measures
+        del methods[f"embzip rel {REL} + bypass, new arrays each call"]
         from embzip.comm import _device
 
         if _device.cuda_aware_mpi():  # MPI takes device buffers: the plain call needs no staging

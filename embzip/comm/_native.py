@@ -177,6 +177,12 @@ class Plan:
         sequenced lane waits before its payload; only one of the last two can fail)."""
         return [int(c) for c in self.plan[_CODES:_CODES + 3] if c != 0]
 
+    def rebind(self, send, recv) -> None:
+        """Run on other host arrays (``send`` None: in place) of the buffers' layout."""
+        if send is not None:
+            self.plan[_SEND] = send.ctypes.data
+        self.plan[_RECV] = recv.ctypes.data
+
     def failed_in_payload(self) -> bool:
         """Whether the last run's payload call failed after the gather and its wait succeeded."""
         return bool(self.plan[_CODES] == 0 and self.plan[_CODES + 2] == 0 and self.plan[_CODES + 1] != 0)

@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["key_of", "Memo"]
+__all__ = ["key_of", "loosen", "Memo"]
 
 _MAX_VECTOR = 4096  # counts longer than this are not worth hashing
 
@@ -50,7 +50,7 @@ def _buffer(value, keep: list):
         raise _Skip
     keep.append(value)  # alive while cached: its id cannot be taken by another array
     # (its memory too: one array object can move, by resize(refcheck=False) or new strides)
-    return ("a", id(value), value.flags.writeable, value.dtype.str, value.shape, value.strides,
+    return ("a", id(value), type(value), value.flags.writeable, value.dtype.str, value.shape, value.strides,
             value.__array_interface__["data"][0])
 
 
@@ -80,7 +80,7 @@ def _bounds(bounds, keep: list):
     if hasattr(bounds, "dim") and hasattr(bounds, "bounds"):  # a TableLayout (frozen; its array is not)
         keep.append(bounds)
         inner = bounds.bounds
-        return ("layout", id(bounds), None if inner is None else (inner.shape, inner.tobytes()))
+        return ("layout", id(bounds), bounds.dim, None if inner is None else (inner.shape, inner.tobytes()))
     if isinstance(bounds, np.ndarray):
         return ("b", bounds.dtype.str, bounds.shape, bounds.tobytes())
     if isinstance(bounds, (list, tuple)) and all(v is None or isinstance(v, (int, float)) for v in bounds):
@@ -102,6 +102,25 @@ def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chu
     except Exception:  # (_Skip, unhashable, or an object that breaks when looked at: parse reports it, agreed)
         return None, None
     return key, keep
+
+
+def loosen(key):
+    """``key`` with its buffers and TableLayout by what they are, not which objects: a buffer's
+    type, writeable flag, dtype, shape and strides (not its identity nor its address), a
+    layout's dim and bounds. Two calls with equal loose keys differ only in which arrays of one
+    layout they pass (a training loop's fresh arrays of every step): see ``_spec.rebind``."""
+    return tuple(_loose(part) for part in key)
+
+
+def _loose(part):
+    if type(part) is tuple and part:
+        if part[0] == "a":  # ("a", id, type, writeable, dtype, shape, strides, address)
+            return ("a", *part[2:-1])
+        if part[0] == "layout":  # ("layout", id, dim, bounds)
+            return ("layout", *part[2:])
+        if part[0] == "s":  # a buffer specification: its buffer, then counts, displs, datatype
+            return tuple(_loose(p) for p in part)
+    return part
 
 
 class Memo:

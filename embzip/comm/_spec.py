@@ -20,6 +20,7 @@ forbids it without checking), and a derived datatype to be usable (committed).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import numbers
@@ -272,7 +273,7 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     else:
         arr = _host_array(buf, writable, name)
         own_dtype = arr.dtype
-        flat = arr.reshape(-1) if arr.flags.c_contiguous else arr.ravel(order="K")
+        flat = _flat(arr)
         nbytes = arr.nbytes
         row = arr.shape[-1] if arr.ndim >= 2 and arr.flags.c_contiguous else 0
         across = arr.shape[-2] if row and arr.ndim >= 3 else 0
@@ -339,10 +340,34 @@ def parse(msg, size: int, writable: bool, name: str, MPI) -> Spec:
     if elem is not None and elem in FLOAT_KINDS and (own_dtype == elem or own_dtype in _BYTE_KINDS):
         kind = FLOAT_KINDS[elem]
         if own_dtype != elem:  # untyped bytes declared as floats: read them as floats
-            flat, row, across = flat[:nbytes - nbytes % elem.itemsize].view(elem), 0, 0
+            flat, row, across = _as_elements(flat, elem), 0, 0
     return Spec(buf=buf, flat=flat, dtype=elem, datatype=datatype, counts=counts, displs=displs,
                 extent=int(extent), elem_size=int(elem_size), device=device, row=int(row), kind=kind,
                 true_lb=int(true_lb), true_extent=int(true_extent), rows_across=int(across))
+
+
+def _flat(arr: np.ndarray) -> np.ndarray:
+    """The elements of a contiguous host array in memory order, as a 1-D view."""
+    return arr.reshape(-1) if arr.flags.c_contiguous else arr.ravel(order="K")
+
+
+def _as_elements(flat: np.ndarray, elem) -> np.ndarray:
+    """Untyped bytes (``_BYTE_KINDS``) read as elements of ``elem``: the whole ones."""
+    return flat[:flat.nbytes - flat.nbytes % elem.itemsize].view(elem)
+
+
+def rebind(spec: Spec, buf) -> Spec:
+    """``spec`` for another host array of the same type, dtype, shape, strides and writeable
+    flag as its own (what :func:`parse` read of the buffer): the same Spec but for the buffer
+    itself, without parsing and validating it again. A relation between two buffers (sharing
+    memory) is the caller's to check."""
+    arr = buf if type(buf) is np.ndarray else buf.view(np.ndarray)
+    flat = _flat(arr)
+    if flat.dtype != spec.flat.dtype:
+        flat = _as_elements(flat, spec.flat.dtype)
+    new = copy.copy(spec)  # (its cached tiles_flat too: a property of the layout, not the memory)
+    new.buf, new.flat = buf, flat
+    return new
 
 
 def is_in_place(msg, MPI) -> bool:

@@ -143,6 +143,98 @@ def express_lane():
         os.environ.pop("EMBZIP_NATIVE_MPI", None)
 
 
+@case
+def express_lane_fresh_buffers():
+    """A training loop's calls: new arrays every step (the same layout) and a new TableLayout
+    of the same bounds. From the second call on they take the express lane, moved onto the
+    new arrays (``_express._rebind``), exact on both lanes; the memo lets the old arrays go.
+    Arrays of another layout, or a send and receive buffer whose memory overlaps (even with
+    segments that do not touch), take the full path: exact, or raised on every rank."""
+    import gc
+    import weakref
+
+    from embzip.comm import TableLayout, _express, _mpi
+    from worker_errors import expect
+
+    dim, tables = 3, 2
+    rows = np.where(uneven_counts(29, scale=4) == 0, 2, uneven_counts(29, scale=4))  # (no empty segment)
+    np.fill_diagonal(rows, 1)
+    sc, rc = rows[ME] * dim * tables, rows[:, ME] * dim * tables
+    lanes = {"calls": 0}
+    real = _express.try_call
+
+    def counting(*args):
+        got = real(*args)
+        lanes["calls"] += got is not None
+        return got
+
+    _express.try_call = counting
+    try:
+        for native in NATIVE_LANES:
+            os.environ["EMBZIP_NATIVE_MPI"] = native
+            fresh = COMM.Dup()
+            first, before = None, lanes["calls"]
+            for step in range(5):
+                send = payload(int(sc.sum()), np.float32, 80 + step).reshape(-1, dim * tables)  # new arrays
+                got = np.full(int(rc.sum()), -1.0, np.float32)
+                first = first or weakref.ref(send)
+                ref = reference([send, sc], lambda: [np.zeros(int(rc.sum()), np.float32), rc])
+                layout = TableLayout(dim, bounds=[0.01, 0.05])  # a new object, the same bounds
+                stats = ec.Alltoallv(fresh, [send, (sc, None), MPI.FLOAT], [got, (rc, None), MPI.FLOAT],
+                                     rel_error=0.03, bounds=layout, bypass=True)
+                assert np.array_equal(got, ref), f"step {step}, native={native}: not exact"
+                assert (stats.mode, stats.reason) == ("raw", "forced")
+            assert lanes["calls"] - before == (0 if PAIRWISE else 4), (native, lanes["calls"] - before)
+            del send
+            gc.collect()
+            assert PAIRWISE or first() is None, "the memo keeps the first step's array alive"
+            lane = _mpi.peek_state(fresh).memo.lane
+            if lane is not None:
+                assert (lane.native is not None) == (native != "0" and KNOWN_MPI)
+            # plain arrays, counts inferred: the same
+            before = lanes["calls"]
+            for step in range(3):
+                send = payload(6 * P, np.float64, 90 + step)
+                got = np.zeros(6 * P)
+                ref = reference(send, lambda: np.zeros(6 * P))
+                ec.Alltoallv(fresh, send, got, abs_error=1e-3, bypass=True)
+                assert np.array_equal(got, ref), f"plain arrays, step {step}"
+            assert lanes["calls"] - before == (0 if PAIRWISE else 2)
+            # another layout (float32, 12 per rank): the full path, then the lane again
+            before = lanes["calls"]
+            for step in range(3):
+                send = payload(12 * P, np.float32, 95 + step)
+                got = np.zeros(12 * P, np.float32)
+                ref = reference(send, lambda: np.zeros(12 * P, np.float32))
+                ec.Alltoallv(fresh, send, got, abs_error=1e-3, bypass=True)
+                assert np.array_equal(got, ref), f"another layout, step {step}"
+            assert lanes["calls"] - before == (0 if PAIRWISE else 2)
+            # one buffer, segments that do not touch (as MPI allows): its spans overlap, so a
+            # new such buffer is left to the full path, which sends it as before
+            firsts = 6 * np.arange(P)
+            for step in range(3):
+                both = np.zeros(12 * P, np.float32)
+                both[:6 * P] = payload(6 * P, np.float32, 97 + step)
+                ref = reference(both[:6 * P].copy(), lambda: np.zeros(6 * P, np.float32))
+                before = lanes["calls"]
+                ec.Alltoallv(fresh, [both, [6] * P, firsts, MPI.FLOAT], [both, [6] * P, 6 * P + firsts, MPI.FLOAT],
+                             abs_error=1e-3, bypass=True)
+                assert np.array_equal(both[6 * P:], ref), f"one buffer, step {step}"
+                assert lanes["calls"] == before, f"one buffer, step {step}: a lane call"
+            # after a lane call on fresh arrays, one rank's arrays share memory: every rank raises
+            send, got = payload(12 * P, np.float32, 99), np.zeros(12 * P, np.float32)
+            ec.Alltoallv(fresh, send, got, abs_error=1e-3, bypass=True)
+            ec.Alltoallv(fresh, send.copy(), np.zeros(12 * P, np.float32), abs_error=1e-3, bypass=True)
+            send = payload(12 * P, np.float32, 100)
+            aliased = send if ME == P - 1 else np.zeros(12 * P, np.float32)
+            expect(lambda: ec.Alltoallv(fresh, send, aliased, abs_error=1e-3, bypass=True), ec.CommValueError,
+                   f"rank {P - 1}: sendbuf and recvbuf share memory")
+            fresh.Free()
+    finally:
+        _express.try_call = real
+        os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
 def in_place_lane(lanes):
     """Repeats of a raw call in place on every rank take a sequenced lane that hands the
     buffer to MPI's own in-place Alltoallv (stats.in_place "mpi"); when another rank stops
