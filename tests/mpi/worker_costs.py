@@ -5,6 +5,7 @@ Run through worker.py (see there).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -46,21 +47,13 @@ def bypass_and_stats():
 _INV_TRANSFER = MEASUREMENT_FIELDS.index("inv_transfer_s")  # (in a rank's measurement vector)
 
 
-@case
-def express_lane():
-    """Repeats of an uncompressed call take the express lane (see embzip/comm/_express.py):
-    exact results while the buffers' contents change, the same statistics as the full path,
-    and back to the full path when an argument changes. Both lanes: one compiled call on MPI's
-    C API (embzip/comm/_native.py: MPICH's large-count call, Open MPI's int one, and the int
-    one on MPICH with EMBZIP_NATIVE_MPI=int), and mpi4py's calls (EMBZIP_NATIVE_MPI=0)."""
-    from embzip.comm import _express, _mpi, _native
+@contextlib.contextmanager
+def counting_lane_calls():
+    """{"calls": how many embzip.comm.Alltoallv calls took the express lane} while inside;
+    EMBZIP_NATIVE_MPI (which lane a case asks for) is unset again on the way out."""
+    from embzip.comm import _express
 
-    with_zeros = uneven_counts(21, scale=9)
-    counts = np.where(with_zeros == 0, 5, with_zeros)  # (a rank with an empty segment does not fuse: below)
-    np.fill_diagonal(counts, 0)  # but sending itself nothing does not count
-    sc, rc = counts[ME], counts[:, ME]
-    lanes = {"calls": 0}
-    real = _express.try_call
+    lanes, real = {"calls": 0}, _express.try_call
 
     def counting(*args):
         got = real(*args)
@@ -69,6 +62,26 @@ def express_lane():
 
     _express.try_call = counting
     try:
+        yield lanes
+    finally:
+        _express.try_call = real
+        os.environ.pop("EMBZIP_NATIVE_MPI", None)
+
+
+@case
+def express_lane():
+    """Repeats of an uncompressed call take the express lane (see embzip/comm/_express.py):
+    exact results while the buffers' contents change, the same statistics as the full path,
+    and back to the full path when an argument changes. Both lanes: one compiled call on MPI's
+    C API (embzip/comm/_native.py: MPICH's large-count call, Open MPI's int one, and the int
+    one on MPICH with EMBZIP_NATIVE_MPI=int), and mpi4py's calls (EMBZIP_NATIVE_MPI=0)."""
+    from embzip.comm import _mpi, _native
+
+    with_zeros = uneven_counts(21, scale=9)
+    counts = np.where(with_zeros == 0, 5, with_zeros)  # (a rank with an empty segment does not fuse: below)
+    np.fill_diagonal(counts, 0)  # but sending itself nothing does not count
+    sc, rc = counts[ME], counts[:, ME]
+    with counting_lane_calls() as lanes:
         for native in NATIVE_LANES:
             os.environ["EMBZIP_NATIVE_MPI"] = native
             fresh = COMM.Dup()
@@ -138,9 +151,6 @@ def express_lane():
             assert (state.pending[_INV_TRANSFER] > 0) == sampled, (empty, state.pending)
             fresh.Free()
         in_place_lane(lanes)
-    finally:
-        _express.try_call = real
-        os.environ.pop("EMBZIP_NATIVE_MPI", None)
 
 
 @case
@@ -153,23 +163,14 @@ def express_lane_fresh_buffers():
     import gc
     import weakref
 
-    from embzip.comm import TableLayout, _express, _mpi
+    from embzip.comm import TableLayout, _mpi
     from worker_errors import expect
 
     dim, tables = 3, 2
     rows = np.where(uneven_counts(29, scale=4) == 0, 2, uneven_counts(29, scale=4))  # (no empty segment)
     np.fill_diagonal(rows, 1)
     sc, rc = rows[ME] * dim * tables, rows[:, ME] * dim * tables
-    lanes = {"calls": 0}
-    real = _express.try_call
-
-    def counting(*args):
-        got = real(*args)
-        lanes["calls"] += got is not None
-        return got
-
-    _express.try_call = counting
-    try:
+    with counting_lane_calls() as lanes:
         for native in NATIVE_LANES:
             os.environ["EMBZIP_NATIVE_MPI"] = native
             fresh = COMM.Dup()
@@ -230,9 +231,6 @@ def express_lane_fresh_buffers():
             expect(lambda: ec.Alltoallv(fresh, send, aliased, abs_error=1e-3, bypass=True), ec.CommValueError,
                    f"rank {P - 1}: sendbuf and recvbuf share memory")
             fresh.Free()
-    finally:
-        _express.try_call = real
-        os.environ.pop("EMBZIP_NATIVE_MPI", None)
 
 
 def in_place_lane(lanes):
