@@ -254,6 +254,33 @@ def test_reuse_key_repeats_only_when_nothing_that_validation_reads_changed():
     assert _key(None, recv) is None  # (not said to be in place: validated in full)
 
 
+def test_the_loose_key_differs_where_validation_would_differ():
+    """What lets the express lane move onto new arrays (``_reuse.loosen``): equal for other
+    arrays of one layout, different wherever the full path could judge otherwise (found by
+    review: a TableLayout look-alike, a struct dtype spelt like V1, a bool bound like 1)."""
+    import types
+
+    from embzip.comm import _reuse
+
+    def loose(send, recv, **kw):
+        return _reuse.loosen(_key(send, recv, **kw))
+
+    send, recv = np.zeros(12, np.float32), np.zeros(12, np.float32)
+    base = loose([send, [6, 6]], [recv, [6, 6]], bounds=TableLayout(dim=3))
+    assert base == loose([send.copy(), [6, 6]], [np.ones(12, np.float32), [6, 6]], bounds=TableLayout(dim=3))
+    assert base != loose([send, [6, 6]], [recv, [6, 6]], bounds=types.SimpleNamespace(dim=3, bounds=None))
+    assert base != loose([send, [6, 6]], [recv, [6, 6]], bounds=TableLayout(dim=2))
+    assert base != loose([send, [6, 6]], [recv[::-1].copy().reshape(3, 4), [6, 6]], bounds=TableLayout(dim=3))
+    assert base != loose([send, [6, 6]], [recv.astype(">f4"), [6, 6]], bounds=TableLayout(dim=3))
+    v1, struct = np.zeros(4, "V1"), np.zeros(4, [("a", "u1")])
+    assert v1.dtype.str == struct.dtype.str and loose(v1, recv) != loose(struct, recv)
+    longs, long_longs = np.zeros(4, "l"), np.zeros(4, "q")
+    assert longs.dtype == long_longs.dtype and loose(longs, recv) != loose(long_longs, recv)
+    assert _key(send, recv, rel_error=None, abs_error=1) != _key(send, recv, rel_error=None, abs_error=True)
+    assert _key(send, recv, bounds=1.0) != _key(send, recv, bounds=True) != _key(send, recv, bounds=1)
+    assert _key(send, recv, bounds=[1, None]) != _key(send, recv, bounds=[True, None])
+
+
 @pytest.mark.parametrize("send, bounds", [
     (b"\x00" * 16, None),  # bytes-like buffers: validated every call
     (np.zeros(4, np.float32), object()),

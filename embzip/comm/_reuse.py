@@ -50,8 +50,10 @@ def _buffer(value, keep: list):
         raise _Skip
     keep.append(value)  # alive while cached: its id cannot be taken by another array
     # (its memory too: one array object can move, by resize(refcheck=False) or new strides)
-    return ("a", id(value), type(value), value.flags.writeable, value.dtype.str, value.shape, value.strides,
-            value.__array_interface__["data"][0])
+    # the dtype itself (its str is not all of it: a one-byte struct and V1 are both "|V1", and
+    # parse reads only V1 as bytes) and its char (int64 "l" and "q" are equal but get other MPI types)
+    return ("a", id(value), type(value), value.flags.writeable, value.dtype, value.dtype.char, value.shape,
+            value.strides, value.__array_interface__["data"][0])
 
 
 def _part(value, keep: list):
@@ -75,16 +77,19 @@ def _spec(msg, keep: list):
 
 
 def _bounds(bounds, keep: list):
-    if bounds is None or isinstance(bounds, (int, float)):
-        return bounds
+    if bounds is None:
+        return None
+    if isinstance(bounds, (int, float)):
+        return ("n", bounds, type(bounds))  # (True == 1: the type tells them apart)
     if hasattr(bounds, "dim") and hasattr(bounds, "bounds"):  # a TableLayout (frozen; its array is not)
         keep.append(bounds)
         inner = bounds.bounds
-        return ("layout", id(bounds), bounds.dim, None if inner is None else (inner.shape, inner.tobytes()))
+        return ("layout", id(bounds), type(bounds), bounds.dim,  # (a look-alike is not a TableLayout)
+                None if inner is None else (inner.shape, inner.tobytes()))
     if isinstance(bounds, np.ndarray):
         return ("b", bounds.dtype.str, bounds.shape, bounds.tobytes())
     if isinstance(bounds, (list, tuple)) and all(v is None or isinstance(v, (int, float)) for v in bounds):
-        return ("b", *bounds)
+        return ("b", *[(v, type(v)) for v in bounds])
     raise _Skip
 
 
@@ -96,8 +101,10 @@ def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chu
         for scalar in (abs_error, rel_error, strategy, bypass, chunk_bytes):
             if scalar is not None and not isinstance(scalar, (bool, int, float, str)):
                 raise _Skip
-        key = (("in place",) if in_place else _spec(sendbuf, keep), _spec(recvbuf, keep), abs_error, rel_error, strategy,
-               _bounds(bounds, keep), bypass, type(bypass), chunk_bytes)
+        # scalars with their types: True == 1, and the full path refuses a bool bound
+        key = (("in place",) if in_place else _spec(sendbuf, keep), _spec(recvbuf, keep), abs_error, type(abs_error),
+               rel_error, type(rel_error), strategy, _bounds(bounds, keep), bypass, type(bypass), chunk_bytes,
+               type(chunk_bytes))
         hash(key)
     except Exception:  # (_Skip, unhashable, or an object that breaks when looked at: parse reports it, agreed)
         return None, None
@@ -114,9 +121,9 @@ def loosen(key):
 
 def _loose(part):
     if type(part) is tuple and part:
-        if part[0] == "a":  # ("a", id, type, writeable, dtype, shape, strides, address)
+        if part[0] == "a":  # ("a", id, type, writeable, dtype, char, shape, strides, address)
             return ("a", *part[2:-1])
-        if part[0] == "layout":  # ("layout", id, dim, bounds)
+        if part[0] == "layout":  # ("layout", id, type, dim, bounds)
             return ("layout", *part[2:])
         if part[0] == "s":  # a buffer specification: its buffer, then counts, displs, datatype
             return tuple(_loose(p) for p in part)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import types
 
 import numpy as np
 from mpi4py import MPI
@@ -186,6 +187,11 @@ def express_lane_fresh_buffers():
                 assert np.array_equal(got, ref), f"step {step}, native={native}: not exact"
                 assert (stats.mode, stats.reason) == ("raw", "forced")
             assert lanes["calls"] - before == (0 if PAIRWISE else 4), (native, lanes["calls"] - before)
+            # an object that only looks like that layout is refused, as on a first call (review)
+            look_alike = types.SimpleNamespace(dim=dim, bounds=layout.bounds)
+            expect(lambda: ec.Alltoallv(fresh, [send.copy(), (sc, None), MPI.FLOAT], [got.copy(), (rc, None), MPI.FLOAT],
+                                        rel_error=0.03, bounds=look_alike, bypass=True),
+                   ec.CommTypeError, "TableLayout")
             del send
             gc.collect()
             assert PAIRWISE or first() is None, "the memo keeps the first step's array alive"
