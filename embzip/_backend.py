@@ -234,7 +234,7 @@ def decompress(frame, out=None, verify: bool = True, max_bytes=None):
     try:
         return _decode(frame, flat, pipeline, header, out, verify)
     except MemoryError:
-        pass
+        pass  # (not a placeholder: out of memory is judged below, after the payload CRC)
     except CudaAPIError as exc:
         if getattr(exc, "code", None) != _CUDA_ERROR_OUT_OF_MEMORY:  # (an int enum; the simulator's has none)
             raise
