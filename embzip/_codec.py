@@ -196,9 +196,12 @@ def _outliers(buf: np.ndarray, header: FrameHeader, limit: int):
     val_sec = header.section(SectionKind.OUTLIER_VALUES)
     # views of the frame's bytes (unaligned, little-endian), then one aligned native copy each
     # for the kernel: 12 (float32) or 16 (float64) bytes of working memory per outlier
-    positions = buf[pos_sec.offset:pos_sec.offset + pos_sec.length].view("<u8").astype(np.int64)
-    if positions[-1] >= limit or (positions.size > 1 and not np.all(positions[1:] > positions[:-1])):
+    # checked as stored (unsigned): a position of 2**63 or more is negative as int64, and a
+    # negative index below passed "< limit" and wrote before the array (a bit flip found it)
+    stored = buf[pos_sec.offset:pos_sec.offset + pos_sec.length].view("<u8")
+    if stored[-1] >= limit or (stored.size > 1 and not np.all(stored[1:] > stored[:-1])):
         raise CorruptFrameError(f"outlier positions must increase strictly and stay below {limit}")
+    positions = stored.astype(np.int64)
     dtype = header.dtype.numpy
     values = buf[val_sec.offset:val_sec.offset + val_sec.length].view(dtype)
     return positions, values.astype(dtype.newbyteorder("="))

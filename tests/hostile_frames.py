@@ -383,6 +383,10 @@ FORGERIES = {
     "outlier_position_equals_size": (lambda f: _positions(f, "outliers_bitpack", lambda p: p.__setitem__(-1, 600)), CORRUPTISH),
     "outlier_position_u64_max": (lambda f: _positions(f, "outliers_rans", lambda p: p.__setitem__(-1, 2**64 - 1)), CORRUPTISH),
     "outlier_position_2_63": (lambda f: _positions(f, "outliers_rans", lambda p: p.__setitem__(-1, 2**63)), CORRUPTISH),
+    # the first with its top bit set: negative as int64, so "increasing and below the size"
+    # held for the signed positions, and the patch wrote before the array (a CI bit flip)
+    "outlier_position_first_top_bit": (lambda f: _positions(f, "outliers_rans", lambda p: p.__setitem__(0, p[0] | np.uint64(2**63))), CORRUPTISH),
+    "outlier_position_first_top_bit_dedup": (lambda f: _positions(f, "dedup_outliers_bitpack", lambda p: p.__setitem__(0, p[0] | np.uint64(2**63))), CORRUPTISH),
     "outlier_positions_unsorted": (lambda f: _positions(f, "outliers_bitpack", lambda p: p.__setitem__(slice(0, 2), p[1::-1].copy())), CORRUPTISH),
     "outlier_positions_duplicate": (lambda f: _positions(f, "outliers_bitpack", lambda p: p.__setitem__(1, p[0])), CORRUPTISH),
     "outlier_position_beyond_unique_rows": (lambda f: _positions(f, "dedup_outliers_bitpack", lambda p: p.__setitem__(-1, parse(f["dedup_outliers_bitpack"]).sections[0][2])), CORRUPTISH),
