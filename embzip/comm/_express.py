@@ -119,24 +119,29 @@ def _conclude(buf, size, length, transfer, windows, sample):
 
 
 def _arguments(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass):
-    """The arguments by identity (buffers, bounds) and value (scalars, what can change in an
-    array: see ``_array_state``), when the receive buffer is a numpy array, the send buffer
-    one too or ``MPI.IN_PLACE`` / None, and the bounds have nothing mutable but a
-    TableLayout's array (compared by value); None otherwise (the memo key decides then)."""
+    """(args, same): the arguments by identity (buffers, bounds) and value (scalars, what can
+    change in an array: see ``_array_state``), and what :func:`_is_repeat` compares of them,
+    when the receive buffer is a numpy array, the send buffer one too or ``MPI.IN_PLACE`` /
+    None, and the bounds have nothing mutable but a TableLayout's array (compared by value);
+    (None, None) otherwise (the memo key decides then). Each array's state is read once: a
+    training loop's fresh arrays come here every call."""
     if type(recvbuf) is not np.ndarray or (type(sendbuf) is not np.ndarray and not _in_place(sendbuf)):
-        return None
+        return None, None
     for scalar in (abs_error, rel_error, strategy, bypass):  # as key_of: anything else validates in full
         if scalar is not None and not isinstance(scalar, (bool, int, float, str)):
-            return None
+            return None, None
     inner = None
     if bounds is not None:
         if not (hasattr(bounds, "dim") and hasattr(bounds, "bounds")):  # a TableLayout
-            return None
+            return None, None
         inner = bounds.bounds
         inner = None if inner is None else (inner.shape, inner.dtype.str, inner.tobytes())
-    send = ("in place",) if type(sendbuf) is not np.ndarray else (id(sendbuf), *_array_state(sendbuf))
-    return (*send, id(recvbuf), *_array_state(recvbuf), id(bounds), inner, abs_error, type(abs_error), rel_error,
+    send_state = _array_state(sendbuf) if type(sendbuf) is np.ndarray else None
+    recv_state = _array_state(recvbuf)
+    send = ("in place",) if send_state is None else (id(sendbuf), *send_state)
+    args = (*send, id(recvbuf), *recv_state, id(bounds), inner, abs_error, type(abs_error), rel_error,
             type(rel_error), strategy, bypass, type(bypass))
+    return args, (sendbuf, recvbuf, bounds, abs_error, rel_error, strategy, bypass, send_state, recv_state, inner)
 
 
 def _in_place(sendbuf) -> bool:
@@ -150,16 +155,7 @@ def _array_state(arr):
     elements are (data pointer and strides). Why the last two: one array object can move
     (``resize(refcheck=False)``, assigning ``strides``); a repeat keyed on identity alone then
     wrote into freed memory."""
-    return arr.shape, arr.dtype, arr.flags.writeable, arr.__array_interface__["data"][0], arr.strides
-
-
-def _same_objects(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass):
-    """What :func:`_is_repeat` compares: the argument objects themselves, and what can change in
-    them (an array's state, a TableLayout's bounds array); no send state in place."""
-    inner = getattr(bounds, "bounds", None)
-    inner = None if inner is None else (inner.shape, inner.dtype.str, inner.tobytes())
-    send = _array_state(sendbuf) if type(sendbuf) is np.ndarray else None
-    return (sendbuf, recvbuf, bounds, abs_error, rel_error, strategy, bypass, send, _array_state(recvbuf), inner)
+    return arr.shape, arr.dtype, arr.flags.writeable, _reuse.address(arr), arr.strides
 
 
 def _is_repeat(same, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass):
@@ -192,8 +188,7 @@ def open_lane(state, job, mode: int, stats: CallStats, call_args, sequenced: boo
     lane = Lane()
     lane.key, lane.job, lane.mode = memo.key, memo.job, mode
     lane.loose = _reuse.loosen(memo.key)
-    lane.args = _arguments(*call_args)
-    lane.same = None if lane.args is None else _same_objects(*call_args)
+    lane.args, lane.same = _arguments(*call_args)
     # a sequenced transfer is a bandwidth sample when every rank started it after the gather
     # (in place: all are sequenced), as the full path's measurement says
     lane.sequenced, lane.in_place = sequenced, job.in_place
@@ -224,30 +219,32 @@ def open_lane(state, job, mode: int, stats: CallStats, call_args, sequenced: boo
     memo.lane = lane
 
 
-def _rebind(memo, lane, key, keep, call_args) -> bool:
+def _rebind(memo, lane, key, keep, call_args, described) -> bool:
     """Move the lane (and the memo) onto other arrays of its buffers' layout, the arguments
     otherwise its own (``_reuse.loosen``): a training loop makes new arrays every step, and
     without this each of its calls took the full path (measured, 4 ranks on 2 cores, 4 MB
     per rank bypassed: 2x the time of a plain Alltoallv, against 1.1x on the lane). What the
     full path would check of the new arrays is what the loose key compares, and that the send
     and receive buffers share no memory: sharing it, the full path decides (and raises on
-    every rank). Returns whether the lane is ready for the call."""
+    every rank). ``described``: what ``_arguments`` gives for ``call_args``. Returns whether
+    the lane is ready for the call."""
     if lane.in_place or memo.key is not lane.key or _reuse.loosen(key) != lane.loose:
         return False  # (the memo moved on: a full call since, whose lane opens after it)
     send = call_args[0] if isinstance(call_args[0], np.ndarray) else call_args[0][0]
     recv = call_args[1] if isinstance(call_args[1], np.ndarray) else call_args[1][0]
+    # where their memory is, as key_of read it: the last item of an array's part of the key,
+    # which is the key itself or a specification's third item (see _reuse._spec)
+    s, r = (part[-1] if part[0] == "a" else part[2][-1] for part in key[:2])
     # (contiguous arrays, as parse found the lane's: their memory is one span each)
-    s, r = send.__array_interface__["data"][0], recv.__array_interface__["data"][0]
     if s < r + recv.nbytes and r < s + send.nbytes:
         return False  # they may share memory: the full path checks the segments
-    job = copy.copy(lane.job)
+    job = _spec.shallow_copy(lane.job)
     job.send, job.recv = _spec.rebind(job.send, send), _spec.rebind(job.recv, recv)
     if lane.native is not None:
-        lane.native.rebind(job.send.buf, job.recv.buf)
+        lane.native.rebind(s, r)
     lane.smsg, lane.rmsg = job.send.mpi_message(), job.recv.mpi_message()
     lane.key, lane.job = key, job
-    lane.args = _arguments(*call_args)
-    lane.same = None if lane.args is None else _same_objects(*call_args)
+    lane.args, lane.same = described
     # the memo follows: it keeps these arrays alive (their ids are in the key) and lets the
     # old ones go; its handshake row was keyed on the old Job's Spec objects
     memo.key, memo.keep, memo.job = key, keep, job
@@ -267,10 +264,10 @@ def try_call(comm, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, byp
     if lane.same is None or not _is_repeat(lane.same, sendbuf, recvbuf, abs_error, rel_error, strategy, bounds,
                                            bypass):
         call_args = (sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass)
-        args = _arguments(*call_args)
-        if args is None or args != lane.args:
+        described = _arguments(*call_args)
+        if described[0] is None or described[0] != lane.args:
             key, keep = _reuse.key_of(*call_args, None, _spec.is_in_place(sendbuf, _mpi.load()))
-            if key is None or (key != lane.key and not _rebind(state.memo, lane, key, keep, call_args)):
+            if key is None or (key != lane.key and not _rebind(state.memo, lane, key, keep, call_args, described)):
                 return None
     job, costs = lane.job, state.costs
     if lane.mode != (_RAW_CODE if job.kind else 0):

@@ -177,11 +177,9 @@ class Plan:
         sequenced lane waits before its payload; only one of the last two can fail)."""
         return [int(c) for c in self.plan[_CODES:_CODES + 3] if c != 0]
 
-    def rebind(self, send, recv) -> None:
-        """Run on other host arrays (``send`` None: in place) of the buffers' layout."""
-        if send is not None:
-            self.plan[_SEND] = send.ctypes.data
-        self.plan[_RECV] = recv.ctypes.data
+    def rebind(self, send: int, recv: int) -> None:
+        """Run on other host arrays of the buffers' layout, at these addresses (not in place)."""
+        self.plan[_SEND], self.plan[_RECV] = send, recv
 
     def failed_in_payload(self) -> bool:
         """Whether the last run's payload call failed after the gather and its wait succeeded."""

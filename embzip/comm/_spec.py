@@ -20,7 +20,6 @@ forbids it without checking), and a derived datatype to be usable (committed).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import numbers
@@ -365,8 +364,16 @@ def rebind(spec: Spec, buf) -> Spec:
     flat = _flat(arr)
     if flat.dtype != spec.flat.dtype:
         flat = _as_elements(flat, spec.flat.dtype)
-    new = copy.copy(spec)  # (its cached tiles_flat too: a property of the layout, not the memory)
+    new = shallow_copy(spec)  # (its cached tiles_flat too: a property of the layout, not the memory)
     new.buf, new.flat = buf, flat
+    return new
+
+
+def shallow_copy(obj):
+    """``copy.copy`` of a plain dataclass instance (its ``__dict__``, cached properties too), in
+    a fifth of the time: the express lane's rebind takes three each call of a training loop."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
     return new
 
 
