@@ -203,6 +203,19 @@ def _positions(frames, kind, fn) -> bytes:
     return _edit(frames, kind, edit)
 
 
+def _section_reserved(frames, kind, section, byte):
+    """``frames[kind]`` with a reserved byte of a section entry set (the header CRC made to
+    match): the format says they are zeros, and a reader that skips them would take a frame
+    that says something else."""
+    frame = bytearray(frames[kind])
+    p = parse(frame)
+    at = FIXED.size + 8 * len(p.shape) + SECTION.size * section + 2 + byte
+    frame[at] = 0x80
+    hlen = p.fields["header_length"]
+    struct.pack_into("<I", frame, hlen - 4, crc32c(bytes(frame[:hlen - 4])))
+    return bytes(frame)
+
+
 def _swap_last_two_sections(p):
     p.sections[-1], p.sections[-2] = p.sections[-2], p.sections[-1]
     p.payloads[-1], p.payloads[-2] = p.payloads[-2], p.payloads[-1]
@@ -302,6 +315,8 @@ FORGERIES = {
     "payload_length_plus_one": (lambda f: _edit(f, "rans", _nothing, payload_length=len(parse(f["rans"]).payloads[0]) + 1), CORRUPTISH),
     "payload_length_minus_one": (lambda f: _edit(f, "rans", _nothing, payload_length=len(parse(f["rans"]).payloads[0]) - 1), CORRUPTISH),
     "reserved_nonzero": (lambda f: _edit(f, "bitpack", _nothing, reserved=1), CORRUPTISH),
+    "section_reserved_first_byte": (lambda f: _section_reserved(f, "bitpack", 0, 0), CORRUPTISH),
+    "section_reserved_last_byte_last_section": (lambda f: _section_reserved(f, "outliers_rans", 2, 5), CORRUPTISH),
     # enumerated fields
     "dtype_0": (lambda f: _edit(f, "bitpack", _nothing, dtype=0), CORRUPTISH),
     "dtype_3": (lambda f: _edit(f, "bitpack", _nothing, dtype=3), CORRUPTISH),

@@ -20,7 +20,8 @@ from .ids import MAGIC, MAJOR_VERSION, MINOR_VERSION, DTypeId, Encoder, ErrorMod
 # magic, major, minor, header_length, dtype, ndim, error_mode, strategy, flags, section_count,
 # reserved(u16), error_value, abs_error, step, payload_length, payload_crc
 _FIXED = struct.Struct("<4sBBHBBBBBBHdddQI")
-_SECTION = struct.Struct("<BB6xQQ")  # kind, encoding, count, length
+_SECTION = struct.Struct("<BB6xQQ")  # kind, encoding, count, length (written: the reserved bytes are zeros)
+_SECTION_READ = "BB6sQQ"  # read: kind, encoding, the reserved bytes (checked), count, length
 _CRC = struct.Struct("<I")
 FIXED_SIZE = _FIXED.size  # 52
 MAX_NDIM = 32
@@ -220,7 +221,7 @@ def read_header(buf: np.ndarray) -> FrameHeader:
         if size < hlen + payload_length:
             raise TruncatedFrameError(f"frame is {size} bytes, header says {hlen + payload_length}")
         raise FormatError(f"frame is {size} bytes, header says {hlen + payload_length}: trailing bytes")
-    table = _table_struct(ndim, nsec).unpack_from(head, FIXED_SIZE)  # shape, then 4 fields a section
+    table = _table_struct(ndim, nsec).unpack_from(head, FIXED_SIZE)  # shape, then 5 fields a section
     shape = table[:ndim]
     # Dict lookups, not enum calls: calling an enum class costs ~0.5 us, ~10 times a frame.
     dtype = _DTYPES.get(dtype_id)
@@ -234,7 +235,9 @@ def read_header(buf: np.ndarray) -> FrameHeader:
     sections = []
     pos = hlen
     for k in range(nsec):
-        kind_id, enc_id, count, length = table[ndim + 4 * k:ndim + 4 * k + 4]
+        kind_id, enc_id, reserved, count, length = table[ndim + 5 * k:ndim + 5 * k + 5]
+        if reserved != _ZEROS:
+            raise CorruptFrameError(f"section {k}: reserved bytes are {reserved.hex()}, expected zeros")
         kind, enc = _SECTION_KINDS.get(kind_id), _ENCODERS.get(enc_id)
         if kind is None or enc is None:
             bad = f"{kind_id} is not a valid SectionKind" if kind is None else f"{enc_id} is not a valid Encoder"
@@ -252,6 +255,7 @@ _ERROR_MODES = {int(m): m for m in ErrorMode}
 _FLAGS = {0: Flags.NONE, int(Flags.DEDUP): Flags.DEDUP}  # every valid flags byte
 _SECTION_KINDS = {int(m): m for m in SectionKind}
 _ENCODERS = {int(m): m for m in Encoder}
+_ZEROS = bytes(6)
 #: The largest finite value of each dtype: a step above it cannot be stored in the dtype.
 _DTYPE_MAX = {DTypeId.FLOAT32: float(np.finfo(np.float32).max), DTypeId.FLOAT64: float(np.finfo(np.float64).max)}
 
@@ -259,7 +263,7 @@ _DTYPE_MAX = {DTypeId.FLOAT32: float(np.finfo(np.float32).max), DTypeId.FLOAT64:
 @functools.lru_cache(maxsize=None)
 def _table_struct(ndim: int, section_count: int) -> struct.Struct:
     """The shape and section table that follow the fixed header, as one Struct."""
-    return struct.Struct(f"<{ndim}Q" + _SECTION.format[1:] * section_count)
+    return struct.Struct(f"<{ndim}Q" + _SECTION_READ * section_count)
 
 
 #: Most elements a frame's shape may span (the product of its nonzero extents).
