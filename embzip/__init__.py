@@ -17,6 +17,7 @@ from .errors import (
     EmbzipError,
     FormatError,
     FrameTooLargeError,
+    OutMismatchError,
     TruncatedFrameError,
     UnsupportedVersionError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "TruncatedFrameError",
     "UnsupportedVersionError",
     "FrameTooLargeError",
+    "OutMismatchError",
     "BackendUnavailableError",
     "CommError",
     "__version__",

@@ -11,7 +11,7 @@ import numpy as np
 from . import _backend, _codec
 from . import _interop  # issue 7: torch tensors by duck typing (torch never imported)
 from ._jit import threads_for
-from .errors import FrameTooLargeError
+from .errors import FrameTooLargeError, OutMismatchError
 from .format import read_header
 from .format.header import as_frame_bytes, check_payload, check_shape
 from .format.ids import DTypeId, ErrorMode, Flags, SectionKind, Strategy
@@ -177,7 +177,8 @@ def decompress(frame, *, out=None, verify: bool = True, device: str | None = Non
     embzip.EmbzipError
         A subclass for any frame that is not valid: corrupt, truncated, or of a newer version;
         :class:`~embzip.FrameTooLargeError` for a valid one larger than ``max_bytes`` or than
-        the memory there is.
+        the memory there is; :class:`~embzip.OutMismatchError` (also a ``ValueError``) when
+        the frame's shape or dtype is not ``out``'s.
 
     Examples
     --------
@@ -247,7 +248,7 @@ def _decode(header, buf, out):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, found {type(out).__name__}")
     if out.shape != header.shape or out.dtype != dtype:
-        raise ValueError(f"out must have shape {header.shape} and dtype {dtype}, found {out.shape} and {out.dtype}")
+        raise OutMismatchError(f"out must have shape {header.shape} and dtype {dtype}, found {out.shape} and {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out must be writable, found a read-only array")
     # A subclass (np.matrix, a masked array...) is decoded into through a plain ndarray view of

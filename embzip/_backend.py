@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ._stream_order import results_ready, wait_for_producer
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, OutMismatchError
 
 __all__ = ["is_device", "compress", "decompress", "frame_header", "to_host_frame"]
 
@@ -261,7 +261,7 @@ def _decode(frame, flat, pipeline, header, out, verify: bool):
     desc = _interface(out)
     out_shape, out_dtype = tuple(desc["shape"]), np.dtype(desc["typestr"])
     if out_shape != header.shape or out_dtype != dtype:
-        raise ValueError(f"out must have shape {header.shape} and dtype {dtype}, found {out_shape} and {out_dtype}")
+        raise OutMismatchError(f"out must have shape {header.shape} and dtype {dtype}, found {out_shape} and {out_dtype}")
     if desc["data"][1]:
         raise ValueError("out must be writable, found a read-only array")
     span, first, strides = _span(out, desc, dtype)

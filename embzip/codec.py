@@ -34,6 +34,7 @@ from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray, ndarray_
 from numcodecs.registry import register_codec
 
 from . import _api
+from .errors import OutMismatchError
 
 __all__ = ["Embzip"]
 
@@ -120,9 +121,9 @@ class Embzip(Codec):
         C-order bytes land in ``out``'s memory as they are, so an F-ordered ``out`` of the
         frame's shape holds them transposed. ``embzip.decompress(frame, out=...)`` fills by
         index instead. A frame that decodes to more (or fewer) bytes than ``out`` holds is
-        refused (``ValueError``) before anything is decoded or allocated; without ``out``
-        nothing caps the size a frame declares (``embzip.decompress(frame, max_bytes=...)``
-        does).
+        refused (``OutMismatchError``: an ``EmbzipError`` and a ``ValueError``) before anything
+        is decoded or allocated; without ``out`` nothing caps the size a frame declares
+        (``embzip.decompress(frame, max_bytes=...)`` does).
         """
         frame = ensure_contiguous_ndarray(buf).view(np.uint8)
         if out is None:
@@ -134,7 +135,7 @@ class Embzip(Codec):
         out_arr = ensure_ndarray(out)
         if out_arr.nbytes != info.raw_size:  # before decoding: a frame declaring more than
             # out holds (a corrupt or hostile chunk) must not allocate what it declares
-            raise ValueError(f"out holds {out_arr.nbytes} bytes, the frame decodes to "
+            raise OutMismatchError(f"out holds {out_arr.nbytes} bytes, the frame decodes to "
                              f"{info.raw_size}")
         decoded = _api.decompress(frame, max_bytes=out_arr.nbytes)
         if out_arr.dtype != decoded.dtype and out_arr.dtype == decoded.dtype.newbyteorder():

@@ -14,6 +14,7 @@ __all__ = [
     "TruncatedFrameError",
     "UnsupportedVersionError",
     "FrameTooLargeError",
+    "OutMismatchError",
     "BackendUnavailableError",
     "CommError",
 ]
@@ -42,6 +43,12 @@ class UnsupportedVersionError(FormatError):
 class FrameTooLargeError(EmbzipError):
     """A valid frame declares more than may be decoded here: more bytes than the caller's
     ``max_bytes``, or than can be allocated (a few bytes of frame may declare 2**48 values)."""
+
+
+class OutMismatchError(EmbzipError, ValueError):
+    """A frame decodes to another shape, dtype or size than the ``out`` it was given. Either
+    may be at fault (a corrupt or forged frame, or the wrong ``out``), so both ``except
+    EmbzipError`` and ``except ValueError`` catch it; nothing was decoded or allocated."""
 
 
 class BackendUnavailableError(EmbzipError):

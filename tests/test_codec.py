@@ -16,6 +16,7 @@ from numcodecs.tests.common import (  # noqa: E402
     check_encode_decode_array,
 )
 
+import embzip  # noqa: E402
 from embzip.codec import Embzip  # noqa: E402
 
 RNG = np.random.default_rng(7)
@@ -98,8 +99,11 @@ def test_a_frame_declaring_more_than_out_holds_is_refused_before_decoding(out):
     import hostile_frames  # (tests/ directory)
     # 2**40 float32 values (4 TiB): decoding it first and checking out after would run out of
     # memory (or swap) instead of refusing the chunk
-    with pytest.raises(ValueError, match=f"out holds 4000 bytes, the frame decodes to {4 * 2**40}"):
+    # a chunk whose frame disagrees with out: the frame may be the corrupt one, so the error is
+    # an EmbzipError (as every other bad frame's), and a ValueError (as a wrong out's)
+    with pytest.raises(embzip.OutMismatchError, match=f"out holds 4000 bytes, the frame decodes to {4 * 2**40}") as info:
         Embzip(abs_error=1e-3).decode(hostile_frames.declaring(2**40), out=out)
+    assert isinstance(info.value, embzip.EmbzipError) and isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize("kwargs, error", [
