@@ -14,7 +14,9 @@ is random float32 (the bypass never looks at the values), ``--mb`` MB per rank. 
 adds both with ``MPI.IN_PLACE`` as the send buffer (embzip hands the buffer to MPI's in-place
 call after its handshake: a sequenced express lane). ``--empty``: rank 1 sends rank 0 nothing
 (in place: nor rank 0 rank 1), so those ranks have an empty segment and wait for the
-handshake before their payload (a sequenced lane; see ``has_empty_segment``).
+handshake before their payload (a sequenced lane; see ``has_empty_segment``). ``--fresh`` adds
+plain and ``bypass=True`` calls on other arrays each call (three pairs in turn, and a new
+TableLayout for embzip: a training loop's new arrays of every step; the lane moves onto them).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--in-place", action="store_true", help="also time MPI.IN_PLACE calls")
     parser.add_argument("--empty", action="store_true", help="rank 1 sends rank 0 nothing (an empty segment)")
+    parser.add_argument("--fresh", action="store_true", help="also time calls on new arrays each call")
     args = parser.parse_args()
 
     from mpi4py import MPI
@@ -70,6 +73,20 @@ def main() -> None:
         "embzip bypass=True": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout, bypass=True),
         "embzip bypass=auto": lambda c: ec.Alltoallv(c, send, recv, rel_error=0.01, bounds=layout),
     }
+    if args.fresh:
+        sends = [[send[0].copy(), sc] for _ in range(3)]
+        recvs = [[np.zeros_like(recv[0]), rc] for _ in range(3)]
+        turn = [0]
+
+        def fresh(call):  # the next of three pairs each call
+            def turned(c):
+                turn[0] = (turn[0] + 1) % 3
+                return call(c, sends[turn[0]], recvs[turn[0]])
+            return turned
+
+        methods["plain Alltoallv, new arrays"] = fresh(lambda c, s, r: c.Alltoallv(s, r))
+        methods["embzip bypass=True, new arrays"] = fresh(
+            lambda c, s, r: ec.Alltoallv(c, s, r, rel_error=0.01, bounds=ec.TableLayout(dim=50), bypass=True))
     if args.in_place:
         methods["plain Alltoallv, in place"] = lambda c: c.Alltoallv(MPI.IN_PLACE, both)
         methods["embzip bypass=True, in place"] = lambda c: ec.Alltoallv(c, MPI.IN_PLACE, both, rel_error=0.01,
@@ -92,10 +109,11 @@ def main() -> None:
         plain = float(np.median(times["plain Alltoallv"]))
         empty = ", rank 1 sends rank 0 nothing" if args.empty and comm.size > 1 else ""
         print(f"{comm.size} ranks, {n * 4 / 1e6:.1f} MB per rank{empty}, median of {args.reps} calls")
-        print("| method | median us | vs plain | modes |\n|---|---:|---:|---|")
+        print("| method | median us | vs plain (new arrays: plain on new arrays) | modes |\n|---|---:|---:|---|")
         for name, values in times.items():
             median = float(np.median(values))
-            print(f"| {name} | {median * 1e6:.0f} | {plain / median:.3f}x | {'/'.join(sorted(modes[name])) or '-'} |")
+            base = float(np.median(times["plain Alltoallv, new arrays"])) if "new arrays" in name else plain
+            print(f"| {name} | {median * 1e6:.0f} | {base / median:.3f}x | {'/'.join(sorted(modes[name])) or '-'} |")
     for sub in subs.values():
         sub.Free()
 
