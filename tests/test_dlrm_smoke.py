@@ -78,6 +78,8 @@ def test_dlrm_two_ranks_compressed(env):
     res = json.loads(re.search(r"^result (.*)$", out, re.M).group(1))
     assert len(res["losses"]) == len(res["iter_times"]) == 12
     assert res["compute_s"] >= 0 and all(t > 0 for t in res["iter_times"])
+    for d in ("fwd", "bwd"):  # the median call: inside one iteration
+        assert 0 < res[f"a2a_{d}_median_s"] < max(res["iter_times"]), res
 
 
 @pytest.mark.parametrize("argv, text", [
@@ -121,10 +123,15 @@ def test_experiment_report(tmp_path, monkeypatch):
                          losses=[0.7 - 0.01 * k for k in range(8)], iter_times=[0.1] * 8)
                 if link != "unshaped":
                     r["link_bytes"] = 1e7
+                else:  # (results from before the medians have none: the shaped link's here)
+                    r.update(a2a_fwd_median_s=fwd / 2 + 0.001 * seed, a2a_bwd_median_s=bwd / 2)
                 runs.append(r)
     md = experiment.report(runs, args)
     assert md.count("| uncompressed |") == 2 and "link MB" in md
     shaped = md.split("## 1gbit")[1]
+    unshaped = md.split("## 1gbit")[0]
+    assert "| 20.0 ± 0.0 (median 10.5) | 20.0 ± 0.0 (median 10.0) |" in unshaped  # uncompressed: seeds' mean
+    assert "median" not in shaped
     assert "| 1.00x |" in shaped and f"| {0.17 / 0.11:.2f}x |" in shaped  # fwd+bwd dual: 170 ms -> 110 ms
     data = json.loads((tmp_path / "dlrm.json").read_text())
     assert len(data["runs"]) == 16

@@ -123,6 +123,9 @@ class Exchange:
         self.bypass = {"auto": "auto", "never": False, "always": True}[args.bypass] if bypass is None else bypass
         self.totals = {k: 0.0 for k in ("fwd_raw", "fwd_sent", "bwd_raw", "bwd_sent", "fwd_s", "bwd_s",
                                         "fwd_compressed_calls", "bwd_compressed_calls", "fwd_calls", "bwd_calls")}
+        # seconds of each call, per direction: the median tells a bypassed call's cost apart
+        # from the few compressed ones (calibration, probes) that weigh on the mean
+        self.seconds = {"fwd": [], "bwd": []}
 
     def _alltoallv(self, send, sc, recv, rc, compress, bounds, iteration, direction):
         MPI = self.MPI
@@ -145,6 +148,7 @@ class Exchange:
         tot[f"{direction}_raw"] += raw
         tot[f"{direction}_sent"] += sent
         tot[f"{direction}_s"] += dt
+        self.seconds[direction].append(dt)
         tot[f"{direction}_calls"] += 1
         tot[f"{direction}_compressed_calls"] += int(done)
 
@@ -279,6 +283,7 @@ def main(argv=None):
         if it == min(args.timing_skip, args.iterations - 1) - 1:  # drop the first-call setup from the timings
             for ex in (ex_fwd, ex_bwd):
                 ex.totals["fwd_s"] = ex.totals["bwd_s"] = 0.0
+                ex.seconds = {"fwd": [], "bwd": []}
             t_iter = 0.0
         else:
             t_iter += time.perf_counter() - t0
@@ -318,6 +323,10 @@ def main(argv=None):
                 totals[key] = world.allreduce(v, op=op)
     for key in ("fwd_compressed_calls", "fwd_calls"):  # the test pass's forward all-to-alls
         totals[key.replace("fwd", "test")] = world.allreduce(ex_eval.totals[key], op=MPI.SUM)
+    medians = {}  # the slowest rank's median call, as the means are the slowest rank's
+    for name, ex in (("fwd", ex_fwd), ("bwd", ex_bwd)):
+        calls = ex.seconds[name]
+        medians[name] = world.allreduce(float(np.median(calls)) if calls else 0.0, op=MPI.MAX)
     iter_times = np.array(iter_times, dtype=np.float64)
     world.Allreduce(MPI.IN_PLACE, iter_times, op=MPI.MAX)  # per iteration: the slowest rank
     timed = args.iterations - min(args.timing_skip, args.iterations - 1)
@@ -325,6 +334,7 @@ def main(argv=None):
     result = dict(ranks=P, compress=args.compress, policy=args.policy, seed=args.seed, iterations=args.iterations,
                   batch_per_rank=b, auc=auc, logloss=ll, train_loss_first=first, train_loss_last=last,
                   iter_s=iter_s, a2a_fwd_s=totals["fwd_s"] / timed, a2a_bwd_s=totals["bwd_s"] / timed,
+                  a2a_fwd_median_s=medians["fwd"], a2a_bwd_median_s=medians["bwd"],
                   timed_iterations=timed, dim=args.dim, lr=args.lr,
                   compute_s=max(iter_s - (totals["fwd_s"] + totals["bwd_s"]) / timed, 0.0),
                   losses=[round(v, 6) for v in losses],  # training loss of every iteration (global batch)
@@ -337,6 +347,7 @@ def main(argv=None):
         f"bwd_compressed_calls={int(totals['bwd_compressed_calls'])}/{int(totals['bwd_calls'])} "
         f"test_compressed_calls={int(totals['test_compressed_calls'])}/{int(totals['test_calls'])} "
         f"a2a_fwd_s_per_iter={totals['fwd_s'] / timed:.4f} a2a_bwd_s_per_iter={totals['bwd_s'] / timed:.4f} "
+        f"a2a_fwd_median_s={medians['fwd']:.4f} a2a_bwd_median_s={medians['bwd']:.4f} "
         f"iter_s={iter_s:.4f} (last {timed} iterations, slowest rank)")
     say("result " + json.dumps(result))
     say(f"auc={auc:.6f} logloss={ll:.6f}")
