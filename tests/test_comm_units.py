@@ -348,6 +348,28 @@ def test_reuse_address_is_ndarrays_own_for_a_subclass(dtype):
     assert _key(masked, np.zeros(8, dtype)) is not None
 
 
+def test_reuse_key_pins_the_buffers_the_lane_rebinds_onto():
+    """The key's second part names which objects a call passes (each buffer's id and address,
+    then a TableLayout's id); the first, what they are. The express lane compares the first and
+    hands MPI the addresses of the second: they must be the call's own buffers', in every
+    specification form, and only they may differ between two arrays of one layout."""
+    from embzip.comm import _reuse
+
+    send, recv = np.arange(12, dtype=np.float32), np.zeros((3, 4), np.float32)
+    other_send, other_recv = send.copy(), recv.copy()
+    layout = TableLayout(dim=2)
+    forms = [lambda b: b, lambda b: [b, [3, 3, 3, 3]], lambda b: (b, ([3] * 4, [0, 3, 6, 9])),
+             lambda b: [b, [3] * 4, [0, 3, 6, 9], "f"]]
+    for form in forms:
+        key = _key(form(send), form(recv), bounds=layout)
+        assert _reuse.addresses(key) == (send.__array_interface__["data"][0], recv.__array_interface__["data"][0])
+        assert key[1] == (id(send), _reuse.addresses(key)[0], id(recv), _reuse.addresses(key)[1], id(layout))
+        again = _key(form(other_send), form(other_recv), bounds=TableLayout(dim=2))
+        assert again != key and _reuse.loosen(again) == _reuse.loosen(key)
+        assert _reuse.addresses(again) == (other_send.ctypes.data, other_recv.ctypes.data)
+    assert _key(None, recv, in_place=True)[1] == (id(recv), recv.ctypes.data)
+
+
 def test_shallow_copy_is_copy_copy_of_a_dataclass():
     from embzip.comm import _protocol, _spec
 

@@ -232,9 +232,7 @@ def _rebind(memo, lane, key, keep, call_args, described) -> bool:
         return False  # (the memo moved on: a full call since, whose lane opens after it)
     send = call_args[0] if isinstance(call_args[0], np.ndarray) else call_args[0][0]
     recv = call_args[1] if isinstance(call_args[1], np.ndarray) else call_args[1][0]
-    # where their memory is, as key_of read it: the last item of an array's part of the key,
-    # which is the key itself or a specification's third item (see _reuse._spec)
-    s, r = (part[-1] if part[0] == "a" else part[2][-1] for part in key[:2])
+    s, r = _reuse.addresses(key)  # (where their memory is, as key_of read it)
     # (contiguous arrays, as parse found the lane's: their memory is one span each)
     if s < r + recv.nbytes and r < s + send.nbytes:
         return False  # they may share memory: the full path checks the segments

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._jit import kernel
 
-__all__ = ["address", "key_of", "loosen", "Memo"]
+__all__ = ["address", "addresses", "key_of", "loosen", "Memo"]
 
 _MAX_VECTOR = 4096  # counts longer than this are not worth hashing
 
@@ -59,31 +59,39 @@ class _Skip(Exception):
     """This argument is not cacheable: validate the call in full."""
 
 
+_INT = frozenset((int,))
+
+
 def _vector(value):
-    if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+    kind = type(value)
+    if kind is list or kind is tuple:  # (the usual, first: an ABC isinstance costs ~0.3 us)
+        if len(value) <= _MAX_VECTOR and _INT.issuperset(map(type, value)):
+            return ("l", *value)
+    elif value is None or kind is int:
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return value
     if isinstance(value, np.ndarray):
         if value.ndim != 1 or value.size > _MAX_VECTOR or value.dtype.kind not in "iu":
             raise _Skip
         return ("v", value.dtype.str, value.tobytes())
     if isinstance(value, (list, tuple)) and len(value) <= _MAX_VECTOR:
-        if all(type(v) is int for v in value):  # (the usual; an ABC isinstance costs ~0.3 us an item)
-            return ("l", *value)
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
             raise _Skip
         return ("l", *[int(v) for v in value])
     raise _Skip
 
 
-def _buffer(value, keep: list):
+def _buffer(value, keep: list, pins: list):
     if not isinstance(value, np.ndarray) or value.dtype.hasobject:
         raise _Skip
     keep.append(value)  # alive while cached: its id cannot be taken by another array
-    # (its memory too: one array object can move, by resize(refcheck=False) or new strides)
+    # which array, and where its memory is (one array object can move, by resize(refcheck=False)
+    # or new strides): the key's pins, see key_of
+    pins += (id(value), address(value))
     # the dtype itself (its str is not all of it: a one-byte struct and V1 are both "|V1", and
     # parse reads only V1 as bytes) and its char (int64 "l" and "q" are equal but get other MPI types)
-    return ("a", id(value), type(value), value.flags.writeable, value.dtype, value.dtype.char, value.shape,
-            value.strides, address(value))
+    return ("a", type(value), value.flags.writeable, value.dtype, value.dtype.char, value.shape, value.strides)
 
 
 def _part(value, keep: list):
@@ -91,7 +99,7 @@ def _part(value, keep: list):
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, tuple):  # (counts, displs)
-        return ("p", *[_vector(v) for v in value])
+        return ("p", *map(_vector, value))
     if isinstance(value, (np.ndarray, list)):  # counts (first: hasattr of a missing name costs ~0.5 us)
         return _vector(value)
     if hasattr(value, "py2f"):  # an MPI.Datatype (not hashable itself)
@@ -100,23 +108,24 @@ def _part(value, keep: list):
     return _vector(value)
 
 
-def _spec(msg, keep: list):
+def _spec(msg, keep: list, pins: list):
     if isinstance(msg, np.ndarray):
-        return _buffer(msg, keep)
+        return _buffer(msg, keep, pins)
     if isinstance(msg, (list, tuple)) and 2 <= len(msg) <= 4:
-        return ("s", type(msg) is tuple, _buffer(msg[0], keep), *[_part(v, keep) for v in msg[1:]])
+        return ("s", type(msg) is tuple, _buffer(msg[0], keep, pins), *[_part(v, keep) for v in msg[1:]])
     raise _Skip
 
 
-def _bounds(bounds, keep: list):
+def _bounds(bounds, keep: list, pins: list):
     if bounds is None:
         return None
     if isinstance(bounds, (int, float)):
         return ("n", bounds, type(bounds))  # (True == 1: the type tells them apart)
     if hasattr(bounds, "dim") and hasattr(bounds, "bounds"):  # a TableLayout (frozen; its array is not)
         keep.append(bounds)
+        pins.append(id(bounds))
         inner = bounds.bounds
-        return ("layout", id(bounds), type(bounds), bounds.dim,  # (a look-alike is not a TableLayout)
+        return ("layout", type(bounds), bounds.dim,  # (a look-alike is not a TableLayout)
                 None if inner is None else (inner.shape, inner.tobytes()))
     if isinstance(bounds, np.ndarray):
         return ("b", bounds.dtype.str, bounds.shape, bounds.tobytes())
@@ -127,16 +136,23 @@ def _bounds(bounds, keep: list):
 
 def key_of(sendbuf, recvbuf, abs_error, rel_error, strategy, bounds, bypass, chunk_bytes, in_place=False):
     """(key, objects to keep alive) for these arguments, or (None, None) when not cacheable.
-    ``in_place``: ``sendbuf`` is one of MPI's in-place forms (recvbuf alone says what is sent)."""
-    keep = []
+    ``in_place``: ``sendbuf`` is one of MPI's in-place forms (recvbuf alone says what is sent).
+
+    The key is (loose, pins): ``loose`` says what the arguments are (see :func:`loosen`), the
+    pins which objects they are: each buffer's id and address (the send buffer's first, when
+    there is one), then a TableLayout's id. Two keys apart so that the express lane, moving
+    onto a training loop's new arrays each step, compares the loose part without building it
+    again (it did: a fifth of the lane's Python in that loop's form)."""
+    keep, pins = [], []
     try:
         for scalar in (abs_error, rel_error, strategy, bypass, chunk_bytes):
             if scalar is not None and not isinstance(scalar, (bool, int, float, str)):
                 raise _Skip
         # scalars with their types: True == 1, and the full path refuses a bool bound
-        key = (("in place",) if in_place else _spec(sendbuf, keep), _spec(recvbuf, keep), abs_error, type(abs_error),
-               rel_error, type(rel_error), strategy, _bounds(bounds, keep), bypass, type(bypass), chunk_bytes,
-               type(chunk_bytes))
+        loose = (("in place",) if in_place else _spec(sendbuf, keep, pins), _spec(recvbuf, keep, pins), abs_error,
+                 type(abs_error), rel_error, type(rel_error), strategy, _bounds(bounds, keep, pins), bypass,
+                 type(bypass), chunk_bytes, type(chunk_bytes))
+        key = (loose, tuple(pins))
         hash(key)
     except Exception:  # (_Skip, unhashable, or an object that breaks when looked at: parse reports it, agreed)
         return None, None
@@ -148,18 +164,12 @@ def loosen(key):
     type, writeable flag, dtype, shape and strides (not its identity nor its address), a
     layout's dim and bounds. Two calls with equal loose keys differ only in which arrays of one
     layout they pass (a training loop's fresh arrays of every step): see ``_spec.rebind``."""
-    return tuple(_loose(part) for part in key)
+    return key[0]
 
 
-def _loose(part):
-    if type(part) is tuple and part:
-        if part[0] == "a":  # ("a", id, type, writeable, dtype, char, shape, strides, address)
-            return ("a", *part[2:-1])
-        if part[0] == "layout":  # ("layout", id, type, dim, bounds)
-            return ("layout", *part[2:])
-        if part[0] == "s":  # a buffer specification: its buffer, then counts, displs, datatype
-            return tuple(_loose(p) for p in part)
-    return part
+def addresses(key):
+    """(send, receive) buffers' addresses in ``key``, of a call that is not in place."""
+    return key[1][1], key[1][3]
 
 
 class Memo:
