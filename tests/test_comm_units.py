@@ -311,8 +311,8 @@ def test_the_loose_key_differs_where_validation_would_differ():
 @pytest.mark.parametrize("dtype", ["?", "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d", "F", "D", "e", "g",
                                    "V3", "S3", "U2", "M8[s]", ">f4", ">f8", [("a", "f4"), ("b", "u1")]])
 def test_reuse_address_is_where_the_array_interface_says(dtype):
-    """The keys and the express lane read an array's address by a compiled call for the common
-    dtypes (a fifth of __array_interface__'s time): the same number for views, reversed and
+    """The keys and the express lane read a contiguous array's address by MPI.Get_address (a
+    fifth of __array_interface__'s time): the same number for views, reversed and
     strided ones, 0-d, empty and read-only arrays, and for the dtypes numba cannot take."""
     from embzip.comm._reuse import address
 
@@ -326,11 +326,12 @@ def test_reuse_address_is_where_the_array_interface_says(dtype):
             assert address(view) == view.__array_interface__["data"][0]
 
 
-@pytest.mark.parametrize("dtype", ["f", "e"])  # (compiled, and by the interface)
+@pytest.mark.parametrize("dtype", ["f", "e", "M8[s]"])
 def test_reuse_address_is_ndarrays_own_for_a_subclass(dtype):
     """A subclass may say another address in its __array_interface__: the key (whose address
     the express lane hands MPI) takes the array's real one (found by review: MPI wrote into the
-    array the subclass named); one numba cannot type (a masked array) still gets a key."""
+    array the subclass named); a masked array still gets a key (found by review, when a compiled
+    call read the address)."""
     from embzip.comm import _reuse
 
     victim = np.zeros(8, dtype)
@@ -343,6 +344,15 @@ def test_reuse_address_is_ndarrays_own_for_a_subclass(dtype):
     liar = np.ones(8, dtype).view(Liar)
     assert liar.__array_interface__["data"][0] == victim.ctypes.data
     assert _reuse.address(liar) == liar.view(np.ndarray).__array_interface__["data"][0] != victim.ctypes.data
+    strided = liar[::2]
+    assert _reuse.address(strided) == strided.view(np.ndarray).__array_interface__["data"][0] != victim.ctypes.data
+
+    class DLPackLiar(np.ndarray):  # (what MPI.Get_address reads first)
+        def __dlpack__(self, *args, **kwargs):
+            return victim.__dlpack__(*args, **kwargs)
+
+    other = np.ones(8, dtype).view(DLPackLiar)
+    assert _reuse.address(other) == other.view(np.ndarray).__array_interface__["data"][0] != victim.ctypes.data
     masked = np.ma.masked_array(np.zeros(8, dtype), mask=[0, 1] * 4)
     assert _reuse.address(masked) == masked.view(np.ndarray).__array_interface__["data"][0]
     assert _key(masked, np.zeros(8, dtype)) is not None
