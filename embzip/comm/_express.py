@@ -1,11 +1,11 @@
 """The express lane: a call that repeats the last uncompressed one, with little Python around MPI.
 
-Why: on cores shared by several ranks, the Python between the caller's call and the moment
-its messages are posted, and between their completion and the return, is paid many times
-over (the other ranks spin in MPI meanwhile, and after a payload of megabytes that Python
-runs with cold caches): measured on 4 ranks / 2 cores with a 10 MB shared-memory exchange,
-the full path's ~45 us of Python cost ~0.6 ms per call, 15% of the exchange, while a bypassed
-call must cost what a plain ``Alltoallv`` costs.
+Why: the Python between the caller's call and the moment its messages are posted, and
+between their completion and the return, runs with cold caches (the caller's compute and
+the payload's megabytes evict it), where each step costs several times its warm time:
+measured on 4 ranks / 2 cores with a 10 MB shared-memory exchange, the full path's ~45 us of
+(warm) Python cost ~0.6 ms per call, 15% of the exchange, while a bypassed call must cost
+what a plain ``Alltoallv`` costs. ``bench/lane_cold.py`` times the lane warm and cold.
 
 A call takes the lane when its arguments are the previous call's (the same buffers, bounds
 and settings; counts and displacements compared by value), that call sent the caller's

@@ -1,9 +1,9 @@
 """Reuse the last call's validated arguments when a call repeats them.
 
 Why: a training loop calls the all-to-all with the same buffers, counts and bounds every step,
-and parsing and validating them costs ~0.1-0.2 ms of Python per call. On cores shared by
-several ranks that time is paid again in scheduler slices, and a bypassed call must cost what
-a plain ``Alltoallv`` costs. So each communicator remembers the last successful call's
+and parsing and validating them costs ~0.1-0.2 ms of Python per call, several times that
+with the cold caches a training step leaves, while a bypassed call must cost what a plain
+``Alltoallv`` costs. So each communicator remembers the last successful call's
 arguments (by identity for buffers, which the cache keeps alive so an identity cannot be
 reused by another object, and by value for everything mutable: counts, displacements,
 bounds, the writeable flag, a buffer's data pointer and strides) with the :class:`~._protocol.Job` they produced.
