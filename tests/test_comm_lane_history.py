@@ -5,7 +5,7 @@ gives, whatever changed in between.
 In one process (duplicates of MPI.COMM_SELF): hypothesis draws a call (buffer dtype, shape,
 specification form, bounds) and a history of changes made between calls, the way a training
 loop or a careless caller makes them: new arrays of the same layout, a new TableLayout, counts
-changed in place, a receive buffer made read-only and writable again, a send buffer resized
+changed in place or given as a numpy integer, a receive buffer made read-only and writable again, a send buffer resized
 (its memory moves), a receive buffer reshaped in place, a layout's bounds changed in place,
 a receive buffer that is a view of the send buffer, ``MPI.IN_PLACE``, a bool bound. After each
 change the call runs on a communicator that saw the whole history and on a fresh one: the
@@ -22,7 +22,8 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 DIM, TABLES = 2, 2
-ACTIONS = ["same", "new arrays", "new layout", "counts in place", "recv read-only", "recv writable", "resize send",
+ACTIONS = ["same", "new arrays", "new layout", "counts in place", "numpy count", "list count", "recv read-only",
+           "recv writable", "resize send",
            "reshape recv in place", "layout bounds in place", "recv aliases send", "in place", "not in place",
            "bool bound", "float bound"]
 FORMS = ["bare", "counts", "counts displs", "counts displs type", "four items", "tuple"]
@@ -47,6 +48,7 @@ class Call:
         self.send = (np.arange(rows * width) % 7 - 3).astype(self.dtype).reshape(rows, width).copy()  # (owns it)
         self.recv = np.full((rows, width), 9, self.dtype)
         self.counts = [rows * width]  # one list object, in the send and the receive specification
+        self.numpy_count = False  # a single numpy integer instead (mpi4py takes it for every rank)
         self.layout = TableLayout(DIM, bounds=[0.01, 0.05] if bounds_kind == "layout with bounds" else None)
         self.bound = 0.02
         self.in_place = False
@@ -57,7 +59,7 @@ class Call:
         return None if self.bounds_kind == "none" else self.layout
 
     def spec(self, buf, MPI):
-        counts, displs = self.counts, [0]
+        counts, displs = (np.int64(self.counts[0]) if self.numpy_count else self.counts), [0]
         datatype = {"f": MPI.FLOAT, "d": MPI.DOUBLE, "i": MPI.INT}[self.dtype.char]
         form = self.form
         if form == "bare":
@@ -95,6 +97,8 @@ class Call:
             self.layout = TableLayout(DIM, bounds=None if self.layout.bounds is None else self.layout.bounds.copy())
         elif action == "counts in place":  # (a count that is not whole rows of the layout: refused)
             self.counts[0] = self.counts[0] - DIM * TABLES if self.counts[0] > DIM * TABLES else self.counts[0] - 1
+        elif action in ("numpy count", "list count"):
+            self.numpy_count = action == "numpy count"
         elif action == "recv read-only":
             recv.flags.writeable = False
         elif action == "recv writable":

@@ -358,6 +358,27 @@ def test_reuse_address_is_ndarrays_own_for_a_subclass(dtype):
     assert _key(masked, np.zeros(8, dtype)) is not None
 
 
+def test_reuse_keys_compare_without_raising_whatever_the_count_types():
+    """A numpy integer count sat in the key as itself: compared with another call's count list
+    (a tuple there) it broadcast, and the memo's lookup raised ValueError on that rank alone,
+    while the others waited in the handshake (found by review)."""
+    import enum
+
+    from embzip.comm import _reuse
+
+    class Count(enum.IntEnum):
+        TWELVE = 12
+
+    send, recv = np.zeros(12, np.float32), np.zeros(12, np.float32)
+    forms = [[12], (12,), np.array([12]), 12, np.int64(12), np.int32(12), Count.TWELVE, None]
+    keys = [_key([send, c], [recv, c]) for c in forms] + [_key([send.copy(), c], [recv.copy(), c]) for c in forms]
+    for a in keys:
+        for b in keys:
+            assert isinstance(a == b, bool) and isinstance(_reuse.loosen(a) != _reuse.loosen(b), bool)
+    scalar = _key([send, np.int64(12)], [recv, np.int64(12)])
+    assert scalar == _key([send, 12], [recv, 12]) != _key([send, [12]], [recv, [12]])
+
+
 def test_reuse_key_pins_the_buffers_the_lane_rebinds_onto():
     """The key's second part names which objects a call passes (each buffer's id and address,
     then a TableLayout's id); the first, what they are. The express lane compares the first and

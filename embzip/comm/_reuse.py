@@ -44,7 +44,7 @@ def address(arr: np.ndarray) -> int:
     if type(arr) is np.ndarray:
         try:
             return _mpi.load().Get_address(arr)
-        except Exception:  # (not contiguous, MPI finalized...: the interface says the same)
+        except Exception:  # (BufferError: not contiguous; the interface says where it starts)
             pass
     return _INTERFACE(arr)["data"][0]
 
@@ -64,7 +64,9 @@ def _vector(value):
     elif value is None or kind is int:
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return value
+        # as an int: a numpy integer compared with another key's tuple here broadcasts, and
+        # its truth raised ValueError in the memo's lookup, on one rank (found by review)
+        return int(value)
     if isinstance(value, np.ndarray):
         if value.ndim != 1 or value.size > _MAX_VECTOR or value.dtype.kind not in "iu":
             raise _Skip
