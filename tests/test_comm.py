@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "mpi" / "worker.py"
 RANKS = (1, 2, 3, 4)
-CASES = ["spec_parsing", "spec_forms", "unremembered_calls", "passthrough", "bounds_rel_and_tables", "bypass_and_stats", "express_lane", "express_lane_fresh_buffers", "express_lane_decisions", "streamed_exchange", "skew_is_not_bandwidth", "auto_strategy", "pipelined",
+CASES = ["spec_parsing", "spec_forms", "unremembered_calls", "passthrough", "bounds_rel_and_tables", "bypass_and_stats", "express_lane", "express_lane_fresh_buffers", "express_lane_decisions", "lane_history_matches_fresh", "streamed_exchange", "skew_is_not_bandwidth", "auto_strategy", "pipelined",
          "ialltoallv_returns_before_the_others_start", "waitall_mixes_requests", "in_place", "in_place_raw", "comm_wrapper", "forget_releases_buffers", "subclasses_and_freed_comm", "interrupt_is_held", "error_mismatched_counts", "error_recv_buffers", "error_types", "error_aliased_buffers", "error_arguments",
          "error_decode_and_compress", "error_fused_raw_path", "error_mismatch_with_an_empty_segment",
          "error_mismatch_after_a_sequenced_lane", "error_own_segment_mismatch",

@@ -5,7 +5,7 @@ Every rank runs the named cases in order and prints ``PASS <case> <rank>`` or
 tests/test_comm.py launches it with 1, 2, 3 and 4 ranks under a timeout (a hang is a failure).
 Cases must work at any rank count. They live in worker_forms.py (call forms and results),
 worker_costs.py (decisions, the bypass), worker_calls.py (Ialltoallv, the wrapper,
-communicators' lifetimes), worker_errors.py and worker_mismatch.py (what must raise); worker_common.py has what they share.
+communicators' lifetimes), worker_history.py (calls after a history of changes), worker_errors.py and worker_mismatch.py (what must raise); worker_common.py has what they share.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import worker_calls  # noqa: E402,F401  (same directory; importing a module regi
 import worker_costs  # noqa: E402,F401
 import worker_errors  # noqa: E402,F401
 import worker_forms  # noqa: E402,F401
+import worker_history  # noqa: E402,F401
 import worker_mismatch  # noqa: E402,F401
 from worker_common import CASES, ME  # noqa: E402
 
